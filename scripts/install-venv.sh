@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Creates the project virtualenv at .venv with Debian's /usr/bin/python3 (the
+# interpreter PL/Python embeds) and installs the pinned requirements plus this
+# package. Never touches the system Python. Idempotent: skipped when the
+# requirements file has not changed since the last successful install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${THANOSQL_VENV:-.venv}
+PY=/usr/bin/python3
+if [ ! -x "$VENV/bin/python" ]; then
+  $PY -m venv "$VENV"
+fi
+stamp="$VENV/.thanosql-installed"
+want=$(cat requirements.txt setup.py | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "install-venv: up to date"
+  exit 0
+fi
+"$VENV/bin/pip" install -q --upgrade pip
+"$VENV/bin/pip" install -q -r requirements.txt
+"$VENV/bin/pip" install -q --no-deps -e .
+echo "$want" > "$stamp"
+echo "install-venv: installed into $VENV"

@@ -1,0 +1,134 @@
+/*
+ * thanosql.c: the small native part of the thanosql extension.
+ *
+ * - Defines the extension's settings as real GUCs, so that the superuser-only
+ *   ones (thanosql.python_lib_dir, thanosql.data_dir) cannot be changed by an
+ *   ordinary role with SET: they decide which Python code runs in the backend
+ *   and which server files non-privileged roles may read.
+ * - thanosql.raise_error(): raises an error with a chosen SQLSTATE *and*
+ *   cursor position. PL/pgSQL and PL/Python cannot set the position field, and
+ *   the proxy needs it so that psql marks the error in the user's own text.
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/elog.h"
+#include "utils/guc.h"
+
+PG_MODULE_MAGIC;
+
+#ifndef THANOSQL_DEFAULT_LIB_DIR
+#define THANOSQL_DEFAULT_LIB_DIR ""
+#endif
+
+static char *python_lib_dir = NULL;
+static char *data_dir = NULL;
+static char *device = NULL;
+static int	progress_interval = 10;
+
+/*
+ * PL/Python reports an exception raised by Python code as
+ * "plpy.Error: message" (or "spiexceptions.Name: message") with a Python
+ * traceback as context. For errors that thanosql_pg raises on purpose, the
+ * message is already written for the user: thanosql_pg arms clean_next_error
+ * just before raising, and the hook below strips the class prefix and the
+ * traceback from that one error. Other PL/Python errors are left alone.
+ */
+static bool clean_next_error = false;
+static emit_log_hook_type prev_emit_log_hook = NULL;
+
+static void
+thanosql_emit_log_hook(ErrorData *edata)
+{
+	if (clean_next_error && edata->elevel >= ERROR)
+	{
+		clean_next_error = false;
+		if (edata->message)
+		{
+			const char *m = edata->message;
+			const char *p = m;
+
+			/* a prefix is a dotted Python class name followed by ": " */
+			while (*p && (isalnum((unsigned char) *p) || *p == '_' || *p == '.'))
+				p++;
+			if (p > m && p[0] == ':' && p[1] == ' ' && strchr(m, '.') && strchr(m, '.') < p)
+				edata->message = pstrdup(p + 2);
+		}
+		edata->context = NULL;
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+void		_PG_init(void);
+
+void
+_PG_init(void)
+{
+	DefineCustomStringVariable("thanosql.python_lib_dir",
+							   "Virtualenv (or site-packages directory) holding thanosql_pg and its dependencies.",
+							   NULL, &python_lib_dir, THANOSQL_DEFAULT_LIB_DIR,
+							   PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("thanosql.data_dir",
+							   "Directory that relative image/audio paths resolve under; roles without pg_read_server_files may only read below it.",
+							   NULL, &data_dir, "",
+							   PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("thanosql.device",
+							   "Where models run: auto, cpu or cuda.",
+							   NULL, &device, "auto",
+							   PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("thanosql.progress_interval",
+							"Seconds between progress NOTICEs of long statements.",
+							NULL, &progress_interval, 10, 1, 3600,
+							PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
+	MarkGUCPrefixReserved("thanosql");
+
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = thanosql_emit_log_hook;
+}
+
+PG_FUNCTION_INFO_V1(thanosql_clean_next_error);
+
+/* Called by thanosql_pg right before it raises an error meant for the user. */
+Datum
+thanosql_clean_next_error(PG_FUNCTION_ARGS)
+{
+	clean_next_error = true;
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(thanosql_raise_error);
+
+/* raise_error(sqlstate text, message text, detail text, hint text, position int) */
+Datum
+thanosql_raise_error(PG_FUNCTION_ARGS)
+{
+	char	   *state = PG_ARGISNULL(0) ? "XX000" : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *message = PG_ARGISNULL(1) ? "thanosql error" : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *detail = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	char	   *hint = PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3));
+	int			position = PG_ARGISNULL(4) ? 0 : PG_GETARG_INT32(4);
+	int			sqlerrcode;
+
+	if (strlen(state) != 5)
+		state = "XX000";
+	sqlerrcode = MAKE_SQLSTATE(state[0], state[1], state[2], state[3], state[4]);
+
+	ereport(ERROR,
+			(errcode(sqlerrcode),
+			 errmsg_internal("%s", message),
+			 detail ? errdetail_internal("%s", detail) : 0,
+			 hint ? errhint("%s", hint) : 0,
+			 position > 0 ? errposition(position) : 0));
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(thanosql_native_version);
+
+/* Calling any function of this module loads it, which defines the settings. */
+Datum
+thanosql_native_version(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text("0.1.0"));
+}

@@ -1,0 +1,58 @@
+"""Shared fixtures: the embedded cluster (real PostgreSQL + the real extension).
+
+`thanosql start` is idempotent; the session fixture starts the cluster and
+proxy if needed and hands tests their libpq URIs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+THANOSQL = [sys.executable, "-m", "thanosql_pg.cli"]
+
+
+@pytest.fixture(scope="session")
+def cluster() -> dict:
+    subprocess.run([*THANOSQL, "start"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    out = subprocess.run([*THANOSQL, "status", "--json"], capture_output=True, text=True, cwd=ROOT)
+    info = json.loads(out.stdout)
+    assert info["server_running"] and info["proxy_running"], info
+    return info
+
+
+@pytest.fixture(scope="session")
+def server_dsn(cluster: dict) -> str:
+    return cluster["server"]
+
+
+@pytest.fixture(scope="session")
+def proxy_dsn(cluster: dict) -> str:
+    return cluster["proxy"]
+
+
+@pytest.fixture
+def db(proxy_dsn: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection through the proxy."""
+    with psycopg.connect(proxy_dsn, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def direct(server_dsn: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection straight to the server (no proxy)."""
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def unique_name() -> str:
+    return "t_" + uuid.uuid4().hex[:10]

@@ -1,0 +1,1 @@
+"""Algorithm families. ``registry`` is importable without torch."""

@@ -1,0 +1,66 @@
+"""`thanosql`: control the embedded cluster and proxy, run psql, show rewrites."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from thanosql_pg.cluster import Cluster, pg_bindir
+from thanosql_pg.errors import ThanoSQLError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="thanosql", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("start", help="start the embedded PostgreSQL cluster and the proxy")
+    sub.add_parser("stop", help="stop the proxy and the cluster")
+    st = sub.add_parser("status", help="show where the cluster and the proxy listen")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("psql", help="run psql through the proxy (extra arguments go to psql)")
+    rw = sub.add_parser("rewrite", help="print what the preprocessor makes of SQL text")
+    rw.add_argument("sql", help="ThanoSQL text; '-' reads standard input")
+
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "psql":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    cluster = Cluster()
+    try:
+        if args.command == "start":
+            state = cluster.start()
+            print(f"server: {state.server_uri}\nproxy:  {state.proxy_uri}")
+        elif args.command == "stop":
+            cluster.stop()
+            print("stopped")
+        elif args.command == "status":
+            info = cluster.status()
+            if args.json:
+                print(json.dumps(info))
+            else:
+                for key, value in info.items():
+                    print(f"{key}: {value}")
+            return 0 if info["server_running"] and info["proxy_running"] else 3
+        elif args.command == "psql":
+            state = cluster.state()
+            if state is None or not cluster.proxy_running():
+                print("thanosql: the cluster is not running; run `thanosql start` first", file=sys.stderr)
+                return 3
+            psql = str(pg_bindir() / "psql")
+            os.execv(psql, [psql, state.proxy_uri, *extra])
+        elif args.command == "rewrite":
+            from thanosql_pg.preprocessor import rewrite
+
+            sql = sys.stdin.read() if args.sql == "-" else args.sql
+            print(rewrite(sql))
+    except ThanoSQLError as e:
+        pos = f" (at character {e.position})" if e.position else ""
+        print(f"thanosql: ERROR {e.sqlstate}: {e.message}{pos}", file=sys.stderr)
+        if e.hint:
+            print(f"HINT: {e.hint}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

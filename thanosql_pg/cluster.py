@@ -1,0 +1,262 @@
+"""The embedded PostgreSQL cluster and proxy that `thanosql start` manages.
+
+Everything lives under one home directory: ``$THANOSQL_HOME``, or
+``.thanosql/`` in the checkout. PostgreSQL refuses to run as root, so when
+the CLI runs as root the server runs as the ``postgres`` OS user, which owns
+the data directory; the proxy runs as the caller.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from thanosql_pg.errors import ConfigurationError
+
+DATABASE = "thanosql"
+FIRST_PORT = 54320
+
+
+def checkout_dir() -> Path:
+    # thanosql_pg is installed editable into .venv, so the package sits in the checkout.
+    return Path(__file__).resolve().parent.parent
+
+
+def home_dir() -> Path:
+    env = os.environ.get("THANOSQL_HOME")
+    return Path(env).resolve() if env else checkout_dir() / ".thanosql"
+
+
+def pg_bindir() -> Path:
+    pg_config = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
+    out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
+def venv_dir() -> Path:
+    # sys.prefix is the virtualenv when the CLI runs from .venv/bin/thanosql.
+    return Path(sys.prefix)
+
+
+@dataclass
+class State:
+    port: int
+    proxy_port: int
+    superuser: str
+
+    @property
+    def server_uri(self) -> str:
+        return f"postgresql://{self.superuser}@127.0.0.1:{self.port}/{DATABASE}"
+
+    @property
+    def proxy_uri(self) -> str:
+        return f"postgresql://{self.superuser}@127.0.0.1:{self.proxy_port}/{DATABASE}"
+
+
+class Cluster:
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home or home_dir()
+        self.data = self.home / "data"
+        self.run_dir = self.home / "run"
+        self.files = self.home / "files"
+        self.state_file = self.home / "state.json"
+        self.server_log = self.home / "server.log"
+        self.proxy_log = self.home / "proxy.log"
+        self.proxy_pid = self.run_dir / "proxy.pid"
+        self.as_root = os.geteuid() == 0
+
+    # -- helpers --------------------------------------------------------------
+    def _server_cmd(self, args: list[str]) -> list[str]:
+        """Run a server-side binary as the data directory's owner."""
+        if self.as_root:
+            return ["runuser", "-u", "postgres", "--", *args]
+        return args
+
+    def _chown(self, path: Path) -> None:
+        if self.as_root:
+            shutil.chown(path, "postgres", "postgres")
+
+    def state(self) -> State | None:
+        if not self.state_file.exists():
+            return None
+        return State(**json.loads(self.state_file.read_text()))
+
+    def _save_state(self, state: State) -> None:
+        self.state_file.write_text(json.dumps(asdict(state)))
+
+    def server_running(self) -> bool:
+        if not (self.data / "postmaster.pid").exists():
+            return False
+        res = subprocess.run(
+            self._server_cmd([str(pg_bindir() / "pg_ctl"), "status", "-D", str(self.data)]),
+            capture_output=True,
+        )
+        return res.returncode == 0
+
+    def proxy_running(self) -> bool:
+        try:
+            pid = int(self.proxy_pid.read_text())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return False
+        state = self.state()
+        return state is not None and _port_open(state.proxy_port)
+
+    # -- lifecycle --------------------------------------------------------------
+    def init(self) -> State:
+        state = self.state()
+        if state and (self.data / "PG_VERSION").exists():
+            return state
+        self.home.mkdir(parents=True, exist_ok=True)
+        for d in (self.run_dir, self.files):
+            d.mkdir(exist_ok=True)
+            self._chown(d)
+        if self.data.exists():
+            shutil.rmtree(self.data)  # a half-made cluster from an interrupted init
+        self.data.mkdir()
+        self._chown(self.data)
+        os.chmod(self.data, 0o700)
+        superuser = getpass.getuser()
+        port = _free_port(FIRST_PORT)
+        proxy_port = _free_port(port + 1)
+        subprocess.run(
+            self._server_cmd([
+                str(pg_bindir() / "initdb"), "-D", str(self.data), "-U", superuser,
+                "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8",
+            ]),
+            check=True, stdout=subprocess.DEVNULL,
+        )
+        conf = f"""
+# --- thanosql embedded cluster ---
+listen_addresses = '127.0.0.1'
+port = {port}
+unix_socket_directories = '{self.run_dir}'
+# torch and PostgreSQL's LLVM JIT clash inside one backend (PostgresML saw crashes).
+jit = off
+thanosql.python_lib_dir = '{venv_dir()}'
+thanosql.data_dir = '{self.files}'
+"""
+        with open(self.data / "postgresql.conf", "a") as f:
+            f.write(conf)
+        state = State(port=port, proxy_port=proxy_port, superuser=superuser)
+        self._save_state(state)
+        return state
+
+    def start(self) -> State:
+        state = self.init()
+        if not self.server_running():
+            if not _port_free(state.port):
+                raise ConfigurationError(f"port {state.port} is taken by another program",
+                                         hint=f"Stop it, or delete {self.state_file} to pick new ports.")
+            log = self.server_log
+            log.touch()
+            self._chown(log)
+            subprocess.run(
+                self._server_cmd([str(pg_bindir() / "pg_ctl"), "start", "-w", "-t", "60", "-D",
+                                  str(self.data), "-l", str(log)]),
+                check=True, stdout=subprocess.DEVNULL,
+            )
+            self._ensure_database(state)
+        if not self.proxy_running():
+            self._start_proxy(state)
+        return state
+
+    def _psql(self, state: State, dbname: str, sql: str) -> str:
+        res = subprocess.run(
+            [str(pg_bindir() / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
+             "-p", str(state.port), "-U", state.superuser, "-d", dbname, "-c", sql],
+            capture_output=True, text=True,
+        )
+        if res.returncode != 0:
+            raise ConfigurationError(f"setting up the embedded cluster failed: {res.stderr.strip()}")
+        return res.stdout
+
+    def _ensure_database(self, state: State) -> None:
+        exists = self._psql(state, "postgres", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'")
+        if not exists.strip():
+            self._psql(state, "postgres", f"CREATE DATABASE {DATABASE}")
+        self._psql(state, DATABASE, "SET client_min_messages = warning; "
+                   "CREATE EXTENSION IF NOT EXISTS thanosql CASCADE")
+
+    def _start_proxy(self, state: State) -> None:
+        exe = Path(sys.executable).parent / "thanosql-proxy"
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "thanosql_pg.proxy.server"]
+        cmd += ["--listen-host", "127.0.0.1", "--listen-port", str(state.proxy_port),
+                "--upstream-host", str(self.run_dir), "--upstream-port", str(state.port),
+                "--pid-file", str(self.proxy_pid)]
+        with open(self.proxy_log, "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self.proxy_pid.write_text(str(proc.pid))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if _port_open(state.proxy_port):
+                return
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise ConfigurationError("the proxy did not start", hint=f"See {self.proxy_log}.")
+
+    def stop(self) -> None:
+        try:
+            pid = int(self.proxy_pid.read_text())
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                os.kill(pid, 0)
+                time.sleep(0.05)
+        except (OSError, ValueError):
+            pass
+        self.proxy_pid.unlink(missing_ok=True)
+        if self.server_running():
+            subprocess.run(
+                self._server_cmd([str(pg_bindir() / "pg_ctl"), "stop", "-w", "-m", "fast", "-D",
+                                  str(self.data)]),
+                check=True, stdout=subprocess.DEVNULL,
+            )
+
+    def status(self) -> dict[str, object]:
+        state = self.state()
+        info: dict[str, object] = {
+            "home": str(self.home),
+            "data_dir": str(self.data),
+            "socket_dir": str(self.run_dir),
+            "files_dir": str(self.files),
+            "server_running": self.server_running(),
+            "proxy_running": self.proxy_running(),
+        }
+        if state:
+            info.update(server=state.server_uri, proxy=state.proxy_uri, port=state.port,
+                        proxy_port=state.proxy_port, superuser=state.superuser, database=DATABASE)
+        return info
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(start: int) -> int:
+    for port in range(start, start + 200):
+        if _port_free(port):
+            return port
+    raise ConfigurationError(f"no free TCP port in {start}..{start + 199}")

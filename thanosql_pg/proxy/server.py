@@ -1,0 +1,315 @@
+"""The `thanosql-proxy` server: listener, upstream connections, CLI entry point.
+
+Use it from code in one of three ways:
+
+* ``await serve(config)`` runs until cancelled;
+* ``ProxyServer(config)`` with ``await start()`` / ``await stop()`` inside a running loop;
+* ``BackgroundProxy(config)`` runs a proxy on its own thread (for synchronous callers
+  such as tests): ``with BackgroundProxy(config) as p: connect(port=p.port)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from thanosql_pg.proxy.protocol import Rewriter
+from thanosql_pg.proxy.session import ClientSession, _set_nodelay
+
+log = logging.getLogger("thanosql_pg.proxy")
+
+
+@dataclass
+class ProxyConfig:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0  # 0: pick a free port; ProxyServer.port tells which
+    upstream_host: str = "127.0.0.1"  # a path starting with '/' is a Unix socket directory
+    upstream_port: int = 5432
+
+    @property
+    def upstream_is_unix(self) -> bool:
+        return self.upstream_host.startswith("/")
+
+    @property
+    def upstream_description(self) -> str:
+        if self.upstream_is_unix:
+            return os.path.join(self.upstream_host, f".s.PGSQL.{self.upstream_port}")
+        return f"{self.upstream_host}:{self.upstream_port}"
+
+
+def default_rewriter() -> Rewriter:
+    # Imported here, not at module top, so the proxy's protocol code stays importable on
+    # its own; the preprocessor pulls in pglast.
+    from thanosql_pg.preprocessor import rewrite_for_wire
+
+    return rewrite_for_wire
+
+
+class ProxyServer:
+    def __init__(self, config: ProxyConfig, rewriter: Rewriter | None = None) -> None:
+        self.config = config
+        self.rewriter: Rewriter = rewriter if rewriter is not None else default_rewriter()
+        self.upstream_description = config.upstream_description
+        self.sessions: set[ClientSession] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self.port: int = config.listen_port
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ClientSession(self),
+            self.config.listen_host,
+            self.config.listen_port,
+            reuse_address=True,
+            backlog=512,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info(
+            "thanosql-proxy listening on %s:%d, upstream %s",
+            self.config.listen_host,
+            self.port,
+            self.upstream_description,
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions):
+            session.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        log.info("thanosql-proxy stopped")
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        try:
+            await self._server.serve_forever()
+        finally:
+            await self.stop()
+
+    # --- used by sessions ----------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a background task, keeping a reference so it isn't garbage-collected."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def open_upstream(
+        self, protocol_factory: Callable[[], asyncio.Protocol]
+    ) -> asyncio.Transport:
+        loop = asyncio.get_running_loop()
+        if self.config.upstream_is_unix:
+            transport, _ = await loop.create_unix_connection(
+                protocol_factory, self.upstream_description
+            )
+        else:
+            transport, _ = await loop.create_connection(
+                protocol_factory, self.config.upstream_host, self.config.upstream_port
+            )
+        return transport
+
+    def forward_cancel(self, packet: bytes) -> None:
+        """Relay a CancelRequest verbatim on a new upstream connection.
+
+        The client's BackendKeyData came from the server untouched, so the pid/key in the
+        packet name the right backend.
+        """
+        self.spawn(self._cancel(packet))
+
+    async def _cancel(self, packet: bytes) -> None:
+        transport: asyncio.Transport | None = None
+        done = asyncio.get_running_loop().create_future()
+
+        class _Cancel(asyncio.Protocol):
+            def connection_made(self, t: asyncio.BaseTransport) -> None:
+                _set_nodelay(t)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                if not done.done():
+                    done.set_result(None)
+
+        try:
+            transport = await asyncio.wait_for(self.open_upstream(_Cancel), 10)
+            transport.write(packet)
+            # The server closes the connection once it has processed the request.
+            await asyncio.wait_for(done, 10)
+        except (OSError, asyncio.TimeoutError) as exc:
+            log.warning("forwarding a cancel request failed: %s", exc)
+        finally:
+            if transport is not None:
+                transport.close()
+
+
+async def serve(
+    config: ProxyConfig,
+    rewriter: Rewriter | None = None,
+    ready: Callable[[ProxyServer], None] | None = None,
+) -> None:
+    """Run a proxy until this coroutine is cancelled."""
+    server = ProxyServer(config, rewriter)
+    await server.start()
+    if ready is not None:
+        ready(server)
+    await server.serve_forever()
+
+
+class BackgroundProxy:
+    """A proxy on its own thread and event loop, for synchronous code such as tests."""
+
+    def __init__(self, config: ProxyConfig, rewriter: Rewriter | None = None) -> None:
+        self.config = config
+        self.rewriter = rewriter
+        self.server: ProxyServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+    def start(self) -> BackgroundProxy:
+        self._thread = threading.Thread(target=self._run, name="thanosql-proxy", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self.server = ProxyServer(self.config, self.rewriter)
+            loop.run_until_complete(self.server.start())
+        except BaseException as exc:  # report to the starting thread
+            self._error = exc
+            self._started.set()
+            loop.close()
+            return
+        self._started.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self.server.stop())
+            loop.close()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def __enter__(self) -> BackgroundProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="thanosql-proxy",
+        description="PostgreSQL wire-protocol proxy that rewrites ThanoSQL statements to SQL.",
+    )
+    parser.add_argument("--listen-host", default="127.0.0.1")
+    parser.add_argument("--listen-port", type=int, default=5433)
+    parser.add_argument(
+        "--upstream-host",
+        default="127.0.0.1",
+        help="host name/address, or a Unix socket directory (starting with '/')",
+    )
+    parser.add_argument("--upstream-port", type=int, default=5432)
+    parser.add_argument("--log-file", help="append log lines here instead of stderr")
+    parser.add_argument("--pid-file", help="write the process id here while running")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    parser.add_argument(
+        "--no-uvloop", action="store_true", help="use asyncio's default event loop even if uvloop is installed"
+    )
+    return parser.parse_args(argv)
+
+
+def _new_event_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
+    if use_uvloop:
+        try:
+            import uvloop  # type: ignore[import-not-found]
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+async def _amain(config: ProxyConfig) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = ProxyServer(config)
+    await server.start()
+    # The one line that tells whoever started us that we're ready to accept connections.
+    print(
+        f"thanosql-proxy ready: listening on {config.listen_host}:{server.port}, "
+        f"upstream {config.upstream_description}",
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        filename=args.log_file,
+    )
+    config = ProxyConfig(
+        listen_host=args.listen_host,
+        listen_port=args.listen_port,
+        upstream_host=args.upstream_host,
+        upstream_port=args.upstream_port,
+    )
+    if args.pid_file:
+        with open(args.pid_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    try:
+        with asyncio.Runner(loop_factory=lambda: _new_event_loop(not args.no_uvloop)) as runner:
+            runner.run(_amain(config))
+    except OSError as exc:
+        log.error("thanosql-proxy: %s", exc)
+        print(f"thanosql-proxy: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.pid_file:
+            with contextlib.suppress(OSError):
+                os.unlink(args.pid_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

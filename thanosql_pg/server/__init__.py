@@ -1,0 +1,1 @@
+"""Code that runs inside PostgreSQL's PL/Python (imports ``plpy``)."""

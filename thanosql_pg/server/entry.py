@@ -1,0 +1,241 @@
+"""Entry points behind the extension's PL/Python functions.
+
+Each public function here is one SQL function in extension/thanosql--*.sql.
+They translate ThanoSQLError into a PostgreSQL error with its SQLSTATE, hint
+and detail; everything else (SPI errors from the user's query included)
+propagates unchanged, keeping its own SQLSTATE.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import plpy
+
+from thanosql_pg.algorithms import registry
+from thanosql_pg.errors import FeatureNotAvailable, InvalidOption, ThanoSQLError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def on_load() -> None:
+    _session_setup()
+
+
+def _session_setup() -> None:
+    # torch and LLVM JIT clash in one process (PostgresML saw backend crashes):
+    # keep JIT off for the rest of a session that has loaded thanosql_pg. A
+    # plain SET is undone when the transaction aborts, so repeat it per call.
+    plpy.execute("SELECT pg_catalog.set_config('jit', 'off', false)")
+
+
+def _raise_pg(e: ThanoSQLError) -> None:
+    detail = e.detail
+    if e.position:
+        where = f"at character {e.position} of the ThanoSQL text"
+        detail = f"{detail} ({where})" if detail else where
+    _raise_clean(e.message, sqlstate=e.sqlstate, detail=detail, hint=e.hint)
+
+
+def _raise_clean(message: str, *, sqlstate: str, detail: str | None = None, hint: str | None = None) -> None:
+    """Raise a PostgreSQL error that reads like a native one: no Python class
+    prefix, no traceback (the C module's log hook strips them)."""
+    extra = {k: v for k, v in (("detail", detail), ("hint", hint)) if v}
+    plpy.execute("SELECT thanosql._clean_next_error()")
+    plpy.error(message, sqlstate=sqlstate, **extra)
+
+
+def entry_point(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        try:
+            _session_setup()
+            return fn(*args)
+        except ThanoSQLError as e:
+            _raise_pg(e)
+        except plpy.SPIError as e:
+            # An error from the user's own query (say, a missing column):
+            # pass it on with its SQLSTATE, minus PL/Python's decoration.
+            _raise_clean(str(e.args[0]) if e.args else str(e), sqlstate=e.sqlstate or "XX000",
+                         detail=e.detail, hint=e.hint)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _guard_iter(it: Iterator[Any]) -> Iterator[Any]:
+    """Errors raised while PostgreSQL pulls rows from a generator."""
+    try:
+        yield from it
+    except ThanoSQLError as e:
+        _raise_pg(e)
+
+
+def family_module(family: registry.Family) -> Any:
+    if family.name not in registry.IMPLEMENTED_FAMILIES:
+        raise FeatureNotAvailable(f"{family.name} models are not available in this version of thanosql_pg")
+    return importlib.import_module(family.module)
+
+
+# --- text ----------------------------------------------------------------------
+@entry_point
+def rewrite(sql: str) -> str:
+    from thanosql_pg.preprocessor import rewrite as _rewrite
+
+    return _rewrite(sql)
+
+
+@entry_point
+def execute(sql: str) -> Iterator[str]:
+    """Run ThanoSQL and plain SQL; yield the last statement's rows as jsonb.
+
+    A last statement that returns no rows (DDL, INSERT without RETURNING)
+    yields one object {"command": ..., "rows_affected": n}.
+    """
+    import pglast
+
+    from thanosql_pg.preprocessor import rewrite as _rewrite
+
+    statements = pglast.split(_rewrite(sql), with_parser=True)
+    if not statements:
+        return iter(())
+    for stmt in statements[:-1]:
+        plpy.execute(stmt)
+    last = statements[-1]
+    node = pglast.parse_sql(last)[0].stmt
+    if type(node).__name__ == "SelectStmt":
+        return _guard_iter(_stream_json(last))
+    res = plpy.execute(last)
+    return iter([json.dumps({"command": type(node).__name__.removesuffix("Stmt").upper(),
+                             "rows_affected": res.nrows()})])
+
+
+def _stream_json(select_sql: str) -> Iterator[str]:
+    cursor = plpy.cursor(f"SELECT to_jsonb(__t)::text AS j FROM ({select_sql}) AS __t")
+    while True:
+        rows = cursor.fetch(500)
+        if not rows:
+            return
+        for row in rows:
+            yield row["j"]
+
+
+# --- training -------------------------------------------------------------------
+def _train(statement: str, name: str, algo: registry.Algorithm, given: dict[str, Any], query: str,
+           base: Any = None) -> list[tuple[Any, ...]]:
+    opts = registry.normalize_options(statement, given, algo.family, fill_defaults=True)
+    module = family_module(algo.family)
+    from thanosql_pg.server import catalog, data
+
+    replace = catalog.check_target(name, opts["overwrite"])
+    start = time.monotonic()
+    with data.TrainingData.from_query(query, module.training_columns(opts)) as source:
+        trained = module.train(algo, opts, source, base)
+        rows = source.count
+    stored_opts = {k: v for k, v in opts.items() if k != "overwrite"}
+    stored_opts.update(trained.options)
+    rec = catalog.save(
+        name, algorithm=algo.name, family=algo.family.name, options=stored_opts, labels=trained.labels,
+        label_type=trained.label_type, payload=trained.payload, format=trained.format, replace=replace,
+        keep_history=replace is not None and base is not None and replace.id == base.record.id,
+    )
+    catalog.record_metrics(rec, statement.upper(), rows, trained.metrics)
+    return [(rec.name, algo.name, rows, opts["epochs"], round(time.monotonic() - start, 3),
+             json.dumps(trained.metrics))]
+
+
+@entry_point
+def build_model(name: str, algorithm: str, options: str, query: str) -> list[tuple[Any, ...]]:
+    algo = registry.lookup(algorithm)
+    return _train("build", name, algo, json.loads(options), query)
+
+
+@entry_point
+def fit_model(name: str, base_model: str, options: str, query: str) -> list[tuple[Any, ...]]:
+    from thanosql_pg.server import catalog, models
+
+    base_rec = catalog.get(base_model, "USE")
+    algo = registry.lookup(base_rec.algorithm)
+    given = json.loads(options)
+    if name == base_model and "overwrite" not in given:
+        given["overwrite"] = True  # FIT MODEL m USING m trains m further in place
+    base = models.load(base_rec, family_module(algo.family), device=given.get("device", "auto"))
+    return _train("fit", name, algo, given, query, base=base)
+
+
+# --- inference ------------------------------------------------------------------
+def _resolve(statement: str, model: str, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    from thanosql_pg.server import catalog
+
+    rec = catalog.get(model, "USE")
+    family = registry.FAMILIES[rec.family]
+    if statement not in family.options:
+        raise FeatureNotAvailable(
+            f'{statement.upper()} does not apply to model "{rec.name}" ({rec.algorithm}, {family.name})',
+            hint=f"{rec.algorithm} models support: " + ", ".join(s.upper() for s in family.options),
+            sqlstate="42809",
+        )
+    opts = registry.normalize_options(statement, options, family, fill_defaults=True)
+    return rec, opts
+
+
+@entry_point
+def prepare(statement: str, model: str, options: str) -> str:
+    rec, opts = _resolve(statement, model, json.loads(options))
+    family = registry.FAMILIES[rec.family]
+    family_module(family)
+    opts.update(model=rec.name, model_id=rec.id, version=rec.version, statement=statement,
+                input_col=opts[family.input_option])
+    return json.dumps(opts)
+
+
+@entry_point
+def predict_batch(cfg: str, vals: list[str | None]) -> list[Any]:
+    from thanosql_pg.server import models
+
+    opts = json.loads(cfg)
+    predictor = models.cached(opts)
+    return predictor.predict_values([json.loads(v) if v is not None else None for v in vals], opts)
+
+
+@entry_point
+def evaluate(model: str, options: str, query: str) -> list[tuple[str, float]]:
+    from thanosql_pg.server import catalog, data, models
+
+    rec, opts = _resolve("evaluate", model, json.loads(options))
+    module = family_module(registry.FAMILIES[rec.family])
+    predictor = models.cached({**opts, "model": rec.name, "model_id": rec.id, "version": rec.version})
+    with data.TrainingData.from_query(query, module.evaluation_columns(opts)) as source:
+        metrics = predictor.evaluate(source, opts)
+        rows = source.count
+    catalog.record_metrics(rec, "EVALUATE", rows, metrics)
+    return [(k, float(v)) for k, v in metrics.items()] + [("Rows", float(rows))]
+
+
+@entry_point
+def save_table(table_name: str, query: str) -> list[tuple[str, int]]:
+    if not table_name:
+        raise InvalidOption('option "table_name" must not be empty')
+    parts = table_name.split(".", 1) if "." in table_name.strip('"') else [table_name]
+    ident = ".".join(plpy.quote_ident(p) for p in parts)
+    plpy.execute(f"DROP TABLE IF EXISTS {ident}")
+    res = plpy.execute(f"CREATE TABLE {ident} AS {query}")
+    return [(table_name, res.nrows())]
+
+
+@entry_point
+def convert(model: str, options: str, query: str, source_table: str | None) -> list[tuple[str, int]]:
+    rec, opts = _resolve("convert", model, json.loads(options))
+    family_module(registry.FAMILIES[rec.family])
+    raise FeatureNotAvailable("CONVERT is not available in this version of thanosql_pg")
+
+
+@entry_point
+def embed_query(model: str, options: str) -> str:
+    rec, opts = _resolve("search", model, json.loads(options))
+    family_module(registry.FAMILIES[rec.family])
+    raise FeatureNotAvailable("SEARCH IMAGE is not available in this version of thanosql_pg")

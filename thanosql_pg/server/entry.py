@@ -128,6 +128,7 @@ def _stream_json(select_sql: str) -> Iterator[str]:
 def _train(statement: str, name: str, algo: registry.Algorithm, given: dict[str, Any], query: str,
            base: Any = None) -> list[tuple[Any, ...]]:
     opts = registry.normalize_options(statement, given, algo.family, fill_defaults=True)
+    registry.require_available(algo)
     module = family_module(algo.family)
     from thanosql_pg.server import catalog, data
 

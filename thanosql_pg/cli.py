@@ -14,7 +14,9 @@ from thanosql_pg.errors import ThanoSQLError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="thanosql", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("start", help="start the embedded PostgreSQL cluster and the proxy")
+    sp = sub.add_parser("start", help="start the embedded PostgreSQL cluster and the proxy")
+    sp.add_argument("--foreground", action="store_true",
+                    help="stay in the foreground until SIGTERM/SIGINT, then stop (for containers)")
     sub.add_parser("stop", help="stop the proxy and the cluster")
     st = sub.add_parser("status", help="show where the cluster and the proxy listen")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -29,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "start":
             state = cluster.start()
-            print(f"server: {state.server_uri}\nproxy:  {state.proxy_uri}")
+            print(f"server: {state.server_uri}\nproxy:  {state.proxy_uri}", flush=True)
+            if args.foreground:
+                _wait_for_signal()
+                cluster.stop()
         elif args.command == "stop":
             cluster.stop()
             print("stopped")
@@ -60,6 +65,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"HINT: {e.hint}", file=sys.stderr)
         return 1
     return 0
+
+
+def _wait_for_signal() -> None:
+    import signal
+
+    received: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
+    while not received:
+        signal.pause()
 
 
 if __name__ == "__main__":

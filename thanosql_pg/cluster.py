@@ -52,6 +52,7 @@ class State:
     port: int
     proxy_port: int
     superuser: str
+    listen: str = "127.0.0.1"
 
     @property
     def server_uri(self) -> str:
@@ -126,8 +127,16 @@ class Cluster:
         self._chown(self.data)
         os.chmod(self.data, 0o700)
         superuser = getpass.getuser()
-        port = _free_port(FIRST_PORT)
-        proxy_port = _free_port(port + 1)
+        # Fixed ports and a wider listen address are for containers (see Dockerfile).
+        port = int(os.environ.get("THANOSQL_PORT") or _free_port(FIRST_PORT))
+        proxy_port = int(os.environ.get("THANOSQL_PROXY_PORT") or _free_port(port + 1))
+        listen = os.environ.get("THANOSQL_LISTEN_ADDRESSES", "127.0.0.1")
+        password = os.environ.get("THANOSQL_PASSWORD")
+        if listen != "127.0.0.1" and not password:
+            raise ConfigurationError(
+                f"listening on {listen} needs a password",
+                hint="Set THANOSQL_PASSWORD; remote connections then use SCRAM authentication.",
+            )
         subprocess.run(
             self._server_cmd([
                 str(pg_bindir() / "initdb"), "-D", str(self.data), "-U", superuser,
@@ -137,7 +146,7 @@ class Cluster:
         )
         conf = f"""
 # --- thanosql embedded cluster ---
-listen_addresses = '127.0.0.1'
+listen_addresses = '{listen}'
 port = {port}
 unix_socket_directories = '{self.run_dir}'
 # torch and PostgreSQL's LLVM JIT clash inside one backend (PostgresML saw crashes).
@@ -147,8 +156,17 @@ thanosql.data_dir = '{self.files}'
 """
         with open(self.data / "postgresql.conf", "a") as f:
             f.write(conf)
-        state = State(port=port, proxy_port=proxy_port, superuser=superuser)
+        if password:
+            # Local socket stays trusted (for `thanosql psql` inside the box);
+            # TCP needs the password.
+            hba = "local all all trust\nhost all all all scram-sha-256\n"
+            (self.data / "pg_hba.conf").write_text(hba)
+        state = State(port=port, proxy_port=proxy_port, superuser=superuser, listen=listen)
         self._save_state(state)
+        if password:
+            self.start()
+            escaped = password.replace("'", "''")
+            self._psql(state, "postgres", f"ALTER ROLE {superuser} PASSWORD '{escaped}'")
         return state
 
     def start(self) -> State:
@@ -171,8 +189,9 @@ thanosql.data_dir = '{self.files}'
         return state
 
     def _psql(self, state: State, dbname: str, sql: str) -> str:
+        # Over the Unix socket: trusted even when TCP needs a password.
         res = subprocess.run(
-            [str(pg_bindir() / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
+            [str(pg_bindir() / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", str(self.run_dir),
              "-p", str(state.port), "-U", state.superuser, "-d", dbname, "-c", sql],
             capture_output=True, text=True,
         )
@@ -190,7 +209,8 @@ thanosql.data_dir = '{self.files}'
     def _start_proxy(self, state: State) -> None:
         exe = Path(sys.executable).parent / "thanosql-proxy"
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "thanosql_pg.proxy.server"]
-        cmd += ["--listen-host", "127.0.0.1", "--listen-port", str(state.proxy_port),
+        listen = "0.0.0.0" if state.listen != "127.0.0.1" else "127.0.0.1"
+        cmd += ["--listen-host", listen, "--listen-port", str(state.proxy_port),
                 "--upstream-host", str(self.run_dir), "--upstream-port", str(state.port),
                 "--pid-file", str(self.proxy_pid)]
         with open(self.proxy_log, "ab") as log:

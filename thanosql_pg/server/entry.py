@@ -230,13 +230,13 @@ def save_table(table_name: str, query: str) -> list[tuple[str, int]]:
 
 @entry_point
 def convert(model: str, options: str, query: str, source_table: str | None) -> list[tuple[str, int]]:
-    rec, opts = _resolve("convert", model, json.loads(options))
+    rec, _opts = _resolve("convert", model, json.loads(options))
     family_module(registry.FAMILIES[rec.family])
     raise FeatureNotAvailable("CONVERT is not available in this version of thanosql_pg")
 
 
 @entry_point
 def embed_query(model: str, options: str) -> str:
-    rec, opts = _resolve("search", model, json.loads(options))
+    rec, _opts = _resolve("search", model, json.loads(options))
     family_module(registry.FAMILIES[rec.family])
     raise FeatureNotAvailable("SEARCH IMAGE is not available in this version of thanosql_pg")

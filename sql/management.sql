@@ -1,0 +1,24 @@
+-- LIST MODEL, DESCRIBE MODEL, DELETE MODEL / DROP MODEL [IF EXISTS]
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS thanosql CASCADE;
+RESET client_min_messages;
+\set SHOW_CONTEXT never
+LIST MODEL;
+list models;
+-- A catalog row with fixed times (BUILD MODEL writes these normally).
+INSERT INTO thanosql.models (name, algorithm, family, options, labels, label_type, format, size_bytes,
+                             created_at, updated_at)
+VALUES ('regress_m', 'ConvNeXt_Tiny', 'image_classification', '{"epochs": 1}', '[0, 1, 2]', 'integer',
+        'test', 0, '2024-01-01 00:00:00+00', '2024-01-02 03:04:05+00');
+LIST MODEL;
+SELECT name, class_name FROM (LIST MODEL) AS l WHERE class_name LIKE 'ConvNeXt%';
+DESCRIBE MODEL regress_m;
+describe model "regress_m";
+DESCRIBE MODEL nope;
+\echo :LAST_ERROR_SQLSTATE
+DELETE MODEL nope;
+\echo :LAST_ERROR_SQLSTATE
+DROP MODEL IF EXISTS nope;
+DELETE MODEL regress_m;
+DROP MODEL IF EXISTS regress_m;
+LIST MODEL;

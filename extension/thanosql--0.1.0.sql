@@ -246,6 +246,17 @@ if lib:
     added = [p for p in sys.path if p not in before]
     # The virtualenv wins over Debian's dist-packages.
     sys.path[:] = added + before
+# pglast bundles libpg_query, a copy of PostgreSQL's parser whose symbols
+# (palloc, raw_parser, ...) clash with this backend's own: bound to the
+# backend's, it crashes. DEEPBIND makes it prefer its own copies.
+flags = sys.getdlopenflags()
+sys.setdlopenflags(os.RTLD_NOW | os.RTLD_DEEPBIND)
+try:
+    import pglast.parser  # noqa: F401
+except ImportError:
+    pass  # reported below, with a hint
+finally:
+    sys.setdlopenflags(flags)
 try:
     from thanosql_pg.server import entry
 except ImportError as e:

@@ -147,7 +147,7 @@ def test_superuser_only_settings(cluster: dict, roles: tuple[str, str]) -> None:
                 conn.execute(f"SET {setting} = '/tmp'")
         conn.execute("SET thanosql.device = 'cpu'")
         assert conn.execute("SHOW thanosql.device").fetchone()[0] == "cpu"
-        with pytest.raises(errors.InvalidParameterValue):
+        with pytest.raises(errors.InvalidName, match="reserved prefix"):
             conn.execute("SET thanosql.misspelled = 1")  # the prefix is reserved
 
 

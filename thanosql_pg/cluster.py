@@ -99,7 +99,7 @@ class Cluster:
             return False
         res = subprocess.run(
             self._server_cmd([str(pg_bindir() / "pg_ctl"), "status", "-D", str(self.data)]),
-            capture_output=True,
+            capture_output=True, check=False,
         )
         return res.returncode == 0
 
@@ -193,7 +193,7 @@ thanosql.data_dir = '{self.files}'
         res = subprocess.run(
             [str(pg_bindir() / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", str(self.run_dir),
              "-p", str(state.port), "-U", state.superuser, "-d", dbname, "-c", sql],
-            capture_output=True, text=True,
+            capture_output=True, text=True, check=False,
         )
         if res.returncode != 0:
             raise ConfigurationError(f"setting up the embedded cluster failed: {res.stderr.strip()}")

@@ -36,7 +36,7 @@ class Option:
                 return None
             raise InvalidOption(
                 f'option "{self.name}" cannot be None',
-                hint=f"Give {self.name} a {k.rstrip('?')} value, or leave it out.",
+                hint=f"Give {self.name} {_article(k)} {k.rstrip('?')} value, or leave it out.",
             )
         base = k.rstrip("?")
         ok: bool
@@ -55,7 +55,7 @@ class Option:
             ok = True
         if not ok:
             raise InvalidOption(
-                f'option "{self.name}" expects a {base} value, got {_describe(value)}',
+                f'option "{self.name}" expects {_article(base)} {base} value, got {_describe(value)}',
                 hint=f"Write {self.name}={_example(base)}.",
             )
         if self.choices and value.lower() not in self.choices:
@@ -70,6 +70,10 @@ class Option:
 
 
 _POSITIVE = {"batch_size", "epochs", "learning_rate", "input_size", "top_k", "embedding_dim", "temperature"}
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def _describe(value: Any) -> str:

@@ -61,8 +61,10 @@ def entry_point(fn: F) -> F:
         except plpy.SPIError as e:
             # An error from the user's own query (say, a missing column):
             # pass it on with its SQLSTATE, minus PL/Python's decoration.
-            _raise_clean(str(e.args[0]) if e.args else str(e), sqlstate=e.sqlstate or "XX000",
-                         detail=e.detail, hint=e.hint)
+            # spidata = (sqlerrcode, detail, hint, query, position, ...)
+            spidata = getattr(e, "spidata", None) or (None, None, None)
+            _raise_clean(str(e.args[0]) if e.args else str(e), sqlstate=getattr(e, "sqlstate", None) or "XX000",
+                         detail=spidata[1], hint=spidata[2])
 
     return wrapper  # type: ignore[return-value]
 
@@ -116,12 +118,18 @@ def execute(sql: str) -> Iterator[str]:
 
 def _stream_json(select_sql: str) -> Iterator[str]:
     cursor = plpy.cursor(f"SELECT to_jsonb(__t)::text AS j FROM ({select_sql}) AS __t")
-    while True:
-        rows = cursor.fetch(500)
-        if not rows:
-            return
-        for row in rows:
-            yield row["j"]
+    # The first batch is fetched now, inside the entry point's error handling:
+    # errors raised while PostgreSQL iterates come out wrapped by PL/Python.
+    first = cursor.fetch(500)
+
+    def rows() -> Iterator[str]:
+        batch = first
+        while batch:
+            for row in batch:
+                yield row["j"]
+            batch = cursor.fetch(500)
+
+    return rows()
 
 
 # --- training -------------------------------------------------------------------

@@ -1,0 +1,17 @@
+"""ThanoSQL → SQL rewriting, in pure Python on PostgreSQL's own lexer (pglast).
+
+- :func:`rewrite` rewrites the ThanoSQL statements in a text, keeping all else.
+- :func:`rewrite_for_wire` is the proxy's variant: None for plain SQL, errors
+  as a ``SELECT thanosql.raise_error(...)`` statement.
+- :func:`parse` returns the ThanoSQL statements as ``ast`` nodes.
+- :func:`split_statements` splits a text at top-level ``;``.
+
+No database and no ML stack are needed here.
+"""
+
+from thanosql_pg.preprocessor import ast
+from thanosql_pg.preprocessor.parser import parse, split_statements
+from thanosql_pg.preprocessor.printer import error_statement, render
+from thanosql_pg.preprocessor.rewriter import rewrite, rewrite_for_wire
+
+__all__ = ["ast", "error_statement", "parse", "render", "rewrite", "rewrite_for_wire", "split_statements"]

@@ -1,0 +1,167 @@
+"""Turns ``ast`` nodes into plain SQL (the shapes of docs/ARCHITECTURE.md).
+
+Every ThanoSQL statement becomes one SELECT statement, usable under the simple
+and the extended query protocol and as a subquery. Nothing of the user's is
+spliced raw except the query after AS where the shape needs it as SQL
+(PREDICT, SEARCH IMAGE); names and option values go through ``literals``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from thanosql_pg.algorithms import registry
+from thanosql_pg.errors import ThanoSQLError
+from thanosql_pg.preprocessor import ast
+from thanosql_pg.preprocessor.literals import dollar_quote, quote_ident, quote_literal, quote_nullable
+
+
+def _default(statement: str, name: str) -> Any:
+    for opt in registry.options_for(statement):
+        if opt.name == name:
+            return opt.default
+    raise KeyError(name)
+
+
+def jsonb(options: dict[str, Any]) -> str:
+    """``'{...}'::jsonb`` for ``options``."""
+    return quote_literal(json.dumps(options, ensure_ascii=False)) + "::jsonb"
+
+
+def render_query(query: ast.Query) -> str:
+    """The query's text with its nested ThanoSQL statements rewritten."""
+    if not query.nested:
+        return query.text
+    return _splice(query.text, query.start, query.nested)
+
+
+def splice(sql: str, statements: Sequence[ast.Statement]) -> str:
+    """``sql`` with each statement's text replaced by its rewrite; all else kept as is."""
+    return _splice(sql, 0, statements)
+
+
+def _splice(text: str, offset: int, statements: Sequence[ast.Statement]) -> str:
+    parts: list[str] = []
+    pos = 0
+    for s in statements:
+        parts.append(text[pos : s.start - offset])
+        parts.append(render(s))
+        pos = s.end - offset
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def render(stmt: ast.Statement) -> str:
+    """One ThanoSQL statement as one SQL statement (no trailing ``;``)."""
+    if isinstance(stmt, ast.BuildModel):
+        return (
+            f"SELECT * FROM thanosql.build_model({quote_literal(stmt.model)}, "
+            f"{quote_literal(stmt.algorithm)}, {jsonb(stmt.normalized)}, "
+            f"{dollar_quote(render_query(stmt.query))})"
+        )
+    if isinstance(stmt, ast.FitModel):
+        return (
+            f"SELECT * FROM thanosql.fit_model({quote_literal(stmt.model)}, "
+            f"{quote_literal(stmt.base_model)}, {jsonb(stmt.normalized)}, "
+            f"{dollar_quote(render_query(stmt.query))})"
+        )
+    if isinstance(stmt, ast.Predict):
+        return _predict(stmt)
+    if isinstance(stmt, ast.Evaluate):
+        return (
+            f"SELECT * FROM thanosql.evaluate({quote_literal(stmt.model)}, {jsonb(stmt.normalized)}, "
+            f"{dollar_quote(render_query(stmt.query))})"
+        )
+    if isinstance(stmt, ast.Convert):
+        return (
+            f"SELECT * FROM thanosql.convert({quote_literal(stmt.model)}, {jsonb(stmt.normalized)}, "
+            f"{dollar_quote(render_query(stmt.query))}, {quote_nullable(stmt.query.source_table)})"
+        )
+    if isinstance(stmt, ast.SearchImage):
+        return _search(stmt)
+    if isinstance(stmt, ast.ListModels):
+        return "SELECT name, class_name, last_updated_utc FROM thanosql.list_models()"
+    if isinstance(stmt, ast.DeleteModel):
+        return f"SELECT thanosql.delete_model({quote_literal(stmt.model)}, {str(stmt.if_exists).lower()})"
+    if isinstance(stmt, ast.DescribeModel):
+        return f"SELECT * FROM thanosql.describe_model({quote_literal(stmt.model)})"
+    raise TypeError(f"cannot render {type(stmt).__name__}")
+
+
+# Names are qualified and prefixed so that columns of the user's query (say
+# one called "q" or "__rn") cannot shadow the whole-row value or the order.
+_PREDICT = """\
+WITH __thanosql_cfg AS MATERIALIZED (
+  SELECT thanosql.prepare('predict', {model}, {opts}) AS c
+), __thanosql_in AS MATERIALIZED (
+  SELECT __thanosql_q, row_number() OVER () AS __thanosql_rn FROM ({query}) AS __thanosql_q
+)
+SELECT (i.__thanosql_q).*, r.res AS {result_col}
+FROM __thanosql_in AS i
+JOIN (
+  SELECT unnest(g.rns) AS rn,
+         unnest(thanosql.predict_batch((SELECT c FROM __thanosql_cfg), g.vals)) AS res
+  FROM (SELECT array_agg(__thanosql_rn ORDER BY __thanosql_rn) AS rns,
+               array_agg(to_jsonb(__thanosql_q) -> (SELECT c->>'input_col' FROM __thanosql_cfg)
+                         ORDER BY __thanosql_rn) AS vals
+        FROM __thanosql_in GROUP BY (__thanosql_rn - 1) / {batch_size}) AS g
+) AS r ON r.rn = i.__thanosql_rn
+ORDER BY i.__thanosql_rn"""
+
+
+def _predict(stmt: ast.Predict) -> str:
+    opts = dict(stmt.normalized)
+    table_name = opts.pop("table_name", None)
+    batch_size = int(opts.get("batch_size", _default("predict", "batch_size")))
+    result_col = str(opts.get("result_col", _default("predict", "result_col")))
+    sql = _PREDICT.format(
+        model=quote_literal(stmt.model),
+        opts=jsonb(opts),
+        query=render_query(stmt.query),
+        result_col=quote_ident(result_col),
+        batch_size=batch_size,
+    )
+    if table_name is None:
+        return sql
+    return f"SELECT * FROM thanosql.save_table({quote_literal(table_name)}, {dollar_quote(sql)})"
+
+
+def _search(stmt: ast.SearchImage) -> str:
+    opts = stmt.normalized
+    emb = "s." + quote_ident(opts["emb_col"])
+    result_col = quote_ident(opts.get("result_col", _default("search", "result_col")))
+    top_k = opts["top_k"] if "top_k" in opts else _default("search", "top_k")
+    sql = (
+        f"SELECT s.*, 1 - ({emb} <=> e.v) AS {result_col} "
+        f"FROM ({render_query(stmt.query)}) AS s, "
+        f"(SELECT thanosql.embed_query({quote_literal(stmt.model)}, {jsonb(opts)}) AS v) AS e "
+        f"ORDER BY {emb} <=> e.v"
+    )
+    if top_k is not None:
+        sql += f" LIMIT {int(top_k)}"
+    return sql
+
+
+def error_statement(error: ThanoSQLError, n_params: int = 0) -> str:
+    """``SELECT thanosql.raise_error(...)``: the server raises ``error`` for us.
+
+    With ``n_params`` the statement still takes $1..$n (as text), so a Bind
+    for the statement the client prepared succeeds and the error comes back
+    from Execute, in the right transaction state.
+    """
+    sqlstate = error.sqlstate if _valid_sqlstate(error.sqlstate) else "XX000"
+    position = "NULL" if error.position is None else str(int(error.position))
+    sql = (
+        f"SELECT thanosql.raise_error({quote_literal(sqlstate)}, {quote_literal(error.message)}, "
+        f"{quote_nullable(error.detail)}, {quote_nullable(error.hint)}, {position})"
+    )
+    if n_params > 0:
+        params = ", ".join(f"${i}::text" for i in range(1, n_params + 1))
+        sql += f" FROM (SELECT {params}) AS _p"
+    return sql
+
+
+def _valid_sqlstate(code: str) -> bool:
+    return len(code) == 5 and code.isascii() and code.isalnum() and code.upper() == code

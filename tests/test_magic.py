@@ -1,0 +1,244 @@
+"""The %%thanosql magic in a real IPython kernel, and thanosql_pg.connect.
+
+The kernel is a separate process started by jupyter_client, exactly as a
+notebook server starts one; each test sends it cells and reads back what a
+notebook would show: stdout/stderr streams, the cell's value, the error.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from jupyter_client.manager import KernelManager
+
+import thanosql_pg
+from thanosql_pg.algorithms import registry
+from thanosql_pg.errors import ThanoSQLError
+from thanosql_pg.magic import caret_lines, parse_progress, split_with_offsets
+
+import digits as digits_data  # tests/digits.py  # isort: skip
+
+
+@dataclass
+class CellResult:
+    stdout: str = ""
+    stderr: str = ""
+    value: str | None = None  # text/plain of the cell's result
+    error: dict[str, Any] | None = None  # ename, evalue, traceback
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def error_text(self) -> str:
+        assert self.error is not None, f"no error; stdout={self.stdout!r} value={self.value!r}"
+        return "\n".join(self.error["traceback"])
+
+
+class Kernel:
+    def __init__(self) -> None:
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel()
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    def run(self, code: str, timeout: float = 300) -> CellResult:
+        msg_id = self.kc.execute(code)
+        res = CellResult()
+        while True:
+            try:
+                msg = self.kc.get_iopub_msg(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"no answer from the kernel for {code!r}") from None
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                if content["name"] == "stdout":
+                    res.stdout += content["text"]
+                else:
+                    res.stderr += content["text"]
+            elif kind == "execute_result":
+                res.value = content["data"].get("text/plain")
+            elif kind == "error":
+                res.error = content
+            elif kind == "status" and content["execution_state"] == "idle":
+                return res
+            res.outputs.append(msg)
+
+    def ok(self, code: str, timeout: float = 300) -> CellResult:
+        res = self.run(code, timeout)
+        assert res.error is None, "\n".join(res.error["traceback"])
+        return res
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def kernel(cluster: dict) -> Iterator[Kernel]:
+    k = Kernel()
+    try:
+        k.ok("%load_ext thanosql_pg")
+        yield k
+    finally:
+        k.close()
+
+
+def caret_column(error_text: str, line_no: int) -> int:
+    """The 0-based column the caret points at, in the LINE line_no psql-style display."""
+    m = re.search(rf"^LINE {line_no}: .*\n( *)\^$", error_text, re.MULTILINE)
+    assert m, error_text
+    return len(m[1]) - len(f"LINE {line_no}: ")
+
+
+# --- in the kernel ------------------------------------------------------------------
+def test_default_connection_is_the_embedded_server(kernel: Kernel, cluster: dict) -> None:
+    kernel.ok("%%thanosql\nSELECT inet_server_port() AS port")
+    res = kernel.ok("print(int(_.port[0]))")
+    assert res.stdout.strip() == str(cluster["port"])  # the server itself, not the proxy
+
+
+def test_line_magic_sets_the_connection(kernel: Kernel, server_dsn: str) -> None:
+    res = kernel.ok(f"%thanosql {server_dsn}")
+    assert res.value is not None and "connected to thanosql on 127.0.0.1" in res.value
+
+
+def test_plain_sql_into_a_dataframe(kernel: Kernel) -> None:
+    res = kernel.ok("%%thanosql\nSELECT 1 AS a;  -- only the last result is shown\n"
+                    "SELECT g AS n, g * g AS sq FROM generate_series(1, 3) AS g")
+    assert res.value is not None and "sq" in res.value
+    res = kernel.ok("print(type(_).__name__, _.to_dict('list'))")
+    assert res.stdout.strip() == "DataFrame {'n': [1, 2, 3], 'sq': [1, 4, 9]}"
+
+
+def test_vector_column_as_numpy(kernel: Kernel) -> None:
+    kernel.ok("%%thanosql\nSELECT '[1,2.5,3]'::vector AS v")
+    res = kernel.ok("v = _.v[0]; print(type(v).__module__, type(v).__name__, v.dtype, v.tolist())")
+    assert res.stdout.strip() == "numpy ndarray float32 [1.0, 2.5, 3.0]"
+
+
+def test_thanosql_statement_and_notices(kernel: Kernel) -> None:
+    kernel.ok("%%thanosql\nLIST MODEL")
+    res = kernel.ok("print(list(_.columns))")
+    assert res.stdout.strip() == "['name', 'class_name', 'last_updated_utc']"
+    res = kernel.ok("%%thanosql\nDROP MODEL IF EXISTS no_such_model_xyz")
+    assert 'NOTICE:  model "no_such_model_xyz" does not exist, skipping' in res.stdout
+
+
+def test_statement_without_rows_shows_its_status(kernel: Kernel) -> None:
+    res = kernel.ok("%%thanosql\nCREATE TEMP TABLE mt (a int);\nINSERT INTO mt VALUES (1), (2)")
+    assert res.value == "INSERT 0 2"
+
+
+def test_server_error_caret_in_the_cell(kernel: Kernel) -> None:
+    res = kernel.run("%%thanosql\nSELECT 1;\nSELECT a,\n       nocol FROM (SELECT 1 AS a) AS t")
+    text = res.error_text
+    assert res.error["ename"] == "ThanoSQLCellError" and "Traceback" not in text
+    assert text.startswith('ERROR:  column "nocol" does not exist')
+    assert "LINE 3:        nocol FROM" in text and caret_column(text, 3) == 7
+    assert "SQLSTATE: 42703" in text
+
+
+def test_thanosql_syntax_error_caret(kernel: Kernel) -> None:
+    res = kernel.run("%%thanosql\nSELECT 1;\nBUILD MODEL m USING ConvNeXt_Tiny\n"
+                     "  OPTIONS (epochz=3) AS SELECT 1")
+    text = res.error_text
+    assert 'unknown option "epochz"' in text and "SQLSTATE: 22023" in text
+    assert caret_column(text, 3) == len("  OPTIONS (")
+
+
+def test_error_in_a_rewritten_statement_has_no_caret(kernel: Kernel) -> None:
+    res = kernel.run("%%thanosql\nSELECT 1;\n"
+                     "PREDICT USING no_such_model_xyz OPTIONS (image_col='p') AS SELECT 'x' AS p")
+    text = res.error_text
+    assert 'model "no_such_model_xyz" does not exist' in text and "SQLSTATE: 42704" in text
+    assert "LINE" not in text and "STATEMENT:  PREDICT USING no_such_model_xyz" in text
+
+
+def test_unavailable_algorithm_is_a_clean_0A000(kernel: Kernel) -> None:
+    unavailable = [a for a in registry.ALGORITHMS.values() if not registry.is_available(a)]
+    if not unavailable:
+        pytest.skip("every algorithm is implemented")
+    algo = unavailable[0]
+    res = kernel.run(f"%%thanosql\nBUILD MODEL m_unavail USING {algo.name} AS SELECT 1 AS x")
+    text = res.error_text
+    assert text.startswith(f"ERROR:  algorithm {algo.name} is not available") and "SQLSTATE: 0A000" in text
+
+
+def test_build_streams_progress(kernel: Kernel, cluster: dict) -> None:
+    if "image_classification" not in registry.IMPLEMENTED_FAMILIES:
+        pytest.skip("image classification is not implemented yet")
+    with psycopg.connect(cluster["server"], autocommit=True) as conn:
+        rows = digits_data.per_class(digits_data.digits(cluster["files_dir"]), 8)
+        digits_data.load_table(conn, "magic_digits", rows)
+    res = kernel.ok(
+        "%%thanosql\nSET thanosql.progress_interval = '1s';\n"
+        "BUILD MODEL magic_digits USING ConvNeXt_Tiny OPTIONS (image_col='path', label_col='label',\n"
+        "  epochs=2, batch_size=8, input_size=32, pretrained=False, overwrite=True)\n"
+        "AS SELECT path, label FROM magic_digits", timeout=600)
+    assert "magic_digits" in (res.value or "")
+    assert "training done" in res.stdout  # a notice without counters: printed as a line
+    seconds = float(kernel.ok("print(_.seconds[0])").stdout)
+    if seconds >= 3:  # progress NOTICEs come every second (not before): a fast GPU may send none
+        # tqdm's bar on stderr, moved by the progress NOTICEs; it ends full.
+        assert re.search(r"ConvNeXt_Tiny training: +\d+%\|", res.stderr), res.stderr
+        assert "20/20 [" in res.stderr and "loss" in res.stderr  # 80 rows / 8 per step * 2 epochs
+    kernel.ok("%%thanosql\nDROP MODEL magic_digits; DROP TABLE magic_digits")
+
+
+# --- pure functions -----------------------------------------------------------------
+def test_parse_progress() -> None:
+    p = parse_progress("ConvNeXt_Tiny training: epoch 2/3, step 10/50, loss 0.5, accuracy 0.9, ETA 1m")
+    assert p is not None and (p.label, p.done, p.total) == ("ConvNeXt_Tiny training", 60, 150)
+    assert p.rest == "loss 0.5, accuracy 0.9, ETA 1m"
+    p = parse_progress("epoch 3/5")
+    assert p is not None and (p.label, p.done, p.total, p.rest) == ("progress", 3, 5, "")
+    assert parse_progress("model m does not exist, skipping") is None
+
+
+def test_split_with_offsets() -> None:
+    text = "-- SELECT 1\nSELECT 1; /* x */ SELECT ';' ;\n\nLIST MODEL"
+    parts = split_with_offsets(text)
+    assert [s for _, s in parts] == ["SELECT 1", "SELECT ';'", "LIST MODEL"]
+    assert all(text[o : o + len(s)] == s for o, s in parts) and parts[0][0] == 12
+
+
+def test_caret_lines() -> None:
+    assert caret_lines("SELECT 1;\nSELECT\tnocol", 18) == ["LINE 2: SELECT nocol", "               ^"]
+
+
+# --- thanosql_pg.connect --------------------------------------------------------------
+def test_connect_runs_thanosql_and_plain_sql(server_dsn: str) -> None:
+    with thanosql_pg.connect(server_dsn, autocommit=True) as conn:
+        port = conn.execute("SELECT inet_server_port()").fetchone()[0]
+        assert f":{port}/" in server_dsn  # straight to the server
+        cur = conn.execute("LIST MODEL")
+        assert [c.name for c in cur.description] == ["name", "class_name", "last_updated_utc"]
+        with conn.cursor() as cur:
+            cur.execute("DROP MODEL IF EXISTS no_such_model_xyz")
+            assert cur.fetchone() == (None,)
+        v = conn.execute("SELECT %s::vector", (np.array([1.0, 2.0]),)).fetchone()[0]
+        assert isinstance(v, np.ndarray) and v.tolist() == [1.0, 2.0]
+        with pytest.raises(ThanoSQLError) as e:
+            conn.execute("BUILD MODEL m USING ConvNeXt_Tiny OPTIONS (epochz=3) AS SELECT 1")
+        assert e.value.sqlstate == "22023"
+        assert e.value.position == len("BUILD MODEL m USING ConvNeXt_Tiny OPTIONS (") + 1
+        with conn.cursor(name="named") as cur, conn.transaction():
+            cur.execute("LIST MODEL")
+            assert isinstance(cur.fetchall(), list)
+
+
+def test_connect_default_and_transactions(monkeypatch: pytest.MonkeyPatch, server_dsn: str) -> None:
+    monkeypatch.setenv("THANOSQL_DSN", server_dsn)
+    with thanosql_pg.connect() as conn:  # not autocommit: registering pgvector leaves no transaction open
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        conn.execute("LIST MODEL")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS

@@ -1,0 +1,328 @@
+"""The ``%%thanosql`` cell magic for IPython and Jupyter.
+
+    %load_ext thanosql_pg
+    %thanosql postgresql://user@host:5432/db     # optional: else $THANOSQL_DSN, else the
+                                                 # embedded cluster (`thanosql start`)
+    %%thanosql
+    BUILD MODEL digits USING ConvNeXt_Tiny OPTIONS (...) AS SELECT * FROM digits_train;
+    EVALUATE USING digits OPTIONS (...) AS SELECT * FROM digits_test
+
+A cell holds one or more statements, ThanoSQL and plain SQL; the last one's
+rows come back as a pandas DataFrame (pgvector columns as numpy arrays).
+Statements are rewritten here with the proxy's preprocessor and sent straight
+to the server, one at a time, so that each error can be placed in the cell's
+own text. Progress NOTICEs of long statements drive a progress bar.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+
+from thanosql_pg.errors import ThanoSQLError
+
+# A connection string rather than a statement: a URI, or libpq's key=value form.
+_DSN = re.compile(r"^(postgres(ql)?://|\w+\s*=\s*\S)", re.IGNORECASE)
+
+
+def split_with_offsets(text: str) -> list[tuple[int, str]]:
+    """The statements of ``text`` with the 0-based offset of each, split by the
+    preprocessor's own splitter (PostgreSQL's lexer: ``;`` in strings, comments
+    and dollar quotes does not split)."""
+    from thanosql_pg.preprocessor import split_statements
+    from thanosql_pg.preprocessor.lexer import tokenize
+
+    starts = {t.start for t in tokenize(text)}
+    out: list[tuple[int, str]] = []
+    pos = 0
+    for stmt in split_statements(text):
+        at = text.find(stmt, pos)
+        # The same text inside a comment is not a token start: look further.
+        while at >= 0 and at not in starts:
+            at = text.find(stmt, at + 1)
+        at = at if at >= 0 else pos  # cannot happen: the pieces are slices of text
+        out.append((at, stmt))
+        pos = at + len(stmt)
+    return out
+
+
+# --- errors ---------------------------------------------------------------------------
+class ThanoSQLCellError(Exception):
+    """A failed statement, shown like psql shows it (the caret under the
+    position in the cell's text) instead of a Python traceback."""
+
+    def __init__(self, message: str, *, sqlstate: str | None, text: str, position: int | None = None,
+                 detail: str | None = None, hint: str | None = None, statement: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.sqlstate = sqlstate
+        self.position = position  # 1-based character offset into the cell's text
+        self.detail = detail
+        self.hint = hint
+        self.text = text
+        self.statement = statement
+
+    def lines(self) -> list[str]:
+        out = [f"ERROR:  {self.message}"]
+        if self.position:
+            out += caret_lines(self.text, self.position)
+        elif self.statement and self.statement.strip() != self.text.strip():
+            out.append(f"STATEMENT:  {_shorten(self.statement)}")
+        if self.detail:
+            out.append(f"DETAIL:  {self.detail}")
+        if self.hint:
+            out.append(f"HINT:  {self.hint}")
+        if self.sqlstate:
+            out.append(f"SQLSTATE: {self.sqlstate}")
+        return out
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return self.lines()
+
+
+def caret_lines(text: str, position: int) -> list[str]:
+    """psql's two lines: ``LINE n: <the line>`` and a caret under character ``position`` (1-based)."""
+    index = min(max(position - 1, 0), len(text))
+    line_no = text.count("\n", 0, index) + 1
+    start = text.rfind("\n", 0, index) + 1
+    end = text.find("\n", index)
+    line = text[start : end if end >= 0 else len(text)].replace("\t", " ")  # tabs would shift the caret
+    prefix = f"LINE {line_no}: "
+    return [prefix + line, " " * (len(prefix) + index - start) + "^"]
+
+
+def _shorten(statement: str, limit: int = 300) -> str:
+    one_line = " ".join(statement.split())
+    return one_line if len(one_line) <= limit else one_line[: limit - 3] + "..."
+
+
+def _from_thanosql(e: ThanoSQLError, text: str, offset: int, stmt: str) -> ThanoSQLCellError:
+    return ThanoSQLCellError(e.message, sqlstate=e.sqlstate, text=text, detail=e.detail, hint=e.hint,
+                             position=offset + e.position if e.position else None, statement=stmt)
+
+
+def _from_server(e: psycopg.Error, text: str, offset: int | None, stmt: str) -> ThanoSQLCellError:
+    diag = e.diag
+    position = None
+    # The server counts in the text it was sent: that is the cell's text only
+    # when the preprocessor left the statement alone (offset is given then).
+    if offset is not None and diag.statement_position:
+        position = offset + int(diag.statement_position)
+    return ThanoSQLCellError(diag.message_primary or str(e).strip(), sqlstate=diag.sqlstate or e.sqlstate,
+                             text=text, position=position, detail=diag.message_detail,
+                             hint=diag.message_hint, statement=stmt)
+
+
+# --- progress -------------------------------------------------------------------------
+_EPOCH = re.compile(r"\bepochs?\s+(\d+)\s*/\s*(\d+)", re.IGNORECASE)
+_STEP = re.compile(r"\b(?:step|batch)\s+(\d+)\s*/\s*(\d+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ProgressInfo:
+    label: str
+    done: int
+    total: int
+    rest: str  # what follows the counters: loss, accuracy, throughput, ETA
+
+
+def parse_progress(message: str) -> ProgressInfo | None:
+    """Read "epoch e/E" and/or "step i/n" from a NOTICE, in any wording around them;
+    None for a notice without counters."""
+    epoch, step = _EPOCH.search(message), _STEP.search(message)
+    if not epoch and not step:
+        return None
+    if epoch and step:
+        e, n_epochs = int(epoch[1]), int(epoch[2])
+        i, n_steps = int(step[1]), int(step[2])
+        done, total = (max(e, 1) - 1) * n_steps + i, n_epochs * n_steps
+    else:
+        m = epoch or step
+        assert m is not None
+        done, total = int(m[1]), int(m[2])
+    first = min(m.start() for m in (epoch, step) if m)
+    last = max(m.end() for m in (epoch, step) if m)
+    head = message[:first].strip().rstrip(":,;").strip()
+    return ProgressInfo(label=head or "progress", done=min(done, total), total=max(total, 1),
+                        rest=message[last:].strip().lstrip(":,;").strip())
+
+
+def _bar_class() -> Any:
+    # The widget bar needs ipywidgets inside a kernel; the text bar works anywhere.
+    if "ipykernel" in sys.modules:
+        try:
+            import ipywidgets  # noqa: F401
+            from tqdm.notebook import tqdm
+
+            return tqdm
+        except ImportError:
+            pass
+    from tqdm.std import tqdm
+
+    return tqdm
+
+
+class NoticeStream:
+    """A notice handler for one statement: progress notices move a bar, any
+    other notice is printed as a line."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.label = ""
+
+    def __call__(self, diag: psycopg.errors.Diagnostic) -> None:
+        message = diag.message_primary or ""
+        info = parse_progress(message)
+        if info is None:
+            if self.bar is not None and message.startswith(self.label):
+                self.close(finished=True)  # "<label> done: ...": that phase is over
+            self._write(f"{diag.severity or 'NOTICE'}:  {message}")
+            return
+        if self.bar is None or info.label != self.label or info.total != self.bar.total:
+            self.close(finished=False)
+            # initial: the first notice comes some steps in; counting them as done
+            # "now" would make the first rate absurd.
+            self.bar = _bar_class()(total=info.total, initial=info.done, desc=info.label, unit="step",
+                                    mininterval=0, file=sys.stderr, leave=True)
+            self.label = info.label
+        self.bar.set_postfix_str(info.rest, refresh=False)
+        if info.done != self.bar.n:
+            self.bar.update(info.done - self.bar.n)  # also redraws
+        else:
+            self.bar.refresh()
+
+    def _write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stdout)  # above the bar, without breaking it
+        else:
+            print(line, flush=True)
+
+    def close(self, *, finished: bool) -> None:
+        if self.bar is None:
+            return
+        if finished:  # the last notice came before the end of training
+            self.bar.update(self.bar.total - self.bar.n)
+        self.bar.close()
+        self.bar = None
+
+
+# --- running a cell ---------------------------------------------------------------------
+class CommandStatus(str):
+    """The result of a statement that returns no rows ("CREATE TABLE", "INSERT 0 3")."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def to_dataframe(cur: psycopg.Cursor) -> Any:  # type: ignore[type-arg]
+    import pandas as pd
+
+    columns = [c.name for c in cur.description or ()]
+    return pd.DataFrame(cur.fetchall(), columns=columns)
+
+
+def run_text(conn: psycopg.Connection, text: str) -> Any:  # type: ignore[type-arg]
+    """Run every statement of ``text``; return the last one's result: a DataFrame,
+    a CommandStatus, or None for an empty text. Raises ThanoSQLCellError."""
+    from thanosql_pg.preprocessor import rewrite
+
+    try:
+        statements = split_with_offsets(text)
+    except ThanoSQLError as e:  # unterminated string or comment, ...
+        raise _from_thanosql(e, text, 0, text) from None
+    result: Any = None
+    for offset, stmt in statements:
+        try:
+            sql = rewrite(stmt)
+        except ThanoSQLError as e:
+            raise _from_thanosql(e, text, offset, stmt) from None
+        notices = NoticeStream()
+        conn.add_notice_handler(notices)
+        try:
+            # A plain cursor: the text is already rewritten.
+            cur = psycopg.Cursor(conn)
+            cur.execute(sql, prepare=False)
+            notices.close(finished=True)
+        except psycopg.Error as e:
+            notices.close(finished=False)
+            raise _from_server(e, text, offset if sql is stmt else None, stmt) from None
+        finally:
+            conn.remove_notice_handler(notices)
+        result = to_dataframe(cur) if cur.description is not None else CommandStatus(cur.statusmessage or "")
+    return result
+
+
+@magics_class
+class ThanoSQLMagics(Magics):
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.dsn: str | None = None
+        self.conn: psycopg.Connection | None = None  # type: ignore[type-arg]
+
+    def connection(self) -> psycopg.Connection:  # type: ignore[type-arg]
+        from thanosql_pg.client import connect, default_dsn
+
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            try:
+                self.conn = connect(self.dsn or default_dsn(), autocommit=True)
+            except ThanoSQLError as e:
+                raise ThanoSQLCellError(e.message, sqlstate=e.sqlstate, text="", hint=e.hint) from None
+            except psycopg.Error as e:
+                raise ThanoSQLCellError(f"could not connect: {str(e).strip()}", sqlstate="08001",
+                                        text="") from None
+        return self.conn
+
+    def use(self, dsn: str) -> str:
+        self.close()
+        self.dsn = dsn
+        info = self.connection().info
+        return f"connected to {info.dbname} on {info.host}:{info.port} as {info.user}"
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    @line_cell_magic
+    def thanosql(self, line: str, cell: str | None = None) -> Any:
+        """%thanosql [connection string | statement]; %%thanosql [connection string] + statements."""
+        line = line.strip()
+        if cell is None:
+            if not line:
+                return self.use(self.dsn) if self.dsn else self.use_default()
+            if _DSN.match(line):
+                return self.use(line)
+            return run_text(self.connection(), line)
+        if line:
+            if not _DSN.match(line):
+                raise ThanoSQLCellError(f"unexpected argument {line!r} after %%thanosql", sqlstate="42601",
+                                        text="", hint="Give a connection string there, or nothing.")
+            if line != self.dsn:
+                self.use(line)
+        return run_text(self.connection(), cell)
+
+    def use_default(self) -> str:
+        from thanosql_pg.client import default_dsn
+
+        try:
+            dsn = default_dsn()
+        except ThanoSQLError as e:
+            raise ThanoSQLCellError(e.message, sqlstate=e.sqlstate, text="", hint=e.hint) from None
+        return self.use(dsn)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    ipython.register_magics(ThanoSQLMagics)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    magics = ipython.magics_manager.registry.pop("ThanoSQLMagics", None)
+    if magics is not None:
+        magics.close()
+        for kind in ("line", "cell"):
+            ipython.magics_manager.magics[kind].pop("thanosql", None)

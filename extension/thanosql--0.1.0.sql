@@ -328,3 +328,20 @@ LANGUAGE plpython3u AS $$
 if "thanosql" not in GD: plpy.execute("SELECT thanosql._load()")
 return GD["thanosql"].embed_query(model, options)
 $$;
+
+------------------------------------------------------------------------------
+-- Folder datasets: the files of a server folder as rows (ImageFolder layout:
+-- root/[train|val|test/]<label>/<file>). Logic in thanosql_pg/scanner.py.
+-- Reading a folder follows the rule for files: superusers and members of
+-- pg_read_server_files anywhere, other roles below thanosql.data_dir.
+------------------------------------------------------------------------------
+CREATE TYPE thanosql.folder_entry AS (
+    path text, file_name text, size_bytes bigint, label text, split text, media_type text
+);
+
+CREATE FUNCTION thanosql.scan_folder(path text, recursive boolean DEFAULT true,
+                                     media_type text DEFAULT NULL, include_hidden boolean DEFAULT false)
+RETURNS SETOF thanosql.folder_entry LANGUAGE plpython3u AS $$
+if "thanosql" not in GD: plpy.execute("SELECT thanosql._load()")
+return GD["thanosql"].scan_folder(path, recursive, media_type, include_hidden)
+$$;

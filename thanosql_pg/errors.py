@@ -33,7 +33,7 @@ class ThanoSQLError(Exception):
         return self.message
 
 
-class SyntaxError(ThanoSQLError):  # noqa: A001 - mirrors SQLSTATE class name
+class SyntaxError(ThanoSQLError):
     sqlstate = "42601"
 
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import plpy
 
 from thanosql_pg.algorithms import registry
-from thanosql_pg.errors import FeatureNotAvailable, InvalidOption, ThanoSQLError
+from thanosql_pg.errors import FeatureNotAvailable, InvalidOption, ThanoSQLError, UndefinedColumn
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,7 +63,8 @@ def entry_point(fn: F) -> F:
             # pass it on with its SQLSTATE, minus PL/Python's decoration.
             # spidata = (sqlerrcode, detail, hint, query, position, ...)
             spidata = getattr(e, "spidata", None) or (None, None, None)
-            _raise_clean(str(e.args[0]) if e.args else str(e), sqlstate=getattr(e, "sqlstate", None) or "XX000",
+            message = str(e.args[0]) if e.args else str(e)
+            _raise_clean(message, sqlstate=getattr(e, "sqlstate", None) or "XX000",
                          detail=spidata[1], hint=spidata[2])
 
     return wrapper  # type: ignore[return-value]
@@ -133,17 +134,26 @@ def _stream_json(select_sql: str) -> Iterator[str]:
 
 
 # --- training -------------------------------------------------------------------
+def _column_options(module: Any) -> tuple[str, str]:
+    """The option names of a family's (input, target) columns, for error messages."""
+    return getattr(module, "COLUMN_OPTIONS", ("image_col", "label_col"))
+
+
 def _train(statement: str, name: str, algo: registry.Algorithm, given: dict[str, Any], query: str,
            base: Any = None) -> list[tuple[Any, ...]]:
     opts = registry.normalize_options(statement, given, algo.family, fill_defaults=True)
     registry.require_available(algo)
     module = family_module(algo.family)
-    from thanosql_pg.server import catalog, data
+    from thanosql_pg.server import catalog, data, models
 
     replace = catalog.check_target(name, opts["overwrite"])
     start = time.monotonic()
-    with data.TrainingData.from_query(query, module.training_columns(opts)) as source:
-        trained = module.train(algo, opts, source, base)
+    with data.TrainingData.from_query(query, module.training_columns(opts),
+                                      on_error=opts.get("on_error", "fail"),
+                                      options=_column_options(module)) as source:
+        # 'auto' defers to the thanosql.device setting; the stored options keep 'auto'
+        run_opts = {**opts, "device": models.resolve_device(opts.get("device"))}
+        trained = module.train(algo, run_opts, source, base)
         rows = source.count
     stored_opts = {k: v for k, v in opts.items() if k != "overwrite"}
     stored_opts.update(trained.options)
@@ -172,6 +182,10 @@ def fit_model(name: str, base_model: str, options: str, query: str) -> list[tupl
     given = json.loads(options)
     if name == base_model and "overwrite" not in given:
         given["overwrite"] = True  # FIT MODEL m USING m trains m further in place
+    fit_options = {o.name for o in algo.family.options.get("fit", ())}
+    for key in ("input_size",):  # a property of the trained model: FIT keeps it unless told otherwise
+        if key in fit_options and key not in given and key in base_rec.options:
+            given[key] = base_rec.options[key]
     base = models.load(base_rec, family_module(algo.family), device=given.get("device", "auto"))
     return _train("fit", name, algo, given, query, base=base)
 
@@ -198,7 +212,7 @@ def prepare(statement: str, model: str, options: str) -> str:
     family = registry.FAMILIES[rec.family]
     family_module(family)
     opts.update(model=rec.name, model_id=rec.id, version=rec.version, statement=statement,
-                input_col=opts[family.input_option])
+                input_col=opts[family.input_option], input_option=family.input_option)
     return json.dumps(opts)
 
 
@@ -207,8 +221,15 @@ def predict_batch(cfg: str, vals: list[str | None]) -> list[Any]:
     from thanosql_pg.server import models
 
     opts = json.loads(cfg)
+    # vals come from `to_jsonb(row) -> input_col`: a NULL column value is JSON
+    # null, while SQL NULL means the row has no such column at all.
+    if any(v is None for v in vals):
+        raise UndefinedColumn(
+            f'column "{opts["input_col"]}" does not exist in the query after AS',
+            hint=f"Name an existing column with {opts['input_option']}=..., or select it in the query.",
+        )
     predictor = models.cached(opts)
-    return predictor.predict_values([json.loads(v) if v is not None else None for v in vals], opts)
+    return predictor.predict_values([json.loads(v) for v in vals], opts)
 
 
 @entry_point
@@ -218,7 +239,9 @@ def evaluate(model: str, options: str, query: str) -> list[tuple[str, float]]:
     rec, opts = _resolve("evaluate", model, json.loads(options))
     module = family_module(registry.FAMILIES[rec.family])
     predictor = models.cached({**opts, "model": rec.name, "model_id": rec.id, "version": rec.version})
-    with data.TrainingData.from_query(query, module.evaluation_columns(opts)) as source:
+    with data.TrainingData.from_query(query, module.evaluation_columns(opts),
+                                      on_error=opts.get("on_error", "fail"),
+                                      options=_column_options(module)) as source:
         metrics = predictor.evaluate(source, opts)
         rows = source.count
     catalog.record_metrics(rec, "EVALUATE", rows, metrics)
@@ -248,3 +271,12 @@ def embed_query(model: str, options: str) -> str:
     rec, _opts = _resolve("search", model, json.loads(options))
     family_module(registry.FAMILIES[rec.family])
     raise FeatureNotAvailable("SEARCH IMAGE is not available in this version of thanosql_pg")
+
+
+# --- folders ---------------------------------------------------------------------
+@entry_point
+def scan_folder(path: str, recursive: bool, media_type: str | None,
+                include_hidden: bool) -> Iterator[tuple[Any, ...]]:
+    from thanosql_pg.server import scan
+
+    return _guard_iter(scan.scan_folder(path, recursive, media_type, include_hidden))

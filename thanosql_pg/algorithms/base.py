@@ -1,0 +1,219 @@
+"""What every algorithm family shares: the row/batch interface it trains on,
+what training returns, device selection, progress reporting and prefetching.
+
+Family modules see rows only through ``RowSource`` and ``Reader``: they never
+learn whether rows came from SQL, a file list or a test fixture. The server
+side (thanosql_pg.server.data / media) implements both with SPI cursors and
+checked file access.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from thanosql_pg.errors import InvalidOption
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+@dataclass
+class Trained:
+    """The result of BUILD/FIT, ready for the catalog."""
+
+    payload: bytes  # serialized weights (model_chunks)
+    format: str  # how ``payload`` is serialized, checked on load
+    labels: list[Any] | None  # ordered label set; class index i predicts labels[i]
+    label_type: str | None  # SQL type of the label column
+    options: dict[str, Any] = field(default_factory=dict)  # extra options to store (resolved input_size ...)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input row. ``rn`` is its 1-based position in the query result (or in
+    the PREDICT batch) and names it in error messages."""
+
+    rn: int
+    value: Any  # a path (str) or the content itself (bytes)
+    target: str | None = None  # the label as SQL text; None when predicting
+
+
+class Reader(Protocol):
+    """Turns a row's input value into bytes. ``read`` and ``describe`` must be
+    thread-safe: decoding threads call them."""
+
+    def read(self, row: Row) -> bytes: ...
+
+    def describe(self, row: Row) -> str: ...
+
+    def resolve_path(self, path: str) -> str: ...
+
+
+class RowSource(Protocol):
+    """Labelled rows to train on or evaluate against.
+
+    ``batches`` and ``notice``/``check_interrupts`` belong to the calling
+    thread only (on the server they use SPI); ``reader`` may be used from any
+    thread.
+    """
+
+    count: int  # rows in the source, NULL inputs included
+    label_type: str | None
+    skipped: int  # rows dropped before reaching the model (NULL input with on_error='skip')
+    progress_interval: float  # seconds between progress notices
+    reader: Reader
+    weights_dirs: list[str]  # where pretrained weights may be found locally, first match wins
+
+    def labels(self) -> list[str]: ...
+
+    def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0) -> Iterator[list[Row]]: ...
+
+    def notice(self, message: str) -> None: ...
+
+    def check_interrupts(self) -> None: ...
+
+
+# --- devices ---------------------------------------------------------------------
+_threads_set = False
+
+
+def setup_torch() -> None:
+    """Once per process: use every core for intra-op parallelism. PostgreSQL
+    backends are separate processes, so each training statement gets the
+    machine; torch's default can be lower than the core count in containers."""
+    global _threads_set
+    if not _threads_set:
+        import torch
+
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        _threads_set = True
+
+
+def torch_device(name: str) -> Any:
+    """``cpu``, ``cuda`` or ``auto`` (cuda when available) → torch.device."""
+    import torch
+
+    setup_torch()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InvalidOption(
+            "device 'cuda' was requested but no CUDA device is available to the server",
+            hint="Use device='cpu' or device='auto' (or SET thanosql.device = 'auto').",
+        )
+    return torch.device(name)
+
+
+# --- prefetching -------------------------------------------------------------------
+_pool: ThreadPoolExecutor | None = None
+
+
+def decode_pool() -> ThreadPoolExecutor:
+    """One pool per process for decoding inputs. Its threads never call plpy:
+    they only get bytes via a thread-safe Reader and run pure-Python/C code."""
+    global _pool
+    if _pool is None:
+        workers = max(2, os.cpu_count() or 1)
+        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="thanosql-decode")
+    return _pool
+
+
+def chunks(items: Sequence[T], n: int) -> list[Sequence[T]]:
+    size = max(1, math.ceil(len(items) / max(1, n)))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def prefetch(batches: Iterable[Sequence[T]], work: Callable[[Sequence[T]], U],
+             combine: Callable[[list[U]], Any], *, depth: int = 1, split: int | None = None) -> Iterator[Any]:
+    """Yield ``combine([work(chunk) for chunk in batch])`` for each batch, with
+    the next ``depth`` batches already being worked on in the pool.
+
+    ``batches`` is pulled on the calling thread (it may use SPI); ``work`` runs
+    in pool threads, each batch split into ``split`` chunks so that decoding a
+    batch uses several cores. While the caller trains on batch k, batch k+1 is
+    decoded. On exit (error, cancel, generator closed) outstanding work is
+    cancelled or waited for, so no thread outlives the statement with work.
+    """
+    pool = decode_pool()
+    n = split or max(1, os.cpu_count() or 1)
+    pending: deque[list[Future[U]]] = deque()
+    try:
+        for batch in batches:
+            pending.append([pool.submit(work, c) for c in chunks(batch, n)])
+            if len(pending) > depth:
+                yield combine([f.result() for f in pending.popleft()])
+        while pending:
+            yield combine([f.result() for f in pending.popleft()])
+    finally:
+        for futures in pending:
+            for f in futures:
+                f.cancel()
+        for futures in pending:
+            for f in futures:
+                if not f.cancelled():
+                    try:
+                        f.result()
+                    except Exception:  # the statement is already failing or done: keep its error
+                        pass
+
+
+# --- progress --------------------------------------------------------------------
+class Progress:
+    """Progress NOTICEs at most every ``interval`` seconds: epoch, step, loss,
+    accuracy, throughput and ETA."""
+
+    def __init__(self, notice: Callable[[str], None], interval: float, *, label: str, epochs: int,
+                 steps_per_epoch: int) -> None:
+        self.notice = notice
+        self.interval = interval
+        self.label = label
+        self.epochs = epochs
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.start = self.last = time.monotonic()
+        self.images = 0
+        self.steps_done = 0
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.interval
+
+    def step(self, images: int) -> None:
+        self.images += images
+        self.steps_done += 1
+
+    def report(self, epoch: int, step: int, loss: float, accuracy: float) -> None:
+        now = time.monotonic()
+        self.last = now
+        elapsed = now - self.start
+        rate = self.images / elapsed if elapsed > 0 else 0.0
+        total = self.epochs * self.steps_per_epoch
+        left = max(0, total - self.steps_done)
+        eta = elapsed / self.steps_done * left if self.steps_done else float("nan")
+        self.notice(
+            f"{self.label}: epoch {epoch + 1}/{self.epochs}, step {step}/{self.steps_per_epoch},"
+            f" loss {loss:.4f}, accuracy {accuracy:.4f}, {rate:.1f} images/s, ETA {_duration(eta)}"
+        )
+
+    def images_per_second(self) -> float:
+        elapsed = time.monotonic() - self.start
+        return self.images / elapsed if elapsed > 0 else 0.0
+
+
+def _duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "?"
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"

@@ -1,0 +1,230 @@
+"""Training and evaluation rows from a user's query, with bounded memory.
+
+``TrainingData.from_query`` runs the query exactly once, keeping only the two
+columns a model needs (input, label) in a temporary table, then streams them
+in batches through SPI cursors: every epoch reads the table again in a new
+shuffled order, so the backend never holds more than a batch of rows (bytea
+images included) whatever the size of the table. The table lives in the
+statement's transaction: it is dropped at exit, and a failed or cancelled
+statement rolls its creation back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import plpy
+
+from thanosql_pg.algorithms.base import Row
+from thanosql_pg.errors import DataError, NullValue, UndefinedColumn
+from thanosql_pg.server.media import MediaReader
+
+_counter = itertools.count(1)
+_plans: dict[str, Any] = {}
+
+
+def _plan(key: str, sql: str, types: list[str] | None = None) -> Any:
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plans[key] = plpy.prepare(sql, types or [])
+    return plan
+
+
+def clean_query(query: str) -> str:
+    """The query as a subquery: trailing semicolons dropped; a newline before the
+    closing parenthesis keeps a trailing -- comment from swallowing it."""
+    q = query.strip()
+    while q.endswith(";"):
+        q = q[:-1].rstrip()
+    if not q:
+        raise DataError("the query after AS is empty", sqlstate="42601")
+    return q + "\n"
+
+
+def query_columns(query: str) -> list[str]:
+    """Column names of a query's result, without running it (LIMIT 0 never
+    pulls a row from the subquery)."""
+    return list(plpy.execute(f"SELECT * FROM ({query}) AS q LIMIT 0").colnames())
+
+
+def resolve_column(name: str, available: list[str], *, option: str) -> str:
+    if name in available:
+        return name
+    folded = [c for c in available if c.lower() == name.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    raise UndefinedColumn(
+        f'column "{name}" (option {option}) does not exist in the query result',
+        detail="Available columns: " + (", ".join(available) or "none"),
+        hint=f"Set {option} to one of the query's columns.",
+    )
+
+
+class TrainingData:
+    """Rows (rn, input, label) of one query in a temporary table."""
+
+    def __init__(self, table: str, *, count: int, input_col: str, target_col: str | None,
+                 label_type: str | None, skipped: int, skip_null_input: bool) -> None:
+        self.table = table
+        self.count = count
+        self.input_col = input_col
+        self.target_col = target_col
+        self.label_type = label_type
+        self.skipped = skipped
+        self._skip_null_input = skip_null_input
+        self._labels: list[str] | None = None
+        self.reader = MediaReader.for_session(column=input_col)
+        self.weights_dirs = weights_dirs(self.reader.data_dir)
+        self.progress_interval = float(
+            plpy.execute(_plan("interval", "SELECT setting FROM pg_catalog.pg_settings"
+                                           " WHERE name = 'thanosql.progress_interval'"))[0]["setting"]
+        )
+
+    @classmethod
+    @contextmanager
+    def from_query(cls, query: str, columns: tuple[str, str | None], *, on_error: str = "fail",
+                   options: tuple[str, str] = ("image_col", "label_col")) -> Iterator[TrainingData]:
+        """Materialize ``columns`` (input, label) of ``query``; label may be None.
+
+        Raises: 42703 for a column the query does not have (listing those it
+        has), 22000 for no rows, 22004 for a NULL label (or a NULL input unless
+        on_error='skip', which skips such rows).
+        """
+        input_col, target_col = columns
+        query = clean_query(query)
+        table = f"pg_temp.__thanosql_rows_{next(_counter)}"
+        nrows = _materialize(table, query, input_col, target_col, options)
+        try:
+            stats = plpy.execute(
+                "SELECT count(*) FILTER (WHERE x IS NULL) AS null_x,"
+                " min(rn) FILTER (WHERE x IS NULL) AS first_x,"
+                " count(*) FILTER (WHERE y IS NULL) AS null_y,"
+                f" min(rn) FILTER (WHERE y IS NULL) AS first_y FROM {table}"
+            )[0]
+            if nrows == 0:
+                raise DataError("the query returned no rows",
+                                hint="Check the query after AS (its WHERE clause).")
+            if target_col is not None and stats["null_y"]:
+                raise NullValue(
+                    f'label column "{target_col}" is NULL in row {stats["first_y"]}'
+                    f' ({stats["null_y"]} of {nrows} rows)',
+                    hint=f'Every row needs a label: add WHERE "{target_col}" IS NOT NULL to the query.',
+                )
+            skip = on_error == "skip"
+            if stats["null_x"] and not skip:
+                raise NullValue(
+                    f'input column "{input_col}" is NULL in row {stats["first_x"]}'
+                    f' ({stats["null_x"]} of {nrows} rows)',
+                    hint=f'Add WHERE "{input_col}" IS NOT NULL to the query,'
+                    " or on_error='skip' to OPTIONS.",
+                )
+            label_type = None
+            if target_col is not None:
+                label_type = plpy.execute(
+                    f"SELECT pg_catalog.format_type(atttypid, atttypmod) AS t FROM pg_catalog.pg_attribute"
+                    f" WHERE attrelid = '{table}'::regclass AND attname = 'y'"
+                )[0]["t"]
+            yield cls(table, count=nrows, input_col=input_col, target_col=target_col, label_type=label_type,
+                      skipped=int(stats["null_x"]) if skip else 0, skip_null_input=skip)
+        finally:
+            try:
+                plpy.execute(f"DROP TABLE IF EXISTS {table}")
+            except plpy.SPIError:
+                pass  # the statement is failing (cancel...): its rollback drops the table
+
+    # -- RowSource ------------------------------------------------------------------
+    def labels(self) -> list[str]:
+        """Distinct labels as text, in the label type's own order (numbers numerically)."""
+        if self.target_col is None:
+            return []
+        if self._labels is None:
+            try:
+                rows = plpy.execute(
+                    f"SELECT y::text AS l FROM (SELECT DISTINCT y FROM {self.table}) AS d ORDER BY y")
+            except plpy.SPIError:
+                # a type without equality/ordering (json, point): fall back to text order
+                rows = plpy.execute(f"SELECT DISTINCT y::text AS l FROM {self.table} ORDER BY 1")
+            self._labels = [r["l"] for r in rows]
+        return self._labels
+
+    def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0) -> Iterator[list[Row]]:
+        """Rows in batches; a new pseudo-random order per seed when shuffling.
+        Runs SPI: call on the statement's thread only."""
+        order = "md5(rn::text || $1)" if shuffle else "rn"
+        where = "WHERE x IS NOT NULL" if self._skip_null_input else ""
+        target = "y::text" if self.target_col is not None else "NULL::text"
+        # not cached: the table is this statement's own
+        sql = f"SELECT rn, x, {target} AS y FROM {self.table} {where} ORDER BY {order}"
+        plan = plpy.prepare(sql, ["text"])
+        cursor = plpy.cursor(plan, [str(seed)])
+        try:
+            while True:
+                rows = cursor.fetch(batch_size)
+                if not rows:
+                    return
+                yield [Row(r["rn"], r["x"], r["y"]) for r in rows]
+        finally:
+            cursor.close()
+
+    def notice(self, message: str) -> None:
+        plpy.notice(message)
+
+    def check_interrupts(self) -> None:
+        check_interrupts()
+
+
+def weights_dirs(data_dir: str) -> list[str]:
+    """Local places for pretrained weights, searched in order: $THANOSQL_WEIGHTS_DIR
+    (the server's environment; several joined with ':'), the thanosql.weights_dir
+    setting when the extension defines it, and <thanosql.data_dir>/weights."""
+    dirs = [d for d in os.environ.get("THANOSQL_WEIGHTS_DIR", "").split(":") if d]
+    setting = plpy.execute(
+        _plan("wdir", "SELECT pg_catalog.current_setting('thanosql.weights_dir', true) AS d"))
+    if setting[0]["d"]:
+        dirs.append(setting[0]["d"])
+    if data_dir:
+        dirs.append(os.path.join(data_dir, "weights"))
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def check_interrupts() -> None:
+    """Let a pending cancel (statement_timeout, pg_cancel_backend) through.
+
+    PL/Python code never reaches CHECK_FOR_INTERRUPTS by itself; pg_sleep(0)
+    calls it unconditionally, so a pending cancel raises here (57014) and the
+    statement's transaction rolls back."""
+    plpy.execute(_plan("cfi", "SELECT pg_catalog.pg_sleep(0)"))
+
+
+def _materialize(table: str, query: str, input_col: str, target_col: str | None,
+                 options: tuple[str, str]) -> int:
+    def create(inp: str, tgt: str | None) -> int:
+        y = f"q.{plpy.quote_ident(tgt)}" if tgt is not None else "NULL::text"
+        res = plpy.execute(
+            f"CREATE TEMP TABLE {table} AS SELECT row_number() OVER () AS rn,"
+            f" q.{plpy.quote_ident(inp)} AS x, {y} AS y FROM ({query}) AS q"
+        )
+        return int(res.nrows())
+
+    try:
+        return create(input_col, target_col)
+    except plpy.SPIError as e:
+        if e.sqlstate != "42703":
+            raise
+        original = e
+    # A column is missing (or differs in case): the CREATE failed during parse
+    # analysis, so the query has not run. Find the query's columns to fix the
+    # case or say which exist; if that fails too the error is the user's own.
+    try:
+        available = query_columns(query)
+    except plpy.SPIError:
+        raise original from None
+    inp = resolve_column(input_col, available, option=options[0])
+    tgt = resolve_column(target_col, available, option=options[1]) if target_col is not None else None
+    if (inp, tgt) == (input_col, target_col):
+        raise original
+    return create(inp, tgt)

@@ -1,0 +1,128 @@
+"""Loaded models and the per-session model cache.
+
+A PREDICT calls predict_batch once per batch; loading weights from
+model_chunks every time would dominate, so each backend keeps its most
+recently used models. The cache key is the catalog row's (version, xmin):
+version bumps on overwrite and FIT, and xmin tells apart two writes that
+reuse a version number after a rollback.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+from collections import OrderedDict
+from typing import Any
+
+import plpy
+
+from thanosql_pg.algorithms import registry
+from thanosql_pg.algorithms.base import Row
+from thanosql_pg.errors import UndefinedModel
+from thanosql_pg.server import catalog
+from thanosql_pg.server.media import MediaReader
+
+MAX_CACHED = 2  # models kept per backend; big ones are hundreds of MB each
+
+_plans: dict[str, Any] = {}
+_cache: OrderedDict[int, tuple[tuple[Any, ...], Predictor]] = OrderedDict()
+
+
+def _plan(key: str, sql: str, types: list[str] | None = None) -> Any:
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plans[key] = plpy.prepare(sql, types or [])
+    return plan
+
+
+class Predictor:
+    """A stored model, loaded: the family's model object plus its catalog record."""
+
+    def __init__(self, record: catalog.ModelRecord, model: Any, device: str) -> None:
+        self.record = record
+        self.model = model
+        self.device = device
+
+    def predict_values(self, values: list[Any], opts: dict[str, Any]) -> list[str | None]:
+        """Predictions for jsonb-decoded input values (a path, or bytea as "\\x..." hex)."""
+        reader = MediaReader.for_session(column=opts.get("input_col", "input"), from_json=True)
+        # rn 0: a PREDICT batch does not know the rows' positions; errors name the file
+        labels, skipped = self.model.predict([Row(0, v) for v in values], reader, opts)
+        if skipped:
+            plpy.notice(f"PREDICT skipped {len(skipped)} unreadable rows (their result is NULL);"
+                        f" first: {skipped[0]}")
+        return labels
+
+    def evaluate(self, source: Any, opts: dict[str, Any]) -> dict[str, float]:
+        return self.model.evaluate(source, opts)
+
+
+def resolve_device(requested: str | None) -> str:
+    """The device option, with 'auto' deferring to the thanosql.device setting."""
+    requested = (requested or "auto").lower()
+    if requested == "auto":
+        setting = plpy.execute(
+            _plan("device", "SELECT pg_catalog.current_setting('thanosql.device', true) AS d"))
+        requested = (setting[0]["d"] or "auto").lower()
+    return requested
+
+
+def module_for(record: catalog.ModelRecord) -> Any:
+    return importlib.import_module(registry.FAMILIES[record.family].module)
+
+
+def load(record: catalog.ModelRecord, module: Any, device: str | None = "auto") -> Predictor:
+    """Load a stored model from the catalog (no cache)."""
+    resolved = resolve_device(device)
+    payload = catalog.load_payload(record)
+    model = module.load(record, payload, resolved)
+    del payload
+    return Predictor(record, model, resolved)
+
+
+def _evict(model_id: int) -> None:
+    if _cache.pop(model_id, None) is not None:
+        gc.collect()
+        _empty_cuda_cache()
+
+
+def _empty_cuda_cache() -> None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def cached(opts: dict[str, Any]) -> Predictor:
+    """The model named in ``opts`` (from prepare: model, model_id), loaded once
+    per session and reloaded when it has been overwritten or fitted since."""
+    model_id = opts["model_id"]
+    rows = plpy.execute(_plan("version", "SELECT version, xmin::text AS x FROM thanosql.models WHERE id = $1",
+                              ["bigint"]), [model_id])
+    if not rows.nrows():
+        _evict(model_id)
+        raise UndefinedModel(f'model "{opts.get("model")}" does not exist',
+                             hint="It may have been deleted since the statement started.")
+    device = resolve_device(opts.get("device"))
+    key = (rows[0]["version"], rows[0]["x"], device)
+    hit = _cache.get(model_id)
+    if hit is not None and hit[0] == key:
+        _cache.move_to_end(model_id)
+        return hit[1]
+    # Drop the stale copy (and, when full, the least recently used model)
+    # before loading, so that two big models are never held at once needlessly.
+    _evict(model_id)
+    while len(_cache) >= MAX_CACHED:
+        _evict(next(iter(_cache)))
+    record = catalog.get(opts["model"], "USE")
+    if record.id != model_id:  # dropped and rebuilt under the same name meanwhile
+        raise UndefinedModel(f'model "{opts.get("model")}" was replaced while the statement ran')
+    predictor = load(record, module_for(record), device)
+    _cache[model_id] = (key, predictor)
+    return predictor
+
+
+def clear() -> None:
+    _cache.clear()
+    gc.collect()

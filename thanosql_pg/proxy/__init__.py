@@ -2,8 +2,22 @@
 
 It rewrites the SQL text of Query and Parse messages with the preprocessor and relays
 every other byte untouched (authentication, COPY, notices, notifications, cancels).
+Run it with `thanosql-proxy` or `python -m thanosql_pg.proxy`; embed it with
+`ProxyServer`, `serve` or `BackgroundProxy` from `thanosql_pg.proxy.server`.
 """
 
-from thanosql_pg.proxy.server import BackgroundProxy, ProxyConfig, ProxyServer, main, serve
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["BackgroundProxy", "ProxyConfig", "ProxyServer", "main", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `python -m thanosql_pg.proxy.server` does not find its own module
+    # half-imported through this package (runpy warns about that).
+    if name in __all__:
+        from thanosql_pg.proxy import server
+
+        return getattr(server, name)
+    raise AttributeError(name)

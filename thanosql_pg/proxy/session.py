@@ -17,6 +17,7 @@ server -> client: an unframed byte pipe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from typing import TYPE_CHECKING
@@ -36,21 +37,24 @@ log = logging.getLogger("thanosql_pg.proxy")
 
 _unpack_header = HEADER.unpack_from
 _CONNECT_TIMEOUT = 10.0
+# Like the server's authentication_timeout: a client must send its startup packet in time.
+STARTUP_TIMEOUT = 60.0
+# How far from the end of a server chunk to look for ParameterStatus(client_encoding); room
+# for every GUC_REPORT setting changing at once, plus ReadyForQuery.
+_PARAMETER_STATUS_TAIL = 4096
 
 
-def _set_nodelay(transport: asyncio.BaseTransport) -> None:
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
+        with contextlib.suppress(OSError):  # the socket may already be gone
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # pragma: no cover - socket already gone
-            pass
 
 
 class UpstreamSide(asyncio.Protocol):
     """The connection to PostgreSQL: everything it sends goes to the client unchanged."""
 
-    __slots__ = ("session", "client", "transport")
+    __slots__ = ("client", "session", "transport")
 
     def __init__(self, session: ClientSession) -> None:
         self.session = session
@@ -59,12 +63,14 @@ class UpstreamSide(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's isn't an asyncio.Transport
-        _set_nodelay(transport)
+        set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         self.client.write(data)
-        # Track SET client_encoding so Query/Parse text is decoded right (cheap substring test).
-        if b"client_encoding\x00" in data:
+        # Track `SET client_encoding` so Query/Parse text is decoded right. Since PostgreSQL 14
+        # the server sends changed ParameterStatus values just before ReadyForQuery, i.e. at
+        # the end of a burst, so searching the tail keeps this O(1) for big results.
+        if data.find(b"client_encoding\x00", -_PARAMETER_STATUS_TAIL) >= 0:
             self.session.server_reported_encoding(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -73,10 +79,12 @@ class UpstreamSide(asyncio.Protocol):
 
     # PostgreSQL is slow to read (e.g. a big COPY FROM STDIN): stop reading from the client.
     def pause_writing(self) -> None:
-        self.client.pause_reading()
+        if not self.client.is_closing():
+            self.client.pause_reading()
 
     def resume_writing(self) -> None:
-        self.client.resume_reading()
+        if not self.client.is_closing():
+            self.client.resume_reading()
 
 
 class ClientSession(asyncio.Protocol):
@@ -97,15 +105,17 @@ class ClientSession(asyncio.Protocol):
         self.need = 0
         # Bytes of the current pass-through message still to come; forwarded as they arrive.
         self.skip = 0
+        self.startup_timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's isn't an asyncio.Transport
-        _set_nodelay(transport)
+        set_nodelay(transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
         self.server.sessions.add(self)
+        self.startup_timer = asyncio.get_running_loop().call_later(STARTUP_TIMEOUT, self.startup_timed_out)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -122,6 +132,8 @@ class ClientSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.startup_timer is not None:
+            self.startup_timer.cancel()
         self.server.sessions.discard(self)
         if self.upstream is not None:
             self.upstream.close()
@@ -129,11 +141,11 @@ class ClientSession(asyncio.Protocol):
 
     # The client is slow to read: stop reading from the server until its buffer drains.
     def pause_writing(self) -> None:
-        if self.upstream is not None:
+        if self.upstream is not None and not self.upstream.is_closing():
             self.upstream.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.upstream is not None:
+        if self.upstream is not None and not self.upstream.is_closing():
             self.upstream.resume_reading()
 
     # --- relay: client -> server ---------------------------------------------------------------
@@ -238,7 +250,15 @@ class ClientSession(asyncio.Protocol):
             self.start_session(code, packet)
             return
 
+    def startup_timed_out(self) -> None:
+        if not self.relaying and not self.closed:
+            log.warning("client %s: no startup packet in %.0f s; closing", self.peer, STARTUP_TIMEOUT)
+            self.abort()
+
     def start_session(self, version: int, packet: bytes) -> None:
+        if self.startup_timer is not None:
+            self.startup_timer.cancel()
+            self.startup_timer = None
         if version >> 16 == 3:
             params = proto.parse_startup_params(packet[8:])
             # Until the server reports client_encoding this is what the client asked for.
@@ -258,15 +278,23 @@ class ClientSession(asyncio.Protocol):
 
     async def connect_upstream(self, packet: bytes) -> None:
         try:
-            transport = await asyncio.wait_for(self.server.open_upstream(lambda: UpstreamSide(self)),
-                                               _CONNECT_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as exc:
-            log.error("client %s: cannot connect to upstream %s: %s", self.peer,
-                      self.server.upstream_description, exc)
+            transport = await asyncio.wait_for(
+                self.server.open_upstream(lambda: UpstreamSide(self)), _CONNECT_TIMEOUT
+            )
+        except (TimeoutError, OSError) as exc:
+            log.error(
+                "client %s: cannot connect to upstream %s: %s",
+                self.peer,
+                self.server.upstream_description,
+                exc,
+            )
             if not self.closed:
-                self.transport.write(proto.error_response(
-                    f"thanosql-proxy could not connect to the PostgreSQL server at "
-                    f"{self.server.upstream_description}: {exc}"))
+                self.transport.write(
+                    proto.error_response(
+                        f"thanosql-proxy could not connect to the PostgreSQL server at "
+                        f"{self.server.upstream_description}: {exc}"
+                    )
+                )
                 self.transport.close()
             return
         if self.closed:

@@ -1,0 +1,5 @@
+import sys
+
+from thanosql_pg.proxy.server import main
+
+sys.exit(main())

@@ -20,6 +20,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -107,6 +108,7 @@ def any_loop_dsn(request: pytest.FixtureRequest, sdsn: str, upstream: tuple[str,
 
 def start_cli_proxy(upstream: tuple[str, int], *extra: str) -> tuple[subprocess.Popen, int]:
     """`thanosql-proxy` as its own process on a free port; returns it and the port."""
+    stderr = tempfile.TemporaryFile()  # a file, not a pipe nobody drains while tests run
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -121,7 +123,7 @@ def start_cli_proxy(upstream: tuple[str, int], *extra: str) -> tuple[subprocess.
             *extra,
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
     )
     assert proc.stdout is not None
@@ -129,7 +131,9 @@ def start_cli_proxy(upstream: tuple[str, int], *extra: str) -> tuple[subprocess.
     match = re.match(r"thanosql-proxy ready: listening on \S+:(\d+),", line)
     if match is None:
         proc.kill()
-        raise AssertionError(f"no ready line: {line!r} {proc.communicate()[1]}")
+        proc.wait()
+        stderr.seek(0)
+        raise AssertionError(f"no ready line: {line!r}\n{stderr.read().decode(errors='replace')}")
     return proc, int(match.group(1))
 
 

@@ -94,7 +94,8 @@ def make_table(conn: Any, table: str, n: int, size: int) -> int:
     with conn.cursor().copy(f"COPY {table} FROM STDIN") as copy:
         for i in range(n):
             buf = io.BytesIO()
-            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+            noise = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(noise).save(buf, "JPEG", quality=90)
             total += buf.tell()
             copy.write_row((i, buf.getvalue(), i % 10))
     return total
@@ -158,13 +159,15 @@ def main() -> int:
     tables = {k: f"bench_image_memory_{k.lower()}" for k in sizes}
     with psycopg.connect(info["server"], autocommit=True) as conn:
         data_bytes = {k: make_table(conn, tables[k], n, args.image_size) for k, n in sizes.items()}
-    runs: dict[str, dict[str, list[dict[str, float]]]] = {s: {k: [] for k in sizes} for s in ("project", "baseline")}
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {
+        side: {k: [] for k in sizes} for side in ("project", "baseline")}
     for r in range(args.repeats):
         for side in ("project", "baseline"):
             for k in sizes:
                 m = measure(info["server"], side, tables[k])
                 runs[side][k].append(m)
-                print(f"run {r + 1} {side:8s} {k:3s} ({sizes[k]} rows, {data_bytes[k] / 2**20:.0f} MiB of images):"
+                print(f"run {r + 1} {side:8s} {k:3s} ({sizes[k]} rows,"
+                      f" {data_bytes[k] / 2**20:.0f} MiB of images):"
                       f" VmHWM {m['peak_mib']:.0f} MiB (shared buffers {m['shmem_mib']:.0f}),"
                       f" peak RssAnon {m['peak_anon_mib']:.0f} MiB, {m['seconds']:.1f} s", flush=True)
     with psycopg.connect(info["server"], autocommit=True) as conn:
@@ -183,7 +186,8 @@ def main() -> int:
     report = {
         "benchmark": "image_memory",
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "python": platform.python_version()},
         "settings": {**{k: v for k, v in vars(args).items() if k != "out"}, "build_options": OPTIONS},
         "runs": runs,
         "median": summary,

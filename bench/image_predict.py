@@ -67,7 +67,8 @@ class Client:
         import torch
         from safetensors.torch import load
 
-        rec = conn.execute("SELECT id, options, labels FROM thanosql.models WHERE name = %s", [MODEL]).fetchone()
+        rec = conn.execute("SELECT id, options, labels FROM thanosql.models WHERE name = %s",
+                           [MODEL]).fetchone()
         payload = b"".join(bytes(r[0]) for r in conn.execute(
             "SELECT data FROM thanosql.model_chunks WHERE model_id = %s ORDER BY seq", [rec[0]]))
         self.options, self.labels = rec[1], rec[2]
@@ -161,7 +162,8 @@ def main() -> int:
     report = {
         "benchmark": "image_predict",
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "python": platform.python_version()},
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "runs": results,
         "median": summary,

@@ -138,7 +138,8 @@ def main() -> int:
     rows = [rows[i % len(rows)] for i in range(args.rows)]
     spec_file = ROOT / "bench" / "results" / ".image_train_rows.json"
     spec_file.parent.mkdir(parents=True, exist_ok=True)
-    spec_file.write_text(json.dumps({"paths": [r["path"] for r in rows], "labels": [str(r["label"]) for r in rows]}))
+    spec_file.write_text(json.dumps({"paths": [r["path"] for r in rows],
+                                     "labels": [str(r["label"]) for r in rows]}))
     opts = {"image_col": "path", "label_col": "label", "epochs": args.epochs, "batch_size": args.batch_size,
             "input_size": args.input_size, "learning_rate": 2e-3, "pretrained": False, "overwrite": True}
     n_images = args.rows * args.epochs
@@ -169,7 +170,8 @@ def main() -> int:
             results["baseline"].append(baseline)
             print(f"run {r + 1}: project {project['images_per_second']:.1f} img/s end to end"
                   f" ({project['train_images_per_second']:.1f} training), baseline"
-                  f" {baseline['images_per_second']:.1f} ({baseline['train_images_per_second']:.1f})", flush=True)
+                  f" {baseline['images_per_second']:.1f} ({baseline['train_images_per_second']:.1f})",
+                  flush=True)
         conn.execute("SELECT thanosql.delete_model('bench_image_train', true)")
         conn.execute("DROP TABLE bench_image_train")
     spec_file.unlink()
@@ -190,7 +192,8 @@ def main() -> int:
     report = {
         "benchmark": "image_train",
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "python": platform.python_version()},
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "baseline_run")},
         "runs": results,
         "median": summary,

@@ -323,10 +323,31 @@ if "thanosql" not in GD: plpy.execute("SELECT thanosql._load()")
 return GD["thanosql"].convert(model, options, query, source_table)
 $$;
 
+-- CONVERT that returns its rows (the PREDICT shape): one embedding per value.
+CREATE FUNCTION thanosql.convert_batch(cfg jsonb, vals jsonb[]) RETURNS vector[]
+LANGUAGE plpython3u AS $$
+if "thanosql" not in GD: plpy.execute("SELECT thanosql._load()")
+return GD["thanosql"].convert_batch(cfg, vals)
+$$;
+
+-- SEARCH IMAGE's query embedding: search_input in options, or bound by the
+-- client as $n (a server path as text, or the image itself as bytea).
 CREATE FUNCTION thanosql.embed_query(model text, options jsonb) RETURNS vector
 LANGUAGE plpython3u AS $$
 if "thanosql" not in GD: plpy.execute("SELECT thanosql._load()")
 return GD["thanosql"].embed_query(model, options)
+$$;
+
+CREATE FUNCTION thanosql.embed_query(model text, options jsonb, search_input text) RETURNS vector
+LANGUAGE plpython3u AS $$
+if "thanosql" not in GD: plpy.execute("SELECT thanosql._load()")
+return GD["thanosql"].embed_query(model, options, search_input)
+$$;
+
+CREATE FUNCTION thanosql.embed_query(model text, options jsonb, search_input bytea) RETURNS vector
+LANGUAGE plpython3u AS $$
+if "thanosql" not in GD: plpy.execute("SELECT thanosql._load()")
+return GD["thanosql"].embed_query(model, options, search_input)
 $$;
 
 ------------------------------------------------------------------------------

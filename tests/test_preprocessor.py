@@ -46,6 +46,30 @@ ORDER BY i.__thanosql_rn"""
 LIST_SQL = "SELECT name, class_name, last_updated_utc FROM thanosql.list_models()"
 
 
+def convert_sql(
+    model: str, opts: str, query: str, result_col: str = "convert_result", batch: int = 256
+) -> str:
+    """CONVERT that returns its rows: the PREDICT shape with thanosql.convert_batch."""
+    return (
+        predict_sql(model, opts, query, result_col, batch)
+        .replace("thanosql.prepare('predict'", "thanosql.prepare('convert'")
+        .replace("thanosql.predict_batch(", "thanosql.convert_batch(")
+    )
+
+
+def search_sql(
+    args: str, query: str, emb: str, result_col: str = '"search_result"', top_k: int | None = 1000
+) -> str:
+    """SEARCH IMAGE: the query embedding once (a CTE read by two InitPlans), ORDER BY the
+    distance so that an HNSW index can serve it. ``args`` are embed_query's arguments."""
+    sql = (
+        f"WITH __thanosql_e AS MATERIALIZED (SELECT thanosql.embed_query({args}) AS v) "
+        f"SELECT s.*, 1 - (s.{emb} <=> (SELECT v FROM __thanosql_e)) AS {result_col} "
+        f"FROM ({query}) AS s ORDER BY s.{emb} <=> (SELECT v FROM __thanosql_e)"
+    )
+    return sql if top_k is None else f"{sql} LIMIT {top_k}"
+
+
 def predict_sql(
     model: str, opts: str, query: str, result_col: str = "predict_result", batch: int = 16
 ) -> str:
@@ -291,13 +315,13 @@ REWRITES: list[tuple[str, str]] = [
     ),
     (
         SEED_SEARCH_SIMCLR,
-        (
-            """SELECT s.*, 1 - (s."convert_result" <=> e.v) AS "search_result" FROM """
-            """(SELECT *\nFROM mnist_test) AS s, """
-            "(SELECT thanosql.embed_query('my_image_search_model', "
+        search_sql(
+            "'my_image_search_model', "
             """'{"search_by": "image", "search_input": "thanosql-dataset/mnist_data/test/923.jpg", """
-            """"emb_col": "convert_result", "result_col": "search_result"}'::jsonb) AS v) AS e """
-            """ORDER BY s."convert_result" <=> e.v LIMIT 1000"""
+            """"emb_col": "convert_result", "result_col": "search_result"}'::jsonb""",
+            "SELECT *\nFROM mnist_test",
+            '"convert_result"',
+            '"search_result"',
         ),
     ),
     # --- the other statements
@@ -319,7 +343,21 @@ REWRITES: list[tuple[str, str]] = [
     ),
     (
         "CONVERT USING m AS SELECT a, b FROM t JOIN u USING (id)",
-        "SELECT * FROM thanosql.convert('m', '{}'::jsonb, $q$SELECT a, b FROM t JOIN u USING (id)$q$, NULL)",
+        convert_sql("m", "{}", "SELECT a, b FROM t JOIN u USING (id)"),
+    ),
+    (
+        "CONVERT USING m OPTIONS (result_col='e', batch_size=8) AS SELECT * FROM t LIMIT 5",
+        convert_sql("m", '{"result_col": "e", "batch_size": 8}', "SELECT * FROM t LIMIT 5", "e", 8),
+    ),
+    (
+        "CONVERT USING m OPTIONS (table_name='out') AS SELECT a, b FROM t JOIN u USING (id)",
+        """SELECT * FROM thanosql.convert('m', '{"table_name": "out"}'::jsonb, """
+        "$q$SELECT a, b FROM t JOIN u USING (id)$q$, NULL)",
+    ),
+    (
+        "CONVERT USING m OPTIONS (table_name='out', create_index=False) AS SELECT * FROM t WHERE a > 1",
+        """SELECT * FROM thanosql.convert('m', '{"table_name": "out", "create_index": false}'::jsonb, """
+        "$q$SELECT * FROM t WHERE a > 1$q$, 't')",
     ),
     ("PREDICT USING m AS SELECT 1", predict_sql("m", "{}", "SELECT 1")),
     (
@@ -334,19 +372,33 @@ REWRITES: list[tuple[str, str]] = [
             "top_k=None, result_col='score') "
             "AS SELECT * FROM t"
         ),
-        (
-            """SELECT s.*, 1 - (s."v" <=> e.v) AS "score" FROM (SELECT * FROM t) AS """
-            """s, (SELECT thanosql.embed_query("""
+        search_sql(
             """'m', '{"search_input": "q.jpg", "emb_col": "v", "top_k": null, "result_col": "score", """
-            """"search_by": "image"}'::jsonb) AS v) AS e ORDER BY s."v" <=> e.v"""
+            """"search_by": "image"}'::jsonb""",
+            "SELECT * FROM t",
+            '"v"',
+            '"score"',
+            None,
         ),
     ),
     (
         "SEARCH IMAGE USING m OPTIONS (search_input='q.jpg', emb_col=\"Emb\", top_k=5) AS SELECT * FROM t",
-        (
-            """SELECT s.*, 1 - (s."Emb" <=> e.v) AS "search_result" FROM (SELECT * FROM t) AS s, (SELECT """
-            """thanosql.embed_query('m', '{"search_input": "q.jpg", "emb_col": "Emb", "top_k": 5, """
-            """"search_by": "image"}'::jsonb) AS v) AS e ORDER BY s."Emb" <=> e.v LIMIT 5"""
+        search_sql(
+            """'m', '{"search_input": "q.jpg", "emb_col": "Emb", "top_k": 5, "search_by": "image"}'::jsonb""",
+            "SELECT * FROM t",
+            '"Emb"',
+            top_k=5,
+        ),
+    ),
+    # --- search_input may be a parameter, bound by the client (a path or bytea)
+    (
+        "SEARCH IMAGE USING m OPTIONS (search_input=$1, emb_col='e', top_k=3) "
+        "AS SELECT * FROM t WHERE c = $2",
+        search_sql(
+            """'m', '{"emb_col": "e", "top_k": 3, "search_by": "image"}'::jsonb, $1""",
+            "SELECT * FROM t WHERE c = $2",
+            '"e"',
+            top_k=3,
         ),
     ),
     ("LIST MODEL", LIST_SQL),
@@ -478,11 +530,13 @@ REWRITES: list[tuple[str, str]] = [
             + predict_sql(
                 "inner_m",
                 '{"result_col": "r1"}',
-                'SELECT * FROM (SELECT s.*, 1 - (s."e" <=> e.v) AS "search_result" '
-                "FROM (SELECT * FROM t) AS s, "
-                """(SELECT thanosql.embed_query('s', '{"search_input": """
-                """"x", "emb_col": "e", "search_by": "image"}'"""
-                """::jsonb) AS v) AS e ORDER BY s."e" <=> e.v LIMIT 1000) s""",
+                "SELECT * FROM ("
+                + search_sql(
+                    """'s', '{"search_input": "x", "emb_col": "e", "search_by": "image"}'::jsonb""",
+                    "SELECT * FROM t",
+                    '"e"',
+                )
+                + ") s",
                 "r1",
             )
             + ") i",
@@ -591,7 +645,9 @@ ERRORS: list[tuple[str, str]] = [
     ("PREDICT USING m OPTIONS (image_col=t¶.p) AS SELECT 1", "42601"),
     ("PREDICT USING m OPTIONS (image_col=-¶'x') AS SELECT 1", "42601"),
     ("PREDICT USING m OPTIONS (image_col=¶X'1F') AS SELECT 1", "42601"),
-    ("PREDICT USING m OPTIONS (image_col=¶$1) AS SELECT 1", "42601"),
+    ("PREDICT USING m OPTIONS (image_col=¶$1) AS SELECT 1", "0A000"),
+    ("SEARCH IMAGE USING m OPTIONS (search_input=$1, emb_col=¶$2) AS SELECT 1", "0A000"),
+    ("SEARCH IMAGE USING m OPTIONS (search_input=-¶$1, emb_col='e') AS SELECT 1", "42601"),
     ("PREDICT USING m OPTIONS (image_col='p'¶", "42601"),
     ("SEARCH ¶IMAGES USING m AS SELECT 1", "42601"),
     ("SEARCH ¶TEXT USING m OPTIONS (search_input='a', emb_col='e') AS SELECT 1", "0A000"),
@@ -868,6 +924,10 @@ def test_convert_source_table(query: str, source: str | None) -> None:
     assert stmt.query.source_table == source  # type: ignore[attr-defined]
     out = rewrite(sql)
     check_output(sql, out)
+    if source is None:  # the rows come back: the PREDICT shape, with convert_batch
+        assert [a[0] for a in calls(out, "prepare")] == ["convert"]
+        assert len(calls(out, "convert_batch")) == 1 and not calls(out, "convert")
+        return
     (args,) = calls(out, "convert")
     assert args[3] == source
     if source is not None:  # the name, read back by PostgreSQL's parser, is the table

@@ -140,7 +140,9 @@ def prefetch(batches: Iterable[Sequence[T]], work: Callable[[Sequence[T]], U],
     in pool threads, each batch split into ``split`` chunks so that decoding a
     batch uses several cores. While the caller trains on batch k, batch k+1 is
     decoded. On exit (error, cancel, generator closed) outstanding work is
-    cancelled or waited for, so no thread outlives the statement with work.
+    cancelled or waited for, so no thread outlives the statement with work,
+    and ``batches`` is closed. Close this generator explicitly (contextlib.closing)
+    so that this happens inside the statement, not at garbage collection.
     """
     pool = decode_pool()
     n = split or max(1, os.cpu_count() or 1)
@@ -153,6 +155,9 @@ def prefetch(batches: Iterable[Sequence[T]], work: Callable[[Sequence[T]], U],
         while pending:
             yield combine([f.result() for f in pending.popleft()])
     finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # a generator over a cursor: closes the cursor now
         for futures in pending:
             for f in futures:
                 f.cancel()

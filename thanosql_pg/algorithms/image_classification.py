@@ -14,6 +14,7 @@ import os
 import random
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -237,16 +238,18 @@ class ImageClassifier:
         confusion: Counter[tuple[str, str]] = Counter()
         skipped, first_error = source.skipped, None
         batches = (_numbered(b) for b in source.batches(opts["batch_size"], shuffle=False))
-        for dec in fam.prefetch(batches, work, Decoded.combine):
-            source.check_interrupts()
-            if dec.errors:
-                skipped += len(dec.errors)
-                first_error = first_error or dec.errors[0][1].message
-            arr = dec.array()
-            if arr is None:
-                continue
-            for truth, k in zip(dec.texts, self._classify(arr), strict=True):
-                confusion[(str(truth), self.labels[k])] += 1
+        # closing(): on an error or cancel, stop the decoding and close the cursor right away
+        with closing(fam.prefetch(batches, work, Decoded.combine)) as decoded:
+            for dec in decoded:
+                source.check_interrupts()
+                if dec.errors:
+                    skipped += len(dec.errors)
+                    first_error = first_error or dec.errors[0][1].message
+                arr = dec.array()
+                if arr is None:
+                    continue
+                for truth, k in zip(dec.texts, self._classify(arr), strict=True):
+                    confusion[(str(truth), self.labels[k])] += 1
         if skipped:
             first = f"; first: {first_error}" if first_error else ""
             source.notice(f"EVALUATE skipped {skipped} unreadable rows{first}")
@@ -329,6 +332,8 @@ def _local_timm_weights(name: str, cfg: Any, dirs: Sequence[str]) -> str | None:
     if hub_id:
         stems += [hub_id.replace("/", "--"), hub_id.split("/")[-1]]
     for d in map(Path, dirs):
+        if not d.is_dir():
+            continue
         for stem in dict.fromkeys(stems):
             for ext in CHECKPOINT_EXTENSIONS:
                 if (d / (stem + ext)).is_file():
@@ -562,36 +567,38 @@ def _fit(model: ImageClassifier, algo: Any, opts: dict[str, Any], source: RowSou
         work = partial(decode_rows, reader=source.reader, size=size, index=index, skip=skip, seed=epoch + 1,
                        flip=flip)
         batches = (_numbered(b) for b in source.batches(bs, shuffle=True, seed=epoch))
-        for dec in fam.prefetch(batches, work, Decoded.combine, depth=2 if device.type == "cuda" else 1):
-            source.check_interrupts()  # a pending cancel stops training here, within one batch
-            if dec.errors and epoch == 0:
-                skipped += len(dec.errors)
-                first_error = first_error or dec.errors[0][1].message
-            arr = dec.array()
-            if arr is None or (len(arr) < 2 and has_bn):
-                continue  # BatchNorm cannot train on a single image
-            x = to_tensor(arr, device, model.mean, model.std)
-            y = torch.as_tensor(dec.targets, device=device)
-            with _autocast(device):
-                logits = net(x)
-            loss = F.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            sched.step()
-            # accumulate on the device: no GPU sync per step
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(y)
-            step += 1
-            progress.step(len(y))
-            if progress.due():
-                progress.report(epoch, step, (loss_sum / seen).item(), (correct / seen).item())
+        decoded = fam.prefetch(batches, work, Decoded.combine, depth=2 if device.type == "cuda" else 1)
+        with closing(decoded):  # on an error or cancel: stop decoding, close the cursor now
+            for dec in decoded:
+                source.check_interrupts()  # a pending cancel stops training here, within one batch
+                if dec.errors and epoch == 0:
+                    skipped += len(dec.errors)
+                    first_error = first_error or dec.errors[0][1].message
+                arr = dec.array()
+                if arr is None or (len(arr) < 2 and has_bn):
+                    continue  # BatchNorm cannot train on a single image
+                x = to_tensor(arr, device, model.mean, model.std)
+                y = torch.as_tensor(dec.targets, device=device)
+                with _autocast(device):
+                    logits = net(x)
+                loss = F.cross_entropy(logits.float(), y)
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                sched.step()
+                # accumulate on the device: no GPU sync per step
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += len(y)
+                step += 1
+                progress.step(len(y))
+                if progress.due():
+                    progress.report(epoch, step, (loss_sum / seen).item(), (correct / seen).item())
         trained_images += seen
         if seen:
             loss_avg, acc_avg = (loss_sum / seen).item(), (correct / seen).item()

@@ -155,7 +155,7 @@ _TEXT = _o("text_col", "str", "text")
 _AUDIO_TRAIN = (
     _AUDIO, _TEXT, _BS16, _o("epochs", "int", 5, aliases=("max_epochs",)),
     _o("learning_rate", "float", 1e-4), _OVERWRITE, _o("pretrained", "bool", True),
-    _o("base_model", "str?", None), _DEVICE,
+    _o("base_model", "str?", None), _DEVICE, _ON_ERROR,
 )
 SPEECH_RECOGNITION = Family(
     name="speech_recognition",
@@ -164,8 +164,8 @@ SPEECH_RECOGNITION = Family(
     options={
         "build": _AUDIO_TRAIN,
         "fit": _AUDIO_TRAIN,
-        "predict": (_AUDIO, _BS16, _RESULT, _TABLE, _DEVICE),
-        "evaluate": (_AUDIO, _TEXT, _BS16, _DEVICE),
+        "predict": (_AUDIO, _BS16, _RESULT, _TABLE, _DEVICE, _ON_ERROR),
+        "evaluate": (_AUDIO, _TEXT, _BS16, _DEVICE, _ON_ERROR),
     },
 )
 
@@ -220,7 +220,7 @@ _register("SimCLR", IMAGE_EMBEDDING)
 
 # Families whose module is implemented. An algorithm of any other family gets
 # FeatureNotAvailable: never a fake result.
-IMPLEMENTED_FAMILIES: set[str] = {"image_classification", "speech_recognition"}
+IMPLEMENTED_FAMILIES: set[str] = {"image_classification", "speech_recognition", "image_embedding"}
 
 
 def lookup(name: str) -> Algorithm:

@@ -12,11 +12,20 @@ from typing import Any
 
 
 @dataclass(frozen=True, kw_only=True)
+class Param:
+    """A ``$n`` parameter written as an option value (SEARCH IMAGE's search_input only):
+    the value comes from the client's Bind, so the rewrite passes ``$n`` on as SQL."""
+
+    number: int
+    position: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class OptionItem:
     """One ``name = value`` of an OPTIONS clause, as written."""
 
     name: str  # as written (lower-cased unless quoted)
-    value: Any  # str, int, float, bool or None
+    value: Any  # str, int, float, bool, None or Param
     position: int  # of the name
 
 

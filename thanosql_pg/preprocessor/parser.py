@@ -272,6 +272,7 @@ class Parser:
         cur.expect_word("using")
         using, using_tok = cur.identifier("an algorithm name" if kind == "build" else "a model name")
         items, _ = self._options(cur)
+        _params_only_in(items, ())
         query, first_param = self._query(cur, kind)
         _no_params(first_param, GRAMMAR[kind].split(" <")[0])
         if kind == "build":
@@ -313,6 +314,7 @@ class Parser:
         cur.expect_word("using")
         model, _ = cur.identifier("a model name")
         items, opt_tok = self._options(cur)
+        _params_only_in(items, ("search_input",) if kind == "search" else ())
         query, first_param = self._query(cur, kind)
         normalized = _normalize(kind, items, None)
         where = opt_tok.position if opt_tok is not None else common["position"]
@@ -401,6 +403,8 @@ class Parser:
             value = t.word == "true"
         elif t.word in ("none", "null"):
             value = None
+        elif t.name == "PARAM":
+            value = ast.Param(number=int(t.text[1:]), position=t.position)
         elif t.word is not None:
             value = t.word  # a bare word is a string (folded like an identifier)
         else:
@@ -566,6 +570,19 @@ def _no_params(first_param: int | None, what: str) -> None:
             "write the values into the query.",
             position=first_param,
         )
+
+
+def _params_only_in(items: list[ast.OptionItem], allowed: tuple[str, ...]) -> None:
+    """A ``$n`` option value is bound by the client at run time: only options whose value
+    the rewrite can pass as SQL (``allowed``) take one; the others shape the statement."""
+    for item in items:
+        if isinstance(item.value, ast.Param) and item.name.lower() not in allowed:
+            raise FeatureNotAvailable(
+                f'option "{item.name}" cannot be a parameter (${item.value.number})',
+                hint="Only search_input of SEARCH IMAGE takes a parameter; write the other values"
+                " into the statement.",
+                position=item.value.position,
+            )
 
 
 def _parse_select(check: str, start: int, end: int) -> dict[str, Any]:

@@ -75,10 +75,7 @@ def render(stmt: ast.Statement) -> str:
             f"{dollar_quote(render_query(stmt.query))})"
         )
     if isinstance(stmt, ast.Convert):
-        return (
-            f"SELECT * FROM thanosql.convert({quote_literal(stmt.model)}, {jsonb(stmt.normalized)}, "
-            f"{dollar_quote(render_query(stmt.query))}, {quote_nullable(stmt.query.source_table)})"
-        )
+        return _convert(stmt)
     if isinstance(stmt, ast.SearchImage):
         return _search(stmt)
     if isinstance(stmt, ast.ListModels):
@@ -92,17 +89,18 @@ def render(stmt: ast.Statement) -> str:
 
 # Names are qualified and prefixed so that columns of the user's query (say
 # one called "q" or "__rn") cannot shadow the whole-row value or the order.
-_PREDICT = """\
+# PREDICT, and CONVERT when it returns rows, share this shape.
+_INLINE = """\
 WITH __thanosql_cfg AS MATERIALIZED (
-  SELECT thanosql.prepare('predict', {model}, {opts}) AS c
+  SELECT thanosql.prepare('{statement}', {model}, {opts}) AS c
 ), __thanosql_in AS MATERIALIZED (
   SELECT __thanosql_q, row_number() OVER () AS __thanosql_rn FROM ({query}) AS __thanosql_q
 )
-SELECT (i.__thanosql_q).*, r.res AS {result_col}
+SELECT {columns}, {result} AS {result_col}
 FROM __thanosql_in AS i
 JOIN (
   SELECT unnest(g.rns) AS rn,
-         unnest(thanosql.predict_batch((SELECT c FROM __thanosql_cfg), g.vals)) AS res
+         unnest(thanosql.{statement}_batch((SELECT c FROM __thanosql_cfg), g.vals)) AS res
   FROM (SELECT array_agg(__thanosql_rn ORDER BY __thanosql_rn) AS rns,
                array_agg(to_jsonb(__thanosql_q) -> (SELECT c->>'input_col' FROM __thanosql_cfg)
                          ORDER BY __thanosql_rn) AS vals
@@ -111,34 +109,74 @@ JOIN (
 ORDER BY i.__thanosql_rn"""
 
 
-def _predict(stmt: ast.Predict) -> str:
-    opts = dict(stmt.normalized)
-    table_name = opts.pop("table_name", None)
-    batch_size = int(opts.get("batch_size", _default("predict", "batch_size")))
-    result_col = str(opts.get("result_col", _default("predict", "result_col")))
-    sql = _PREDICT.format(
-        model=quote_literal(stmt.model),
+def inline(statement: str, model: str, opts: dict[str, Any], query: str, *,
+           columns: Sequence[str] | None = None, result_type: str | None = None) -> str:
+    """The one-statement shape that returns the query's rows plus a result column
+    computed by ``thanosql.<statement>_batch`` (PREDICT, CONVERT). ``columns`` names
+    the query's columns to keep (default all), ``result_type`` casts the result."""
+    batch_size = int(opts.get("batch_size", _default(statement, "batch_size")))
+    result_col = str(opts.get("result_col", _default(statement, "result_col")))
+    cols = "(i.__thanosql_q).*" if columns is None else ", ".join(
+        f"(i.__thanosql_q).{quote_ident(c)}" for c in columns)
+    return _INLINE.format(
+        statement=statement,
+        model=quote_literal(model),
         opts=jsonb(opts),
-        query=render_query(stmt.query),
+        query=query,
+        columns=cols,
+        result="r.res" if result_type is None else f"r.res::{result_type}",
         result_col=quote_ident(result_col),
         batch_size=batch_size,
     )
+
+
+def _predict(stmt: ast.Predict) -> str:
+    opts = dict(stmt.normalized)
+    table_name = opts.pop("table_name", None)
+    sql = inline("predict", stmt.model, opts, render_query(stmt.query))
     if table_name is None:
         return sql
     return f"SELECT * FROM thanosql.save_table({quote_literal(table_name)}, {dollar_quote(sql)})"
 
 
-def _search(stmt: ast.SearchImage) -> str:
+def _convert(stmt: ast.Convert) -> str:
+    """Into the query's own table (``SELECT ... FROM t [WHERE ...]``) or into table_name:
+    thanosql.convert does the writing. Otherwise the rows come back, PREDICT-style."""
     opts = stmt.normalized
+    source = stmt.query.source_table
+    if source is None and opts.get("table_name") is None:
+        return inline("convert", stmt.model, opts, render_query(stmt.query))
+    return (
+        f"SELECT * FROM thanosql.convert({quote_literal(stmt.model)}, {jsonb(opts)}, "
+        f"{dollar_quote(render_query(stmt.query))}, {quote_nullable(source)})"
+    )
+
+
+# The query embedding is computed once per execution: a CTE that two
+# uncorrelated subqueries read (InitPlans), so ORDER BY compares the column
+# with a constant-at-run-time value and an HNSW (vector_cosine_ops) index on
+# it can drive the ORDER BY ... LIMIT.
+_SEARCH = (
+    "WITH __thanosql_e AS MATERIALIZED (SELECT thanosql.embed_query({args}) AS v) "
+    "SELECT s.*, 1 - ({emb} <=> (SELECT v FROM __thanosql_e)) AS {result_col} "
+    "FROM ({query}) AS s "
+    "ORDER BY {emb} <=> (SELECT v FROM __thanosql_e)"
+)
+
+
+def _search(stmt: ast.SearchImage) -> str:
+    opts = dict(stmt.normalized)
     emb = "s." + quote_ident(opts["emb_col"])
     result_col = quote_ident(opts.get("result_col", _default("search", "result_col")))
     top_k = opts["top_k"] if "top_k" in opts else _default("search", "top_k")
-    sql = (
-        f"SELECT s.*, 1 - ({emb} <=> e.v) AS {result_col} "
-        f"FROM ({render_query(stmt.query)}) AS s, "
-        f"(SELECT thanosql.embed_query({quote_literal(stmt.model)}, {jsonb(opts)}) AS v) AS e "
-        f"ORDER BY {emb} <=> e.v"
-    )
+    args = f"{quote_literal(stmt.model)}, "
+    param = opts.get("search_input")
+    if isinstance(param, ast.Param):  # bound by the client: passed on as $n
+        del opts["search_input"]
+        args += f"{jsonb(opts)}, ${param.number}"
+    else:
+        args += jsonb(opts)
+    sql = _SEARCH.format(args=args, emb=emb, result_col=result_col, query=render_query(stmt.query))
     if top_k is not None:
         sql += f" LIMIT {int(top_k)}"
     return sql

@@ -188,7 +188,7 @@ def weights_dirs(data_dir: str) -> list[str]:
         dirs.append(setting[0]["d"])
     if data_dir:
         dirs.append(os.path.join(data_dir, "weights"))
-    return [d for d in dirs if os.path.isdir(d)]
+    return dirs  # missing ones included: the first one is named in "weights not found" hints
 
 
 def check_interrupts() -> None:

@@ -183,7 +183,8 @@ def fit_model(name: str, base_model: str, options: str, query: str) -> list[tupl
     if name == base_model and "overwrite" not in given:
         given["overwrite"] = True  # FIT MODEL m USING m trains m further in place
     fit_options = {o.name for o in algo.family.options.get("fit", ())}
-    for key in ("input_size",):  # a property of the trained model: FIT keeps it unless told otherwise
+    # properties of the trained model: FIT keeps them unless told otherwise
+    for key in ("input_size", "backbone", "embedding_dim"):
         if key in fit_options and key not in given and key in base_rec.options:
             given[key] = base_rec.options[key]
     base = models.load(base_rec, family_module(algo.family), device=given.get("device", "auto"))
@@ -248,12 +249,17 @@ def evaluate(model: str, options: str, query: str) -> list[tuple[str, float]]:
     return [(k, float(v)) for k, v in metrics.items()] + [("Rows", float(rows))]
 
 
-@entry_point
-def save_table(table_name: str, query: str) -> list[tuple[str, int]]:
+def _table_ident(table_name: str) -> str:
+    """table_name as SQL: ``name`` or ``schema.name``, each part quoted."""
     if not table_name:
         raise InvalidOption('option "table_name" must not be empty')
     parts = table_name.split(".", 1) if "." in table_name.strip('"') else [table_name]
-    ident = ".".join(plpy.quote_ident(p) for p in parts)
+    return ".".join(plpy.quote_ident(p) for p in parts)
+
+
+@entry_point
+def save_table(table_name: str, query: str) -> list[tuple[str, int]]:
+    ident = _table_ident(table_name)
     plpy.execute(f"DROP TABLE IF EXISTS {ident}")
     res = plpy.execute(f"CREATE TABLE {ident} AS {query}")
     return [(table_name, res.nrows())]
@@ -261,16 +267,57 @@ def save_table(table_name: str, query: str) -> list[tuple[str, int]]:
 
 @entry_point
 def convert(model: str, options: str, query: str, source_table: str | None) -> list[tuple[str, int]]:
-    rec, _opts = _resolve("convert", model, json.loads(options))
+    from thanosql_pg.server import embeddings
+
+    rec, opts = _resolve("convert", model, json.loads(options))
     family_module(registry.FAMILIES[rec.family])
-    raise FeatureNotAvailable("CONVERT is not available in this version of thanosql_pg")
+    opts["device"] = _device(opts)
+    table = opts.get("table_name")
+    target = None
+    if table is not None:
+        target = _table_ident(table)
+        same = plpy.execute(plpy.prepare(
+            "SELECT pg_catalog.to_regclass($1) = pg_catalog.to_regclass($2) AS s", ["text", "text"]),
+            [target, source_table])
+        if source_table is not None and same[0]["s"]:
+            target = None  # table_name is the query's own table: convert in place, do not drop it
+    return embeddings.convert(rec, opts, query, source_table, target)
 
 
 @entry_point
-def embed_query(model: str, options: str) -> str:
-    rec, _opts = _resolve("search", model, json.loads(options))
+def convert_batch(cfg: str, vals: list[str | None]) -> list[str | None]:
+    from thanosql_pg.server import embeddings
+
+    opts = json.loads(cfg)
+    if any(v is None for v in vals):  # see predict_batch: SQL NULL means no such column
+        raise UndefinedColumn(
+            f'column "{opts["input_col"]}" does not exist in the query after AS',
+            hint=f"Name an existing column with {opts['input_option']}=..., or select it in the query.",
+        )
+    return embeddings.embed_values(opts, [json.loads(v) for v in vals])
+
+
+_NO_INPUT = object()
+
+
+@entry_point
+def embed_query(model: str, options: str, search_input: Any = _NO_INPUT) -> str:
+    """SEARCH IMAGE's query embedding; ``search_input`` is the client's $n when given."""
+    from thanosql_pg.server import embeddings
+
+    given = json.loads(options)
+    if search_input is not _NO_INPUT:
+        given["search_input"] = search_input
+    rec, opts = _resolve("search", model, given)
     family_module(registry.FAMILIES[rec.family])
-    raise FeatureNotAvailable("SEARCH IMAGE is not available in this version of thanosql_pg")
+    opts["device"] = _device(opts)
+    return embeddings.embed_query(rec, opts)
+
+
+def _device(opts: dict[str, Any]) -> str:
+    from thanosql_pg.server import models
+
+    return models.resolve_device(opts.get("device"))
 
 
 # --- folders ---------------------------------------------------------------------

@@ -1,0 +1,144 @@
+"""Held-out error rates after a longer training run on espeak-ng speech, on the CPU.
+
+No pretrained weights can be had offline, so the models start from scratch
+(``pretrained=False``: the small random Wav2Vec2 of
+speech_recognition.SCRATCH_CONFIG, ~7.5 M parameters, with a character
+vocabulary from the texts: letters for English, jamo for Korean):
+
+- data: words, digits and short sentences (thanosql_pg.datasets, 42 texts per
+  language) spoken by espeak-ng with several voices and speeds;
+- training: every text with the ``--train-voices`` at the ``--train-speeds``;
+- held out: every text spoken by a voice the model never heard
+  (``--test-voice``), at a speed between the training ones.
+
+BUILD MODEL runs through the preprocessor against the server, as the proxy
+would; EVALUATE on the held-out recordings gives WER and CER (and on the
+training recordings, for comparison). Results go to bench/results/speech_cer.json.
+
+    .venv/bin/python bench/speech_cer.py [--language en ko] [--epochs 30] [--batch-size 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LANGUAGES: dict[str, dict[str, Any]] = {
+    "en": {"algorithm": "Wav2Vec2En", "voices": ["en", "en-us", "en+m3", "en+f3"], "test_voice": "en-us+f2",
+           "texts": ("ENGLISH_WORDS", "ENGLISH_DIGITS", "ENGLISH_SENTENCES")},
+    "ko": {"algorithm": "Wav2Vec2Ko", "voices": ["ko", "ko+m3", "ko+f3", "ko+m5"], "test_voice": "ko+f2",
+           "texts": ("KOREAN_WORDS", "KOREAN_DIGITS", "KOREAN_SENTENCES")},
+}
+
+
+def cluster_status() -> dict[str, Any]:
+    exe = Path(sys.executable).parent / "thanosql"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "thanosql_pg.cli"]
+    out = subprocess.run([*cmd, "status", "--json"], capture_output=True, text=True, cwd=ROOT, check=False)
+    info = json.loads(out.stdout or "{}")
+    if not info.get("server_running"):
+        sys.exit("the embedded cluster is not running: .venv/bin/thanosql start")
+    return info
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--language", nargs="+", choices=sorted(LANGUAGES), default=["en", "ko"])
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--train-speeds", type=int, nargs="+", default=[130, 170])
+    p.add_argument("--test-speed", type=int, default=150)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speech_cer.json")
+    return p.parse_args()
+
+
+def run(conn: Any, language: str, args: argparse.Namespace, files: Path) -> dict[str, Any]:
+    from thanosql_pg import datasets
+    from thanosql_pg.preprocessor import rewrite
+
+    spec = LANGUAGES[language]
+    texts = [t for name in spec["texts"] for t in getattr(datasets, name)]
+    folder = files / "speech" / f"bench_cer_{language}"
+    train = datasets.write_speech(folder, texts, voices=spec["voices"], speeds=args.train_speeds)
+    test = datasets.write_speech(folder, texts, voices=[spec["test_voice"]], speeds=[args.test_speed],
+                                 start_id=len(train))
+    datasets.load_speech_table(conn, f"bench_cer_{language}_train", train)
+    datasets.load_speech_table(conn, f"bench_cer_{language}_test", test)
+    model = f"bench_cer_{language}"
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+    conn.execute("SET thanosql.progress_interval = 30")
+    start = time.monotonic()
+    built = conn.execute(rewrite(
+        f"BUILD MODEL {model} USING {spec['algorithm']} OPTIONS (audio_col='audio_path', text_col='text',"
+        f" pretrained=False, epochs={args.epochs}, batch_size={args.batch_size},"
+        f" learning_rate={args.learning_rate}, overwrite=True)"
+        f" AS SELECT audio_path, text FROM bench_cer_{language}_train")).fetchone()
+    seconds = time.monotonic() - start
+    for n in notices:
+        print(f"  {n}", flush=True)
+    held_out = dict(conn.execute(rewrite(
+        f"EVALUATE USING {model} OPTIONS (audio_col='audio_path', text_col='text')"
+        f" AS SELECT audio_path, text FROM bench_cer_{language}_test")).fetchall())
+    seen = dict(conn.execute(rewrite(
+        f"EVALUATE USING {model} OPTIONS (audio_col='audio_path', text_col='text')"
+        f" AS SELECT audio_path, text FROM bench_cer_{language}_train")).fetchall())
+    examples = conn.execute(rewrite(
+        f"PREDICT USING {model} OPTIONS (audio_col='audio_path')"
+        f" AS SELECT text, audio_path FROM bench_cer_{language}_test ORDER BY id")).fetchall()
+    conn.execute(f"SELECT thanosql.delete_model('{model}')")
+    for suffix in ("train", "test"):
+        conn.execute(f"DROP TABLE bench_cer_{language}_{suffix}")
+    audio = sum(len(r["audio"]) for r in train) / 2 / 22050  # 16-bit mono at 22,050 Hz
+    result = {
+        "algorithm": spec["algorithm"],
+        "settings": {"epochs": args.epochs, "batch_size": args.batch_size,
+                     "learning_rate": args.learning_rate, "train_speeds": args.train_speeds,
+                     "test_speed": args.test_speed, "pretrained": False},
+        "train_clips": len(train), "train_audio_seconds": round(audio, 1),
+        "test_clips": len(test), "train_voices": spec["voices"], "test_voice": spec["test_voice"],
+        "build_seconds": round(seconds, 1), "build_metrics": built[5],
+        "held_out": {k: round(v, 4) for k, v in held_out.items()},
+        "training_clips": {k: round(v, 4) for k, v in seen.items()},
+        "examples": [{"text": t, "heard": h} for t, _, h in examples[::7]],
+    }
+    print(json.dumps(result, ensure_ascii=False, indent=2), flush=True)
+    return result
+
+
+def main() -> int:
+    args = parse_args()
+    import psycopg
+
+    info = cluster_status()
+    results = {}
+    with psycopg.connect(info["server"], autocommit=True) as conn:
+        for language in args.language:
+            results[language] = run(conn, language, args, Path(info["files_dir"]))
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    report = {
+        "benchmark": "speech_cer",
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "python": platform.python_version(), "device": "cpu"},
+        "languages": {**previous.get("languages", {}), **results},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,855 @@
+"""Speech recognition with Wav2Vec2 (transformers ``Wav2Vec2ForCTC``): Wav2Vec2En, Wav2Vec2Ko.
+
+The family sees rows through ``RowSource``/``Reader`` (base.py) and knows
+nothing about SQL. Audio (WAV, FLAC, OGG, MP3; any rate, any channel count)
+is decoded with soundfile in the decode pool and turned into 16 kHz mono.
+Long recordings are transcribed in overlapping windows whose frame-level
+predictions are stitched before CTC decoding, so nothing is truncated and
+memory stays bounded by the window length.
+
+Text: a base checkpoint with a CTC tokenizer keeps its vocabulary (extended by
+BUILD when the training texts hold characters it lacks); otherwise the
+vocabulary is built from the training texts, one token per character, with
+Hangul syllables decomposed into conjoining jamo (67 symbols instead of
+11,172 syllables) and recomposed on output. The same normalization (NFKC,
+case, punctuation, spaces) is applied to training texts and to EVALUATE's
+references; it is stored with the model.
+
+Weights are stored as safetensors (no pickle on load), with the transformers
+config in the safetensors metadata and the vocabulary in the catalog's labels.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import math
+import os
+import random
+import struct
+import time
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from thanosql_pg.algorithms import base as fam
+from thanosql_pg.algorithms import weights
+from thanosql_pg.algorithms.base import Reader, Row, RowSource, Trained
+from thanosql_pg.errors import DataError, FileError, InvalidOption, ThanoSQLError, WeightsUnavailable
+
+FORMAT = "wav2vec2-ctc-safetensors-v1"
+SAMPLE_RATE = 16_000
+# Long audio: 20 s windows that overlap by 2 s of context on each side. Both
+# are multiples of the 320-sample (20 ms) frame of the standard feature
+# encoder, so the kept frames of neighbouring windows line up exactly.
+CHUNK_SECONDS = 20.0
+CONTEXT_SECONDS = 2.0
+LENGTH_WINDOW = 8  # training: rows are grouped by length within windows of this many batches
+WARMUP_FRACTION = 0.1
+WEIGHT_DECAY = 0.005
+MAX_GRAD_NORM = 1.0
+COLUMN_OPTIONS = ("audio_col", "text_col")  # names used in errors about the input columns
+
+# pretrained=False with no base_model: a 4 M parameter Wav2Vec2 (wav2vec2-base
+# has 95 M) that trains from scratch on a CPU. The convolutions widen as the
+# frame rate falls (32 channels at 3,200 frames/s up to 256 at 50): the early,
+# high-rate layers cost ~10x less than wav2vec2's uniform 512 channels, for the
+# same 20 ms frames and 25 ms receptive field. Pre-layer-norm ("stable")
+# transformer and layer-normed convolutions: they train without the
+# large-scale pre-training the group-norm variant relies on.
+SCRATCH_CONFIG: dict[str, Any] = {
+    "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024,
+    "conv_dim": (32, 64, 64, 128, 128, 256, 256), "conv_stride": (5, 2, 2, 2, 2, 2, 2),
+    "conv_kernel": (10, 3, 3, 3, 3, 2, 2),
+    "conv_bias": True, "feat_extract_norm": "layer", "do_stable_layer_norm": True,
+    "num_conv_pos_embeddings": 64, "num_conv_pos_embedding_groups": 8,
+    "hidden_dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0, "feat_proj_dropout": 0.0,
+    "final_dropout": 0.0, "layerdrop": 0.0, "mask_time_prob": 0.05, "mask_time_length": 5,
+    "ctc_loss_reduction": "mean", "ctc_zero_infinity": True,
+}
+
+
+def training_columns(opts: dict[str, Any]) -> tuple[str, str]:
+    return opts["audio_col"], opts["text_col"]
+
+
+def evaluation_columns(opts: dict[str, Any]) -> tuple[str, str]:
+    return opts["audio_col"], opts["text_col"]
+
+
+# --- text -------------------------------------------------------------------------------------
+_WORD_SEPARATORS = frozenset("-‐‑‒–—―/\\|_~")
+_APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "`": "'", "ʼ": "'", "´": "'"})
+
+
+def _is_syllable(ch: str) -> bool:
+    return 0xAC00 <= ord(ch) <= 0xD7A3
+
+
+def _is_jamo(ch: str) -> bool:
+    return 0x1100 <= ord(ch) <= 0x11FF
+
+
+@dataclass(frozen=True)
+class TextNorm:
+    """How transcripts are normalized, identically for training and evaluation.
+
+    NFKC (full-width forms, compatibility characters); typographic apostrophes
+    to ``'``; dashes, slashes and underscores to spaces; other punctuation
+    dropped (an apostrophe only survives inside a word: "don't"); case mapped
+    (``upper``/``lower``/``keep``); runs of white space to one space. With
+    ``jamo`` Hangul syllables are decomposed into conjoining jamo.
+    """
+
+    case: str = "lower"
+    jamo: bool = False
+
+    def __call__(self, text: str) -> str:
+        t = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
+        out = []
+        for ch in t:
+            cat = unicodedata.category(ch)
+            if ch in _WORD_SEPARATORS or cat[0] == "Z" or ch.isspace():
+                out.append(" ")
+            elif ch == "'" or cat[0] not in "PC":
+                out.append(ch)
+        t = "".join(out)
+        if self.case == "upper":
+            t = t.upper()
+        elif self.case == "lower":
+            t = t.lower()
+        words = [w.strip("'") for w in t.split()]
+        t = " ".join(w for w in words if w)
+        if self.jamo:
+            t = "".join(unicodedata.normalize("NFD", c) if _is_syllable(c) else c for c in t)
+        return t
+
+    def finish(self, text: str) -> str:
+        """Model output (normalized form) → display text: jamo recomposed into syllables."""
+        return unicodedata.normalize("NFC", text) if self.jamo else text
+
+    def display(self, text: str) -> str:
+        """A reference transcript as EVALUATE compares it."""
+        return self.finish(self(text))
+
+
+def norm_for_vocab(tokens: Iterable[str]) -> TextNorm:
+    """The normalization that fits a tokenizer's vocabulary: its letter case,
+    and jamo when it spells Korean with jamo rather than syllables."""
+    chars = [t for t in tokens if len(t) == 1]
+    cased = [c for c in chars if c.lower() != c.upper()]
+    upper = sum(c.isupper() for c in cased)
+    lower = sum(c.islower() for c in cased)
+    case = "keep" if upper and lower else "upper" if upper else "lower" if lower else "keep"
+    jamo = any(_is_jamo(c) for c in chars) and not any(_is_syllable(c) for c in chars)
+    return TextNorm(case=case, jamo=jamo)
+
+
+class Vocab:
+    """CTC output symbols: one character per token, ``blank`` the CTC blank
+    (the tokenizer's pad token), ``delimiter`` the token for a space. Tokens
+    longer than one character (<s>, </s>, <unk>, <pad>) never appear in text."""
+
+    def __init__(self, tokens: Sequence[str], blank: int, delimiter: str = "|") -> None:
+        self.tokens = list(tokens)
+        self.blank = blank
+        self.delimiter = delimiter
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+        self._space = self.index.get(delimiter)
+        self._silent = {i for i, t in enumerate(self.tokens) if len(t) != 1 or i == blank}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> Vocab:
+        chars = sorted({c for t in texts for c in t if c != " "})
+        return cls(["<pad>", "|", *chars], blank=0)
+
+    def unknown(self, texts: Iterable[str]) -> list[str]:
+        """Characters of (normalized) texts that have no token, in order of first use."""
+        texts = list(texts)
+        seen: dict[str, None] = {}
+        for t in texts:
+            for c in t:
+                if c != " " and c not in self.index:
+                    seen.setdefault(c, None)
+        if self._space is None and any(" " in t for t in texts):
+            seen.setdefault(" ", None)
+        return list(seen)
+
+    def extend(self, chars: Iterable[str]) -> Vocab:
+        """This vocabulary plus ``chars`` (a space adds the word delimiter)."""
+        new = dict.fromkeys(self.delimiter if c == " " else c for c in chars)
+        return Vocab(self.tokens + [c for c in new if c not in self.index], self.blank, self.delimiter)
+
+    def encode(self, text: str) -> list[int]:
+        return [self._space if c == " " else self.index[c] for c in text]  # type: ignore[misc]
+
+    def collapse(self, ids: Iterable[int]) -> list[int]:
+        """Greedy CTC: merge repeats, drop blanks and special tokens."""
+        out: list[int] = []
+        prev = -1
+        for k in ids:
+            if k != prev and k not in self._silent:
+                out.append(k)
+            prev = k
+        return out
+
+    def decode(self, ids: Iterable[int]) -> str:
+        text = "".join(" " if k == self._space else self.tokens[k] for k in self.collapse(ids))
+        return " ".join(text.split())
+
+
+def edit_distance(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+@dataclass
+class ErrorRates:
+    """Corpus-level WER and CER: total edits over total reference length (as
+    jiwer computes them); CER counts spaces as characters."""
+
+    word_edits: int = 0
+    words: int = 0
+    char_edits: int = 0
+    chars: int = 0
+
+    def add(self, reference: str, hypothesis: str) -> None:
+        ref_words, hyp_words = reference.split(), hypothesis.split()
+        self.word_edits += edit_distance(ref_words, hyp_words)
+        self.words += len(ref_words)
+        self.char_edits += edit_distance(reference, hypothesis)
+        self.chars += len(reference)
+
+    @staticmethod
+    def _rate(edits: int, total: int) -> float:
+        return edits / total if total else float(edits > 0)
+
+    def wer(self) -> float:
+        return self._rate(self.word_edits, self.words)
+
+    def cer(self) -> float:
+        return self._rate(self.char_edits, self.chars)
+
+
+# --- audio (runs in pool threads: no plpy) ------------------------------------------------------
+def decode_audio(data: bytes, where: str) -> np.ndarray:
+    """Any soundfile format → float32 mono at 16 kHz. Channels are averaged."""
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            rate = f.samplerate
+            wav = f.read(dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, TypeError, ValueError, EOFError) as e:
+        reason = str(e).split(": ", 1)[-1] if "Error opening" in str(e) else str(e)
+        raise DataError(f"cannot decode {where}: {reason}",
+                        hint="Audio must be WAV, FLAC, OGG (Vorbis/Opus) or MP3.") from None
+    if wav.shape[0] == 0:
+        raise DataError(f"{where} holds no audio samples",
+                        hint="Leave out rows whose recording is empty.")
+    mono = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
+    if rate != SAMPLE_RATE:
+        import torchaudio.functional as AF
+
+        mono = AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, SAMPLE_RATE).numpy()
+    if not np.isfinite(mono).all():
+        raise DataError(f"{where} holds NaN or infinite audio samples")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+@dataclass
+class Clip:
+    pos: int  # index of the row in its batch
+    audio: np.ndarray
+    text: str | None  # normalized transcript (training/evaluation)
+
+
+@dataclass
+class Decoded:
+    """A decoded (part of a) batch: the clips, and the rows that could not be read."""
+
+    clips: list[Clip]
+    errors: list[tuple[int, ThanoSQLError]]
+
+    @staticmethod
+    def combine(parts: list[Decoded]) -> Decoded:
+        return Decoded([c for p in parts for c in p.clips], [e for p in parts for e in p.errors])
+
+
+def decode_rows(rows: Sequence[tuple[int, Row]], *, reader: Reader, norm: TextNorm | None,
+                skip: bool) -> Decoded:
+    """Decode (position, row) pairs. With ``skip`` unreadable rows are reported
+    in ``errors`` instead of failing the batch."""
+    out = Decoded([], [])
+    for pos, row in rows:
+        try:
+            audio = decode_audio(reader.read(row), reader.describe(row))
+        except DataError as e:
+            if not skip:
+                raise
+            out.errors.append((pos, e))
+            continue
+        text = norm(row.target) if norm is not None and row.target is not None else row.target
+        out.clips.append(Clip(pos, audio, text))
+    return out
+
+
+def _numbered(rows: Sequence[Row]) -> list[tuple[int, Row]]:
+    return list(enumerate(rows))
+
+
+# --- the model --------------------------------------------------------------------------------
+def _autocast(device: torch.device) -> Any:
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+@dataclass
+class _Piece:
+    wave: int  # index of the recording
+    samples: np.ndarray
+    drop_left: int  # frames of context to drop
+    drop_right: int
+
+
+class SpeechRecognizer:
+    """A Wav2Vec2ForCTC network plus its vocabulary, text normalization and
+    input conventions (per-utterance normalization, attention mask)."""
+
+    def __init__(self, net: Any, *, vocab: Vocab, norm: TextNorm, do_normalize: bool, use_mask: bool,
+                 device: torch.device) -> None:
+        self.net = net.to(device)
+        self.vocab = vocab
+        self.norm = norm
+        self.do_normalize = do_normalize
+        self.use_mask = use_mask
+        self.device = device
+        cfg = net.config
+        self.ratio = math.prod(cfg.conv_stride)  # samples per output frame
+        # the receptive field of one output frame: shorter input yields no frame
+        self.min_samples = 1 + sum((k - 1) * math.prod(cfg.conv_stride[:i])
+                                   for i, k in enumerate(cfg.conv_kernel))
+
+    # -- tensors --------------------------------------------------------------------------------
+    def frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        return self.net._get_feat_extract_output_lengths(lengths).long()
+
+    def inputs(self, waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Zero-padded batch, attention mask and lengths. Per-utterance
+        normalization is computed over the real samples only, as transformers'
+        Wav2Vec2FeatureExtractor does; padding stays 0."""
+        lengths = [max(len(w), self.min_samples) for w in waves]
+        x = np.zeros((len(waves), max(lengths)), dtype=np.float32)
+        mask = np.zeros(x.shape, dtype=np.int64)
+        for i, w in enumerate(waves):
+            if self.do_normalize:
+                w = (w - w.mean()) / np.sqrt(w.var() + 1e-7)
+            x[i, :len(w)] = w
+            mask[i, :lengths[i]] = 1
+        xt = torch.from_numpy(x)
+        if self.device.type == "cuda":
+            xt = xt.pin_memory()
+        return (xt.to(self.device, non_blocking=True), torch.from_numpy(mask).to(self.device),
+                torch.tensor(lengths, device=self.device))
+
+    def logits(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with _autocast(self.device):
+            return self.net(x, attention_mask=mask if self.use_mask else None).logits
+
+    # -- inference ----------------------------------------------------------------------------
+    def _pieces(self, waves: Sequence[np.ndarray]) -> list[_Piece]:
+        chunk = int(CHUNK_SECONDS * SAMPLE_RATE)
+        ctx = int(CONTEXT_SECONDS * SAMPLE_RATE)
+        ctx_frames = round(ctx / self.ratio)
+        step = chunk - 2 * ctx
+        out = []
+        for i, w in enumerate(waves):
+            if len(w) <= chunk:
+                out.append(_Piece(i, w, 0, 0))
+                continue
+            start = 0
+            while True:
+                last = start + chunk >= len(w)
+                out.append(_Piece(i, w[start:start + chunk], drop_left=ctx_frames if start else 0,
+                                  drop_right=0 if last else ctx_frames))
+                if last:
+                    break
+                start += step
+        return out
+
+    @torch.inference_mode()
+    def transcribe(self, waves: Sequence[np.ndarray], batch_size: int) -> list[str]:
+        """Greedy CTC transcripts. Recordings longer than CHUNK_SECONDS are cut
+        into overlapping windows; each window's frame predictions lose their
+        context margins and are concatenated before decoding. Windows are
+        batched shortest first to keep padding small."""
+        self.net.eval()
+        pieces = self._pieces(waves)
+        ids: list[np.ndarray | None] = [None] * len(pieces)
+        order = sorted(range(len(pieces)), key=lambda k: len(pieces[k].samples))
+        for s in range(0, len(order), max(1, batch_size)):
+            batch = order[s:s + batch_size]
+            x, mask, lengths = self.inputs([pieces[k].samples for k in batch])
+            pred = self.logits(x, mask).argmax(-1).cpu().numpy()
+            for k, row, n in zip(batch, pred, self.frames(lengths).tolist(), strict=True):
+                p = pieces[k]
+                ids[k] = row[p.drop_left:max(p.drop_left, n - p.drop_right)]
+        per_wave: list[list[np.ndarray]] = [[] for _ in waves]
+        for p, frames in zip(pieces, ids, strict=True):
+            per_wave[p.wave].append(frames)  # type: ignore[arg-type]
+        return [self.norm.finish(self.vocab.decode(np.concatenate(f).tolist())) for f in per_wave]
+
+    def predict(self, rows: Sequence[Row], reader: Reader, opts: dict[str, Any]) -> tuple[list[str | None],
+                                                                                              list[str]]:
+        """Transcripts for ``rows`` (None for rows skipped as unreadable with
+        on_error='skip') and a message per skipped row."""
+        skip = opts.get("on_error") == "skip"
+        work = partial(decode_rows, reader=reader, norm=None, skip=skip)
+        parts = [fam.decode_pool().submit(work, c) for c in fam.chunks(_numbered(rows), os.cpu_count() or 1)]
+        dec = Decoded.combine([f.result() for f in parts])
+        out: list[str | None] = [None] * len(rows)
+        texts = self.transcribe([c.audio for c in dec.clips], opts.get("batch_size", 16))
+        for clip, text in zip(dec.clips, texts, strict=True):
+            out[clip.pos] = text
+        return out, [e.message for _, e in dec.errors]
+
+    def evaluate(self, source: RowSource, opts: dict[str, Any]) -> dict[str, float]:
+        """Corpus WER and CER of greedy transcripts against the normalized texts."""
+        skip = opts.get("on_error") == "skip"
+        rates = ErrorRates()
+        skipped, first_error = source.skipped, None
+        work = partial(decode_rows, reader=source.reader, norm=self.norm, skip=skip)
+        batches = (_numbered(b) for b in source.batches(opts["batch_size"], shuffle=False))
+        for dec in fam.prefetch(batches, work, Decoded.combine):
+            source.check_interrupts()
+            if dec.errors:
+                skipped += len(dec.errors)
+                first_error = first_error or dec.errors[0][1].message
+            hyps = self.transcribe([c.audio for c in dec.clips], opts["batch_size"])
+            for clip, hyp in zip(dec.clips, hyps, strict=True):
+                rates.add(self.norm.finish(clip.text or ""), hyp)
+        if skipped:
+            source.notice(f"EVALUATE skipped {skipped} unreadable rows"
+                          + (f"; first: {first_error}" if first_error else ""))
+        if not rates.chars and not rates.words and skipped:
+            raise DataError("no readable audio to evaluate", hint="Every row was skipped as unreadable.")
+        metrics = {"WER": rates.wer(), "CER": rates.cer()}
+        if skip:
+            metrics["Skipped"] = float(skipped)
+        return metrics
+
+    # -- storage -------------------------------------------------------------------------------
+    def options(self) -> dict[str, Any]:
+        return {"blank": self.vocab.blank, "delimiter": self.vocab.delimiter, "text_case": self.norm.case,
+                "jamo": self.norm.jamo, "do_normalize": self.do_normalize, "attention_mask": self.use_mask,
+                "sample_rate": SAMPLE_RATE}
+
+    def payload(self) -> bytes:
+        from safetensors.torch import save
+
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.net.state_dict().items()}
+        meta = {"format": FORMAT, "config": self.net.config.to_json_string(use_diff=False),
+                "tokens": json.dumps(self.vocab.tokens, ensure_ascii=False),
+                "options": json.dumps(self.options())}
+        return save(state, metadata=meta)
+
+
+# --- loading stored models ----------------------------------------------------------------------
+def _safetensors_metadata(payload: bytes) -> dict[str, str]:
+    (n,) = struct.unpack("<Q", payload[:8])
+    return json.loads(payload[8:8 + n]).get("__metadata__") or {}
+
+
+def load(record: Any, payload: bytes, device: str) -> SpeechRecognizer:
+    from safetensors.torch import load as load_safetensors
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    if record.format != FORMAT:
+        raise DataError(f'model "{record.name}" is stored as {record.format}, which this version cannot read',
+                        sqlstate="XX001")
+    meta = _safetensors_metadata(payload)
+    config = Wav2Vec2Config.from_dict(json.loads(meta["config"]))
+    stored = json.loads(meta.get("options", "{}"))
+    opts = {**stored, **record.options}
+    tokens = list(record.labels) if record.labels else json.loads(meta["tokens"])
+    state = load_safetensors(payload)
+    # Build on the meta device and adopt the stored tensors: no random initialisation.
+    with torch.device("meta"):
+        net = Wav2Vec2ForCTC(config)
+    net.load_state_dict(state, strict=True, assign=True)
+    if any(t.is_meta for t in list(net.parameters()) + list(net.buffers())):
+        net = Wav2Vec2ForCTC(config)
+        net.load_state_dict(state, strict=True)
+    net.eval()
+    return SpeechRecognizer(
+        net, vocab=Vocab(tokens, int(opts["blank"]), opts["delimiter"]),
+        norm=TextNorm(opts["text_case"], bool(opts["jamo"])), do_normalize=bool(opts["do_normalize"]),
+        use_mask=bool(opts["attention_mask"]), device=fam.torch_device(device))
+
+
+# --- starting points: a checkpoint, pretrained weights, or scratch --------------------------------
+@dataclass
+class Start:
+    net: Any  # Wav2Vec2ForCTC
+    vocab: Vocab | None  # the checkpoint's tokenizer vocabulary, if it has one
+    do_normalize: bool
+    use_mask: bool
+    origin: str  # where the weights came from (stored as options.weights)
+    fine_tune: bool  # weights were trained before: freeze the feature encoder
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "newly initialized weights" warnings would go to the server log
+
+
+def _load_checkpoint(src: str, origin: str, *, local: bool) -> Start:
+    """A transformers Wav2Vec2 checkpoint (a folder, or a hub id when ``local``
+    is False): the network, its CTC tokenizer's vocabulary if it has one, and
+    its feature extractor's conventions."""
+    from transformers import AutoConfig, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+
+    _quiet_transformers()
+    try:
+        config = AutoConfig.from_pretrained(src, local_files_only=local)
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError ...
+        raise DataError(f'cannot read the model configuration of "{src}": {e}',
+                        hint="base_model must be a transformers Wav2Vec2 checkpoint folder"
+                        " (config.json + model.safetensors) or a hub id.") from None
+    if config.model_type != "wav2vec2":
+        raise DataError(f'"{src}" is a {config.model_type} checkpoint; Wav2Vec2 algorithms need wav2vec2',
+                        hint="Pass a Wav2Vec2 checkpoint as base_model.")
+    try:
+        net = Wav2Vec2ForCTC.from_pretrained(src, local_files_only=local)
+    except Exception as e:  # missing or corrupt weights files
+        raise DataError(f'cannot load the weights of "{src}": {e}') from None
+    vocab = None
+    try:
+        tok = Wav2Vec2CTCTokenizer.from_pretrained(src, local_files_only=local)
+        tokens = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])]
+        delimiter = tok.word_delimiter_token or "|"
+        if delimiter not in tokens and " " in tokens:
+            delimiter = " "
+        vocab = Vocab(tokens, int(tok.pad_token_id if tok.pad_token_id is not None else config.pad_token_id),
+                      delimiter)
+    except Exception:  # no tokenizer files: the vocabulary comes from the texts
+        vocab = None
+    do_normalize, use_mask = True, config.feat_extract_norm == "layer"
+    try:
+        fe = Wav2Vec2FeatureExtractor.from_pretrained(src, local_files_only=local)
+        do_normalize, use_mask = bool(fe.do_normalize), bool(fe.return_attention_mask)
+    except Exception:  # no preprocessor_config.json: this architecture's defaults
+        pass
+    return Start(net, vocab, do_normalize, use_mask, origin, fine_tune=True)
+
+
+def _weights_hint(repo: str, dirs: Sequence[str]) -> str:
+    folder = repo.replace("/", "--")
+    where = f"{dirs[0]}/{folder}" if dirs else f"$THANOSQL_WEIGHTS_DIR/{folder}"
+    return (f"Put the checkpoint folder (config.json, model.safetensors, vocab.json,"
+            f" preprocessor_config.json) at {where} or in the server's Hugging Face cache,"
+            " pass base_model='/path/to/checkpoint_folder', or train from scratch with pretrained=False.")
+
+
+def _from_hub(repo: str, dirs: Sequence[str]) -> Start:
+    local = weights.local_hub_dir(repo, dirs)
+    if local:
+        return _load_checkpoint(local, f"pretrained {repo} ({local})", local=True)
+    if not weights.hub_reachable(weights.hub_endpoint()):
+        raise WeightsUnavailable(f"weights for {repo} are not on the server and the model hub is unreachable",
+                                 hint=_weights_hint(repo, dirs))
+    try:
+        return _load_checkpoint(repo, f"pretrained {repo} (hub)", local=False)
+    except DataError as e:
+        raise WeightsUnavailable(f"could not load pretrained weights {repo}: {e.message}",
+                                 hint=_weights_hint(repo, dirs)) from None
+
+
+def _from_path(path: str) -> Start:
+    p = Path(path)
+    if not p.exists():
+        raise FileError(f'checkpoint "{path}" does not exist',
+                        hint="base_model names a folder holding a transformers Wav2Vec2 checkpoint.")
+    if not p.is_dir() or not (p / "config.json").is_file():
+        raise DataError(f'"{path}" is not a transformers checkpoint folder (no config.json)',
+                        hint="Save one with model.save_pretrained(folder) (and the processor's"
+                        " save_pretrained for its vocabulary).")
+    return _load_checkpoint(str(p), f"checkpoint {path}", local=True)
+
+
+def scratch_network(vocab: Vocab) -> Any:
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    config = Wav2Vec2Config(vocab_size=len(vocab), pad_token_id=vocab.blank, **SCRATCH_CONFIG)
+    return Wav2Vec2ForCTC(config)
+
+
+def start_network(algo: Any, opts: dict[str, Any], reader: Reader, dirs: Sequence[str]) -> Start:
+    base_model = opts.get("base_model")
+    if base_model:
+        path = None
+        if weights.looks_like_path(base_model):
+            path = reader.resolve_path(os.path.expanduser(base_model))
+        else:
+            # a relative path under thanosql.data_dir also counts when it exists
+            try:
+                resolved = reader.resolve_path(base_model)
+            except ThanoSQLError:
+                resolved = None
+            if resolved is not None and os.path.exists(resolved):
+                path = resolved
+        return _from_path(path) if path else _from_hub(base_model, dirs)
+    if opts["pretrained"]:
+        return _from_hub(algo.params["hub_id"], dirs)
+    return Start(None, None, True, True, "random initialisation", fine_tune=False)
+
+
+def _resize_head(net: Any, vocab: Vocab) -> None:
+    """Give the CTC head one output per token, keeping the rows it has."""
+    head = net.lm_head
+    if head.out_features == len(vocab):
+        return
+    new = torch.nn.Linear(head.in_features, len(vocab), device=head.weight.device, dtype=head.weight.dtype)
+    torch.nn.init.normal_(new.weight, std=net.config.initializer_range)
+    torch.nn.init.zeros_(new.bias)
+    keep = min(head.out_features, len(vocab))
+    with torch.no_grad():
+        new.weight[:keep] = head.weight[:keep]
+        new.bias[:keep] = head.bias[:keep]
+    net.lm_head = new
+    net.config.vocab_size = len(vocab)
+
+
+# --- training ---------------------------------------------------------------------------------
+class _Progress(fam.Progress):
+    """Progress NOTICEs in speech units: clips and seconds of audio."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.audio_seconds = 0.0
+
+    def add(self, clips: int, seconds: float) -> None:
+        self.step(clips)
+        self.audio_seconds += seconds
+
+    def audio_rate(self) -> float:
+        """Seconds of audio trained on per second of wall time."""
+        return self.audio_seconds / max(1e-9, time.monotonic() - self.start)
+
+    def report(self, epoch: int, step: int, loss: float, cer: float) -> None:  # type: ignore[override]
+        now = time.monotonic()
+        self.last = now
+        elapsed = now - self.start
+        total = self.epochs * self.steps_per_epoch
+        eta = elapsed / self.steps_done * max(0, total - self.steps_done) if self.steps_done else float("nan")
+        self.notice(
+            f"{self.label}: epoch {epoch + 1}/{self.epochs}, step {step}/{self.steps_per_epoch},"
+            f" loss {loss:.4f}, CER {cer:.4f}, {self.audio_seconds / max(elapsed, 1e-9):.1f} s of audio/s,"
+            f" ETA {fam._duration(eta)}"
+        )
+
+
+def train(algo: Any, opts: dict[str, Any], source: RowSource, base: Any = None) -> Trained:
+    """BUILD (base None) or FIT (base: a loaded Predictor whose .model is a SpeechRecognizer)."""
+    device = fam.torch_device(opts["device"])
+    texts = source.labels()  # distinct transcripts: the vocabulary is settled before any audio is read
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(0)  # same data, same options → same model, without disturbing the session's RNG
+        if base is not None:
+            if opts.get("base_model"):
+                raise InvalidOption('option "base_model" does not apply to FIT MODEL',
+                                    hint="FIT MODEL starts from the model named after USING.")
+            model: SpeechRecognizer = base.model
+            model.net.to(device)
+            model.device = device
+            unknown = model.vocab.unknown(model.norm(t) for t in texts)
+            if unknown:
+                raise DataError(
+                    f'the texts hold {len(unknown)} character(s) that model "{base.record.name}"'
+                    " cannot write: "
+                    + " ".join(_show(c) for c in unknown[:40]) + (" ..." if len(unknown) > 40 else ""),
+                    hint="FIT MODEL keeps the base model's vocabulary; BUILD a new model to add characters,"
+                    " or remove them from the texts.",
+                    sqlstate="22023",
+                )
+            origin, fine_tune = f'model "{base.record.name}"', bool(
+                base.record.options.get("freeze_feature_encoder", True))
+        else:
+            start = start_network(algo, opts, source.reader, source.weights_dirs)
+            model = _model_for(start, texts, device, source.notice)
+            origin, fine_tune = start.origin, start.fine_tune
+        if fine_tune:
+            model.net.freeze_feature_encoder()  # the convolutions keep their pre-trained features
+        metrics = _fit(model, algo, opts, source)
+    return Trained(
+        payload=model.payload(), format=FORMAT, labels=model.vocab.tokens, label_type="text",
+        options={**model.options(), "weights": origin, "freeze_feature_encoder": fine_tune}, metrics=metrics,
+    )
+
+
+def _show(c: str) -> str:
+    return repr(c) if c.isspace() or not c.isprintable() else c
+
+
+def _model_for(start: Start, texts: Sequence[str], device: torch.device, notice: Any) -> SpeechRecognizer:
+    if start.vocab is not None:  # the checkpoint's tokenizer, extended when the texts need more
+        norm = norm_for_vocab(start.vocab.tokens)
+        vocab = start.vocab
+        unknown = vocab.unknown(norm(t) for t in texts)
+        if unknown:
+            vocab = vocab.extend(unknown)
+            notice(f"added {len(unknown)} character(s) to the vocabulary of the base model: "
+                   + " ".join(_show(c) for c in unknown[:40]))
+    else:  # one token per character of the (normalized) training texts
+        norm = TextNorm(case="lower", jamo=True)
+        vocab = Vocab.from_texts(norm(t) for t in texts)
+    net = start.net if start.net is not None else scratch_network(vocab)
+    _resize_head(net, vocab)
+    net.config.pad_token_id = vocab.blank
+    return SpeechRecognizer(net, vocab=vocab, norm=norm, do_normalize=start.do_normalize,
+                            use_mask=start.use_mask, device=device)
+
+
+def _length_batches(clips: list[Clip], bs: int, rng: random.Random) -> list[list[Clip]]:
+    """Clips of similar length together (less padding), the batches in random order."""
+    clips = sorted(clips, key=lambda c: len(c.audio))
+    batches = [clips[i:i + bs] for i in range(0, len(clips), bs)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _param_groups(net: Any) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for p in net.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _fit(model: SpeechRecognizer, algo: Any, opts: dict[str, Any], source: RowSource) -> dict[str, float]:
+    net, device, vocab = model.net, model.device, model.vocab
+    bs, epochs = opts["batch_size"], opts["epochs"]
+    steps_per_epoch = math.ceil(max(1, source.count) / bs)
+    total_steps = max(1, epochs * steps_per_epoch)
+    warmup = max(1, int(WARMUP_FRACTION * total_steps))
+    opt = torch.optim.AdamW(_param_groups(net), lr=opts["learning_rate"])
+
+    def lr_factor(step: int) -> float:  # linear warm-up, then cosine decay
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    params = [p for p in net.parameters() if p.requires_grad]
+    progress = _Progress(source.notice, source.progress_interval, label=f"{algo.name} training",
+                         epochs=epochs, steps_per_epoch=steps_per_epoch)
+    skip = opts.get("on_error") == "skip"
+    work = partial(decode_rows, reader=source.reader, norm=model.norm, skip=skip)
+    skipped, first_error = source.skipped, None
+    loss_avg = float("nan")
+    rates = ErrorRates()
+    too_short = trained = 0
+    for epoch in range(epochs):
+        net.train()
+        rng = random.Random(epoch)
+        loss_sum = torch.zeros((), device=device)
+        seen = step = 0
+        last_epoch = epoch == epochs - 1
+        windows = (_numbered(w) for w in source.batches(bs * LENGTH_WINDOW, shuffle=True, seed=epoch))
+        for window in fam.prefetch(windows, work, Decoded.combine):
+            if window.errors and epoch == 0:
+                skipped += len(window.errors)
+                first_error = first_error or window.errors[0][1].message
+            for batch in _length_batches(window.clips, bs, rng):
+                source.check_interrupts()  # a pending cancel stops training here, within one batch
+                targets = [vocab.encode(c.text or "") for c in batch]
+                x, mask, lengths = model.inputs([c.audio for c in batch])
+                logits = model.logits(x, mask)
+                frames = model.frames(lengths)
+                log_probs = logits.float().log_softmax(-1).transpose(0, 1)
+                target_lengths = torch.tensor([len(t) for t in targets], device=device)
+                flat = torch.tensor([k for t in targets for k in t], dtype=torch.long, device=device)
+                # zero_infinity: a clip too short for its transcript adds no gradient instead of inf
+                loss = F.ctc_loss(log_probs, flat, frames, target_lengths, blank=vocab.blank,
+                                  reduction="mean", zero_infinity=True)
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+                    opt.step()
+                sched.step()
+                loss_sum += loss.detach() * len(batch)
+                seen += len(batch)
+                step += 1
+                progress.add(len(batch), sum(len(c.audio) for c in batch) / SAMPLE_RATE)
+                due = progress.due()
+                if last_epoch or due:  # greedy CER on the batch: costs a device sync, so only when needed
+                    batch_rates = ErrorRates()
+                    pred = logits.detach().argmax(-1).cpu().numpy()
+                    for row, n, t in zip(pred, frames.tolist(), targets, strict=True):
+                        hyp = vocab.collapse(row[:n].tolist())
+                        batch_rates.char_edits += edit_distance(t, hyp)
+                        batch_rates.chars += len(t)
+                        if last_epoch:
+                            too_short += n < _min_frames(t)
+                    if last_epoch:
+                        rates.char_edits += batch_rates.char_edits
+                        rates.chars += batch_rates.chars
+                    if due:
+                        progress.report(epoch, step, (loss_sum / seen).item(), batch_rates.cer())
+        trained += seen
+        if seen:
+            loss_avg = (loss_sum / seen).item()
+    if trained == 0:
+        raise DataError("no readable audio to train on", hint="Every row was skipped as unreadable.")
+    net.eval()
+    audio_rate = progress.audio_rate()
+    if skipped:
+        source.notice(f"{algo.name} training skipped {skipped} unreadable rows"
+                      + (f"; first: {first_error}" if first_error else ""))
+    if too_short:
+        source.notice(f"{too_short} clip(s) are too short for their transcripts (a 20 ms frame per character"
+                      " and between repeated characters is needed); they taught the model nothing")
+    source.notice(f"{algo.name} training done: {epochs} epochs, loss {loss_avg:.4f}, CER {rates.cer():.4f}"
+                  f" (last epoch, training clips), {audio_rate:.1f} s of audio/s")
+    metrics = {"train_loss": round(loss_avg, 6), "train_cer": round(rates.cer(), 6),
+               "audio_seconds_per_second": round(audio_rate, 2)}
+    if skip:
+        metrics["skipped_rows"] = float(skipped)
+    return metrics
+
+
+def _min_frames(target: Sequence[int]) -> int:
+    """Frames CTC needs for a target: one per token plus a blank between repeats."""
+    return len(target) + sum(a == b for a, b in itertools.pairwise(target))

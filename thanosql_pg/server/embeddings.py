@@ -1,0 +1,281 @@
+"""CONVERT and SEARCH IMAGE on the server: embeddings into pgvector columns.
+
+CONVERT writes where its query reads (docs/ARCHITECTURE.md):
+
+- ``table_name='t'``: table t (replaced) gets the query's rows plus the vector
+  column, in one ``CREATE TABLE ... AS`` over the PREDICT-shaped query that
+  embeds in batches (``convert_batch``), so nothing is written twice.
+- a query on one table (``SELECT ... FROM t [WHERE ...]``, as the preprocessor
+  found it): the column is added to t when missing, and exactly the query's
+  rows are updated. The query is run once, with ``tableoid`` and ``ctid``
+  added to its select list, through a cursor; each batch of embeddings is
+  written with one ``UPDATE ... FROM unnest(...)`` that PostgreSQL joins by
+  TID, so memory stays at one batch and the WHERE clause is honoured. The
+  cursor's snapshot predates the UPDATEs, so rows it has yet to return are
+  seen as they were; SHARE ROW EXCLUSIVE keeps other writers out meanwhile.
+- otherwise the preprocessor returns the rows inline and this module only
+  embeds batches (``embed_values``).
+
+Then an HNSW index (vector_cosine_ops), unless one serves the column already.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import plpy
+
+from thanosql_pg.algorithms.base import Row
+from thanosql_pg.errors import DataError, FeatureNotAvailable, NullValue, ThanoSQLError
+from thanosql_pg.server import data, models
+from thanosql_pg.server.media import MediaReader
+
+_vector_schema: str | None = None
+
+
+class DatatypeMismatch(ThanoSQLError):
+    sqlstate = "42804"
+
+
+class WrongObjectType(ThanoSQLError):
+    sqlstate = "42809"
+
+
+def vector_schema() -> str:
+    """pgvector's schema, quoted: names are qualified so that search_path cannot matter."""
+    global _vector_schema
+    if _vector_schema is None:
+        rows = plpy.execute("SELECT pg_catalog.quote_ident(n.nspname) AS s FROM pg_catalog.pg_extension e"
+                            " JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace"
+                            " WHERE e.extname = 'vector'")
+        if not rows.nrows():
+            raise FeatureNotAvailable("the pgvector extension (vector) is not installed in this database",
+                                      hint="CREATE EXTENSION vector;")
+        _vector_schema = str(rows[0]["s"])
+    return _vector_schema
+
+
+def vector_literal(v: Any) -> str | None:
+    """pgvector's text form; %.9g round-trips float32 exactly."""
+    if v is None:
+        return None
+    return "[" + (",".join(["%.9g"] * len(v)) % tuple(v.tolist())) + "]"
+
+
+def _embedder(rec: Any, device: str) -> Any:
+    opts = {"model": rec.name, "model_id": rec.id, "version": rec.version, "device": device}
+    return models.cached(opts).model
+
+
+# --- SEARCH IMAGE -----------------------------------------------------------------------------
+def embed_query(rec: Any, opts: dict[str, Any]) -> str:
+    """The query image's embedding, as pgvector text."""
+    if opts["search_by"] != "image":
+        raise FeatureNotAvailable(
+            f"{rec.algorithm} models embed images only: search_by='{opts['search_by']}' is not supported",
+            hint="Use search_by='image', with an image (a server path, or the image as bytea)"
+            " as search_input.",
+        )
+    value = opts["search_input"]
+    if value is None:
+        raise NullValue('search_input is NULL', hint="Pass an image path (text) or the image itself (bytea).")
+    if not isinstance(value, (str, bytes)):
+        raise DataError(f"search_input must be an image path (text) or an image (bytea), got {value!r}",
+                        sqlstate="42804")
+    reader = MediaReader.for_session(column="search_input", from_json=True)
+    (vec,) = _embedder(rec, opts["device"]).embed([Row(0, value)], reader)
+    _iterative_hnsw_scans()
+    return vector_literal(vec)  # type: ignore[return-value]
+
+
+def _iterative_hnsw_scans() -> None:
+    """An HNSW index scan returns at most hnsw.ef_search (40) rows unless pgvector's
+    iterative scans are on, which would cut top_k=1000 (or a WHERE on the query) short.
+    This runs before the scan starts (the embedding is its InitPlan), so turn them on
+    for this transaction, unless the session chose a setting itself."""
+    rows = plpy.execute("SELECT source FROM pg_catalog.pg_settings WHERE name = 'hnsw.iterative_scan'")
+    if rows.nrows() and rows[0]["source"] == "default":
+        plpy.execute("SELECT pg_catalog.set_config('hnsw.iterative_scan', 'strict_order', true)")
+
+
+# --- CONVERT that returns rows -----------------------------------------------------------------
+def embed_values(opts: dict[str, Any], values: list[Any]) -> list[str | None]:
+    """convert_batch: jsonb-decoded values (a path, or bytea as "\\x..." hex; None for
+    NULL) → embeddings as pgvector text (NULL for NULL)."""
+    reader = MediaReader.for_session(column=opts.get("input_col", "image"), from_json=True)
+    embedder = models.cached(opts).model
+    return [vector_literal(v) for v in embedder.embed([Row(0, v) for v in values], reader)]
+
+
+# --- CONVERT into a table -------------------------------------------------------------------------
+def convert(rec: Any, opts: dict[str, Any], query: str, source_table: str | None,
+            table_ident: str | None) -> list[tuple[str, int]]:
+    """Into ``table_ident`` (table_name, replaced) or into ``source_table`` (the query's own)."""
+    from thanosql_pg.preprocessor import printer
+
+    embedder = _embedder(rec, opts["device"])
+    dim = int(embedder.dim)
+    query = data.clean_query(query)
+    columns = data.query_columns(query)
+    image_col = data.resolve_column(opts["image_col"], columns, option="image_col")
+    result_col = opts["result_col"]
+    if not result_col:
+        raise DataError('option "result_col" cannot be an empty string', sqlstate="22023")
+    vtype = f"{vector_schema()}.vector"
+    if table_ident is not None:
+        inline_opts = {k: v for k, v in opts.items() if k not in ("table_name", "device")}
+        inline_opts.update(image_col=image_col, device=opts["device"])
+        sql = printer.inline("convert", rec.name, inline_opts, query,
+                             columns=[c for c in columns if c != result_col], result_type=f"{vtype}({dim})")
+        plpy.execute(f"DROP TABLE IF EXISTS {table_ident}")
+        rows = int(plpy.execute(f"CREATE TABLE {table_ident} AS {sql}").nrows())
+        oid = plpy.execute(plpy.prepare("SELECT $1::regclass::oid AS o", ["text"]), [table_ident])[0]["o"]
+        column = _column(oid, result_col)
+        assert column is not None
+        if opts["create_index"]:
+            _ensure_index(oid, table_ident, result_col, column)
+        return [(opts["table_name"], rows)]
+    if source_table is None:
+        raise FeatureNotAvailable(
+            "CONVERT without table_name writes into the table its query reads, and this query reads no"
+            " single table",
+            hint="Add table_name='...' to OPTIONS, or run CONVERT through the ThanoSQL preprocessor"
+            " (the proxy, thanosql.execute), which returns the rows for such queries.")
+    oid, ident, relkind = _relation(source_table)
+    if relkind not in ("r", "p"):
+        kinds = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}
+        raise WrongObjectType(
+            f'CONVERT can add column "{result_col}" only to a table, and {source_table} is'
+            f" {kinds.get(relkind, 'not a table')}",
+            hint="Add table_name='...' to OPTIONS to write the rows and their embeddings to a new table.")
+    column = _column(oid, result_col)
+    if column is None:
+        plpy.execute(f"ALTER TABLE {ident} ADD COLUMN {plpy.quote_ident(result_col)} {vtype}({dim})")
+        column = _column(oid, result_col)
+        assert column is not None
+    else:
+        _check_column(column, source_table, result_col, dim)
+    plpy.execute(f"LOCK TABLE {ident} IN SHARE ROW EXCLUSIVE MODE")
+    rows = _update_rows(embedder, opts, query, image_col, ident, result_col, vtype)
+    if opts["create_index"]:
+        _ensure_index(oid, ident, result_col, column)
+    return [(source_table, rows)]
+
+
+def _relation(name: str) -> tuple[int, str, str]:
+    rows = plpy.execute(plpy.prepare(
+        "SELECT c.oid, c.relkind,"
+        " pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS ident"
+        " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.oid = pg_catalog.to_regclass($1)", ["text"]), [name])
+    if not rows.nrows():
+        raise DataError(f'relation "{name}" does not exist', sqlstate="42P01")
+    return int(rows[0]["oid"]), str(rows[0]["ident"]), str(rows[0]["relkind"])
+
+
+def _column(oid: int, name: str) -> dict[str, Any] | None:
+    rows = plpy.execute(plpy.prepare(
+        "SELECT a.attnum, a.atttypmod AS typmod, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type,"
+        " t.typname = 'vector' AND t.typnamespace = (SELECT extnamespace FROM pg_catalog.pg_extension"
+        "   WHERE extname = 'vector') AS is_vector, a.attgenerated <> '' AS generated"
+        " FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid"
+        " WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+        ["oid", "text"]), [oid, name])
+    return dict(rows[0]) if rows.nrows() else None
+
+
+def _check_column(column: dict[str, Any], table: str, name: str, dim: int) -> None:
+    hint = (f"Choose another result_col, or drop the column first: ALTER TABLE {table} DROP COLUMN "
+            f"{plpy.quote_ident(name)};")
+    if not column["is_vector"] or column["generated"]:
+        raise DatatypeMismatch(
+            f'column "{name}" of {table} has type {column["type"]}, not vector({dim})', hint=hint)
+    if column["typmod"] not in (-1, dim):
+        raise DatatypeMismatch(
+            f'column "{name}" of {table} is {column["type"]},'
+            f" but the model makes {dim}-dimensional embeddings",
+            hint=hint)
+
+
+def _with_row_ids(query: str) -> str:
+    """The one-table query with ``tableoid`` and ``ctid`` of its table appended to its
+    select list (pglast: PostgreSQL's own parser), naming the rows to update."""
+    import pglast
+    from pglast import ast as pa
+    from pglast.stream import RawStream
+
+    (raw,) = pglast.parse_sql(query)
+    select = raw.stmt
+    rv = select.fromClause[0]
+    ref = rv.alias.aliasname if rv.alias is not None else rv.relname
+    extra = tuple(
+        pa.ResTarget(name=name, val=pa.ColumnRef(fields=(pa.String(sval=ref), pa.String(sval=system))))
+        for name, system in (("__thanosql_toid", "tableoid"), ("__thanosql_tid", "ctid"))
+    )
+    select.targetList = (*(select.targetList or ()), *extra)
+    return str(RawStream()(select))
+
+
+def _update_rows(embedder: Any, opts: dict[str, Any], query: str, image_col: str, ident: str,
+                 result_col: str, vtype: str) -> int:
+    capture = (f"SELECT q.__thanosql_toid AS toid, q.__thanosql_tid AS tid,"
+               f" q.{plpy.quote_ident(image_col)} AS x FROM ({_with_row_ids(query)}) AS q")
+    update = plpy.prepare(
+        f"UPDATE {ident} AS __thanosql_t SET {plpy.quote_ident(result_col)} = v.e"
+        f" FROM unnest($1::oid[], $2::tid[], $3::{vtype}[]) AS v(toid, tid, e)"
+        " WHERE __thanosql_t.tableoid = v.toid AND __thanosql_t.ctid = v.tid",
+        ["oid[]", "tid[]", "text[]"])
+    reader = MediaReader.for_session(column=image_col)
+    interval = float(plpy.execute(  # in seconds, whatever unit it was set in
+        "SELECT setting FROM pg_catalog.pg_settings WHERE name = 'thanosql.progress_interval'")[0]["setting"])
+    ids: collections.deque[tuple[list[int], list[str]]] = collections.deque()
+    cursor = plpy.cursor(plpy.prepare(capture))
+    done = nulls = 0
+
+    def batches() -> Iterator[list[Row]]:
+        n = 0
+        while True:
+            rows = cursor.fetch(opts["batch_size"])
+            if not rows:
+                return
+            ids.append(([r["toid"] for r in rows], [r["tid"] for r in rows]))
+            yield [Row(n + i + 1, r["x"]) for i, r in enumerate(rows)]
+            n += len(rows)
+
+    start = last = time.monotonic()
+    try:
+        for vecs in embedder.embed_batches(batches(), reader):
+            data.check_interrupts()
+            toids, tids = ids.popleft()
+            plpy.execute(update, [toids, tids, [vector_literal(v) for v in vecs]])
+            done += len(vecs)
+            nulls += sum(v is None for v in vecs)
+            if time.monotonic() - last >= interval:
+                last = time.monotonic()
+                plpy.notice(f"CONVERT: {done} rows, {done / (last - start):.1f} rows/s")
+    finally:
+        cursor.close()
+    if nulls:
+        plpy.notice(f"CONVERT: {nulls} of {done} rows have a NULL {image_col}; their {result_col} is NULL")
+    return done
+
+
+def _ensure_index(oid: int, ident: str, result_col: str, column: dict[str, Any]) -> None:
+    """An HNSW index for cosine distance on the column, unless a cosine index (HNSW or
+    IVFFlat) already serves it. HNSW needs the column's dimension."""
+    existing = plpy.execute(plpy.prepare(
+        "SELECT count(*) AS n FROM pg_catalog.pg_index i"
+        " JOIN pg_catalog.pg_opclass oc ON oc.oid = i.indclass[0]"
+        " WHERE i.indrelid = $1 AND i.indnatts = 1 AND i.indkey[0] = $2 AND oc.opcname = 'vector_cosine_ops'",
+        ["oid", "int2"]), [oid, column["attnum"]])[0]["n"]
+    if existing:
+        return
+    if column["typmod"] == -1:
+        plpy.notice(f'CONVERT: no HNSW index on "{result_col}": the column has no fixed dimension'
+                    f" (declare it vector(n) for an index)")
+        return
+    plpy.execute(f"CREATE INDEX ON {ident} USING hnsw ({plpy.quote_ident(result_col)}"
+                 f" {vector_schema()}.vector_cosine_ops)")

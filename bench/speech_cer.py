@@ -1,9 +1,15 @@
 """Held-out error rates after a longer training run on espeak-ng speech, on the CPU.
 
-No pretrained weights can be had offline, so the models start from scratch
-(``pretrained=False``: the small random Wav2Vec2 of
-speech_recognition.SCRATCH_CONFIG, ~7.5 M parameters, with a character
-vocabulary from the texts: letters for English, jamo for Korean):
+No pretrained weights can be had offline, so ``--start`` picks a starting point:
+
+- ``scratch`` (default): ``pretrained=False``, the small random Wav2Vec2 of
+  speech_recognition.SCRATCH_CONFIG (4 M parameters, every layer trained) with
+  a character vocabulary from the texts (letters for English, jamo for Korean);
+- ``tiny``: ``base_model`` = a tiny random checkpoint
+  (datasets.write_tiny_wav2vec2, ~100 k parameters) whose feature encoder stays
+  frozen, as for any base model: fast, but its random convolutions limit it;
+- ``pretrained``: the algorithm's hub weights (facebook/wav2vec2-base-960h,
+  kresnik/wav2vec2-large-xlsr-korean), which must be on the server already.
 
 - data: words, digits and short sentences (thanosql_pg.datasets, 42 texts per
   language) spoken by espeak-ng with several voices and speeds;
@@ -15,7 +21,7 @@ BUILD MODEL runs through the preprocessor against the server, as the proxy
 would; EVALUATE on the held-out recordings gives WER and CER (and on the
 training recordings, for comparison). Results go to bench/results/speech_cer.json.
 
-    .venv/bin/python bench/speech_cer.py [--language en ko] [--epochs 30] [--batch-size 16]
+    .venv/bin/python bench/speech_cer.py [--language en ko] [--start scratch] [--epochs 10] [--batch-size 8]
 """
 
 from __future__ import annotations
@@ -55,9 +61,10 @@ def cluster_status() -> dict[str, Any]:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--language", nargs="+", choices=sorted(LANGUAGES), default=["en", "ko"])
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--start", choices=["scratch", "tiny", "pretrained"], default="scratch")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--learning-rate", type=float, default=2e-3)
     p.add_argument("--train-speeds", type=int, nargs="+", default=[130, 170])
     p.add_argument("--test-speed", type=int, default=150)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speech_cer.json")
@@ -77,13 +84,20 @@ def run(conn: Any, language: str, args: argparse.Namespace, files: Path) -> dict
     datasets.load_speech_table(conn, f"bench_cer_{language}_train", train)
     datasets.load_speech_table(conn, f"bench_cer_{language}_test", test)
     model = f"bench_cer_{language}"
+    if args.start == "scratch":
+        start_opts = "pretrained=False"
+    elif args.start == "tiny":
+        tokens = datasets.WAV2VEC2_EN_TOKENS if language == "en" else None  # Korean: jamo from the texts
+        start_opts = f"base_model='{datasets.write_tiny_wav2vec2(folder / 'tiny_base', tokens=tokens)}'"
+    else:
+        start_opts = "pretrained=True"
     notices: list[str] = []
     conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
     conn.execute("SET thanosql.progress_interval = 30")
     start = time.monotonic()
     built = conn.execute(rewrite(
         f"BUILD MODEL {model} USING {spec['algorithm']} OPTIONS (audio_col='audio_path', text_col='text',"
-        f" pretrained=False, epochs={args.epochs}, batch_size={args.batch_size},"
+        f" {start_opts}, epochs={args.epochs}, batch_size={args.batch_size},"
         f" learning_rate={args.learning_rate}, overwrite=True)"
         f" AS SELECT audio_path, text FROM bench_cer_{language}_train")).fetchone()
     seconds = time.monotonic() - start
@@ -106,7 +120,7 @@ def run(conn: Any, language: str, args: argparse.Namespace, files: Path) -> dict
         "algorithm": spec["algorithm"],
         "settings": {"epochs": args.epochs, "batch_size": args.batch_size,
                      "learning_rate": args.learning_rate, "train_speeds": args.train_speeds,
-                     "test_speed": args.test_speed, "pretrained": False},
+                     "test_speed": args.test_speed, "start": args.start},
         "train_clips": len(train), "train_audio_seconds": round(audio, 1),
         "test_clips": len(test), "train_voices": spec["voices"], "test_voice": spec["test_voice"],
         "build_seconds": round(seconds, 1), "build_metrics": built[5],
@@ -126,7 +140,7 @@ def main() -> int:
     results = {}
     with psycopg.connect(info["server"], autocommit=True) as conn:
         for language in args.language:
-            results[language] = run(conn, language, args, Path(info["files_dir"]))
+            results[f"{language}_{args.start}"] = run(conn, language, args, Path(info["files_dir"]))
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     report = {
         "benchmark": "speech_cer",

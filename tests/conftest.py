@@ -23,7 +23,8 @@ THANOSQL = [sys.executable, "-m", "thanosql_pg.cli"]
 @pytest.fixture(scope="session")
 def cluster() -> dict:
     subprocess.run([*THANOSQL, "start"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    out = subprocess.run([*THANOSQL, "status", "--json"], capture_output=True, text=True, cwd=ROOT, check=False)
+    out = subprocess.run([*THANOSQL, "status", "--json"], capture_output=True, text=True, cwd=ROOT,
+                         check=False)
     info = json.loads(out.stdout)
     assert info["server_running"] and info["proxy_running"], info
     return info

@@ -12,7 +12,8 @@ CLI = str(ROOT / ".venv" / "bin" / "thanosql")
 
 
 def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, cwd=ROOT, timeout=120, check=False, **kw)
+    return subprocess.run([CLI, *args], capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
+                          **kw)
 
 
 def test_status_json(cluster: dict) -> None:

@@ -109,8 +109,24 @@ def main() -> int:
         show(conn, "Speech recognition",
              "BUILD MODEL asr USING Wav2Vec2En OPTIONS (audio_col='audio_path', text_col='text')"
              " AS SELECT * FROM speech")
-        show(conn, "Image embeddings",
-             "BUILD MODEL emb USING SimCLR OPTIONS (image_col='path') AS SELECT * FROM demo_digits_train")
+        if conn.execute("SELECT 1 FROM thanosql.models WHERE name = 'demo_search'").fetchone():
+            print("\n-- demo_search is already built (DROP MODEL demo_search to train it again)")
+        else:
+            show(conn, "Train an image-embedding model (SimCLR: no labels needed)",
+                 "BUILD MODEL demo_search USING SimCLR\n"
+                 "OPTIONS (image_col='path', max_epochs=2, batch_size=64, input_size=32,\n"
+                 "         learning_rate=0.001)\n"
+                 "AS SELECT path FROM demo_digits_train")
+        show(conn, "CONVERT: each test digit's embedding into a vector(128) column, plus an HNSW index",
+             "CONVERT USING demo_search OPTIONS (image_col='path', result_col='embedding')\n"
+             "AS SELECT * FROM demo_digits_test")
+        cur = conn.execute("SELECT path FROM demo_digits_test WHERE label = 3 ORDER BY id LIMIT 1")
+        query = cur.fetchone()[0]
+        show(conn, "SEARCH IMAGE: the test digits most like one '3' (itself first, similarity 1)",
+             "SELECT id, label, search_result FROM (\n"
+             f"  SEARCH IMAGE USING demo_search OPTIONS (search_by='image', search_input='{query}',\n"
+             "    emb_col='embedding', top_k=5)\n"
+             "  AS SELECT id, label, embedding FROM demo_digits_test\n) AS s")
         show(conn, "Models now", "LIST MODEL")
     return 0
 

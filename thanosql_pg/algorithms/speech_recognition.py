@@ -98,6 +98,22 @@ def _is_jamo(ch: str) -> bool:
     return 0x1100 <= ord(ch) <= 0x11FF
 
 
+def _compatibility_jamo() -> dict[int, str]:
+    """Conjoining jamo → the compatibility jamo of the same letter (U+1100 ᄀ and U+11A8 ᆨ → ㄱ).
+    A jamo that does not compose into a syllable displays as a letter of its own this way."""
+    table = {}
+    for code in range(0x1100, 0x1200):
+        try:
+            letter = unicodedata.name(chr(code)).split(" ", 2)[2]  # "HANGUL CHOSEONG KIYEOK" → "KIYEOK"
+            table[code] = unicodedata.lookup(f"HANGUL LETTER {letter}")
+        except (KeyError, ValueError, IndexError):
+            continue  # archaic jamo without a compatibility form
+    return table
+
+
+_COMPATIBILITY_JAMO = _compatibility_jamo()
+
+
 @dataclass(frozen=True)
 class TextNorm:
     """How transcripts are normalized, identically for training and evaluation.
@@ -133,8 +149,12 @@ class TextNorm:
         return t
 
     def finish(self, text: str) -> str:
-        """Model output (normalized form) → display text: jamo recomposed into syllables."""
-        return unicodedata.normalize("NFC", text) if self.jamo else text
+        """Model output (normalized form) → display text: jamo recomposed into
+        syllables; a jamo left over (a vowel with no consonant before it, say)
+        becomes its compatibility form, which displays on its own."""
+        if not self.jamo:
+            return text
+        return unicodedata.normalize("NFC", text).translate(_COMPATIBILITY_JAMO)
 
     def display(self, text: str) -> str:
         """A reference transcript as EVALUATE compares it."""

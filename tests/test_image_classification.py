@@ -353,6 +353,16 @@ def test_pretrained_weights_unavailable(conn: Conn, data: dict[str, str]) -> Non
     assert "pretrained=False" in (err.diag.message_hint or "")
     assert time.monotonic() - start < 30
     assert not model_exists(conn, model)
+    from thanosql_pg.algorithms import weights
+
+    if weights.hub_reachable(weights.hub_endpoint()):
+        return  # plain pretrained=True would download the real weights here
+    # the default pretrained=True without local weights: the hint says where to put them
+    err = fails(conn, "58000", lambda: build(conn, model, "EfficientNetV2S",
+                                             {k: v for k, v in SMALL.items() if k != "pretrained"},
+                                             f"SELECT path, label FROM {data['small']}"))
+    assert "tf_efficientnetv2_s" in str(err) and "weights/" in (err.diag.message_hint or "")
+    assert time.monotonic() - start < 30
 
 
 def test_checkpoint_errors(conn: Conn, data: dict[str, str], files: Path) -> None:

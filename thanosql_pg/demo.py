@@ -76,6 +76,16 @@ def ensure_digits(conn: psycopg.Connection, files_dir: Path) -> None:
     print(f"loaded {len(train)} training and {len(test)} test digits (PNGs in {files_dir / 'digits'})")
 
 
+def ensure_speech(conn: psycopg.Connection, files_dir: Path) -> None:
+    """English words spoken by espeak-ng, plus a small local Wav2Vec2 checkpoint
+    standing in for facebook/wav2vec2-base-960h (no model hub is reachable)."""
+    if conn.execute("SELECT to_regclass('demo_speech') IS NOT NULL").fetchone()[0]:
+        return
+    rows = datasets.write_speech(files_dir / "demo_speech", datasets.ENGLISH_WORDS[:8], voices=["en"])
+    datasets.load_speech_table(conn, "demo_speech", rows)
+    datasets.write_tiny_wav2vec2(files_dir / "demo_speech" / "tiny_wav2vec2")
+
+
 def main() -> int:
     cluster = Cluster()
     state = cluster.start()
@@ -106,9 +116,20 @@ def main() -> int:
              "AS SELECT * FROM demo_digits_train")
         show(conn, "... also inside the query after AS",
              "PREDICT USING demo_digits OPTIONS (image_col='path') AS SELEC path FROM demo_digits_test")
-        show(conn, "Speech recognition",
-             "BUILD MODEL asr USING Wav2Vec2En OPTIONS (audio_col='audio_path', text_col='text')"
-             " AS SELECT * FROM speech")
+        ensure_speech(conn, cluster.files)
+        if conn.execute("SELECT 1 FROM thanosql.models WHERE name = 'demo_asr'").fetchone():
+            print("\n-- demo_asr is already built (DROP MODEL demo_asr to train it again)")
+        else:
+            show(conn, "Speech recognition: fine-tune Wav2Vec2En on spoken words",
+                 "BUILD MODEL demo_asr USING Wav2Vec2En\n"
+                 "OPTIONS (audio_col='audio_path', text_col='text', base_model='demo_speech/tiny_wav2vec2',\n"
+                 "         max_epochs=300, batch_size=8, learning_rate=0.003)\n"
+                 "AS SELECT audio_path, text FROM demo_speech")
+        show(conn, "Transcribe", "PREDICT USING demo_asr OPTIONS (audio_col='audio_path')\n"
+             "AS SELECT text, audio_path FROM demo_speech LIMIT 4")
+        show(conn, "Word and character error rates (bytea audio works too)",
+             "EVALUATE USING demo_asr OPTIONS (audio_col='audio', text_col='text')\n"
+             "AS SELECT audio, text FROM demo_speech")
         if conn.execute("SELECT 1 FROM thanosql.models WHERE name = 'demo_search'").fetchone():
             print("\n-- demo_search is already built (DROP MODEL demo_search to train it again)")
         else:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from thanosql_pg.algorithms import base as fam
+from thanosql_pg.algorithms import weights
 from thanosql_pg.algorithms.base import Reader, Row, RowSource, Trained
 from thanosql_pg.algorithms.weights import CHECKPOINT_EXTENSIONS, WEIGHT_FILES  # noqa: F401 (re-exported)
 from thanosql_pg.algorithms.weights import hf_cached as _hf_cached
@@ -381,8 +382,7 @@ def pretrained_network(name: str, num_classes: int, dirs: Sequence[str]) -> tupl
             if cfg is None or not (cfg.hf_hub_id or cfg.url):
                 raise WeightsUnavailable(f"timm has no pretrained weights for {name}",
                                          hint=_weights_hint(name, dirs))
-            probe = "https://huggingface.co" if cfg.hf_hub_id else cfg.url
-            if not _hub_reachable(os.environ.get("HF_ENDPOINT", probe) if cfg.hf_hub_id else probe):
+            if not _hub_reachable(weights.hub_endpoint() if cfg.hf_hub_id else cfg.url):
                 raise WeightsUnavailable(
                     f"pretrained weights for {name} are not on the server and the model hub is unreachable",
                     hint=_weights_hint(name, dirs))
@@ -392,7 +392,7 @@ def pretrained_network(name: str, num_classes: int, dirs: Sequence[str]) -> tupl
         if local_dir:
             net = timm.create_model("local-dir:" + local_dir, pretrained=True, num_classes=num_classes)
             return net.pretrained_cfg.get("architecture", repo), net, f"pretrained {repo} ({local_dir})"
-        if not _hub_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co")):
+        if not _hub_reachable(weights.hub_endpoint()):
             raise WeightsUnavailable(
                 f"weights for {repo} are not on the server and the model hub is unreachable",
                 hint=_weights_hint(repo.replace("/", "--"), dirs))
@@ -447,7 +447,7 @@ def checkpoint_network(path: str, arch: str, num_classes: int) -> tuple[str, tor
 
 
 def _looks_like_path(value: str) -> bool:
-    return value.startswith(("/", "./", "../", "~")) or value.lower().endswith(CHECKPOINT_EXTENSIONS)
+    return weights.looks_like_path(value)
 
 
 def new_network(algo: Any, opts: dict[str, Any], num_classes: int, reader: Reader,

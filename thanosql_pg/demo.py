@@ -76,14 +76,24 @@ def ensure_digits(conn: psycopg.Connection, files_dir: Path) -> None:
     print(f"loaded {len(train)} training and {len(test)} test digits (PNGs in {files_dir / 'digits'})")
 
 
-def ensure_speech(conn: psycopg.Connection, files_dir: Path) -> None:
-    """English words spoken by espeak-ng, plus a small local Wav2Vec2 checkpoint
-    standing in for facebook/wav2vec2-base-960h (no model hub is reachable)."""
-    if conn.execute("SELECT to_regclass('demo_speech') IS NOT NULL").fetchone()[0]:
+# (language, algorithm, words, voice, tokens): English starts from a checkpoint
+# with its own tokenizer, Korean from one without (a jamo vocabulary is built).
+SPEECH_DEMOS = (
+    ("en", "Wav2Vec2En", datasets.ENGLISH_WORDS[:8], "en", datasets.WAV2VEC2_EN_TOKENS),
+    ("ko", "Wav2Vec2Ko", datasets.KOREAN_WORDS[:8], "ko", None),
+)
+
+
+def ensure_speech(conn: psycopg.Connection, files_dir: Path, lang: str, words: Any, voice: str,
+                  tokens: list[str] | None) -> None:
+    """Words spoken by espeak-ng, plus a small local Wav2Vec2 checkpoint standing
+    in for the hub's pretrained one (no model hub is reachable here)."""
+    table = f"demo_speech_{lang}"
+    if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
         return
-    rows = datasets.write_speech(files_dir / "demo_speech", datasets.ENGLISH_WORDS[:8], voices=["en"])
-    datasets.load_speech_table(conn, "demo_speech", rows)
-    datasets.write_tiny_wav2vec2(files_dir / "demo_speech" / "tiny_wav2vec2")
+    rows = datasets.write_speech(files_dir / table, words, voices=[voice])
+    datasets.load_speech_table(conn, table, rows)
+    datasets.write_tiny_wav2vec2(files_dir / table / "tiny_wav2vec2", tokens=tokens)
 
 
 def main() -> int:
@@ -116,20 +126,23 @@ def main() -> int:
              "AS SELECT * FROM demo_digits_train")
         show(conn, "... also inside the query after AS",
              "PREDICT USING demo_digits OPTIONS (image_col='path') AS SELEC path FROM demo_digits_test")
-        ensure_speech(conn, cluster.files)
-        if conn.execute("SELECT 1 FROM thanosql.models WHERE name = 'demo_asr'").fetchone():
-            print("\n-- demo_asr is already built (DROP MODEL demo_asr to train it again)")
-        else:
-            show(conn, "Speech recognition: fine-tune Wav2Vec2En on spoken words",
-                 "BUILD MODEL demo_asr USING Wav2Vec2En\n"
-                 "OPTIONS (audio_col='audio_path', text_col='text', base_model='demo_speech/tiny_wav2vec2',\n"
-                 "         max_epochs=300, batch_size=8, learning_rate=0.003)\n"
-                 "AS SELECT audio_path, text FROM demo_speech")
-        show(conn, "Transcribe", "PREDICT USING demo_asr OPTIONS (audio_col='audio_path')\n"
-             "AS SELECT text, audio_path FROM demo_speech LIMIT 4")
-        show(conn, "Word and character error rates (bytea audio works too)",
-             "EVALUATE USING demo_asr OPTIONS (audio_col='audio', text_col='text')\n"
-             "AS SELECT audio, text FROM demo_speech")
+        for lang, algorithm, words, voice, tokens in SPEECH_DEMOS:
+            ensure_speech(conn, cluster.files, lang, words, voice, tokens)
+            table, model = f"demo_speech_{lang}", f"demo_asr_{lang}"
+            if conn.execute("SELECT 1 FROM thanosql.models WHERE name = %s", (model,)).fetchone():
+                print(f"\n-- {model} is already built (DROP MODEL {model} to train it again)")
+            else:
+                show(conn, f"Speech recognition ({lang}): fine-tune {algorithm} on spoken words",
+                     f"BUILD MODEL {model} USING {algorithm}\n"
+                     "OPTIONS (audio_col='audio_path', text_col='text',\n"
+                     f"         base_model='{table}/tiny_wav2vec2',\n"
+                     "         max_epochs=300, batch_size=8, learning_rate=0.003)\n"
+                     f"AS SELECT audio_path, text FROM {table}")
+            show(conn, f"Transcribe ({lang})", f"PREDICT USING {model} OPTIONS (audio_col='audio_path')\n"
+                 f"AS SELECT text, audio_path FROM {table} LIMIT 4")
+            show(conn, f"Word and character error rates ({lang}; bytea audio works too)",
+                 f"EVALUATE USING {model} OPTIONS (audio_col='audio', text_col='text')\n"
+                 f"AS SELECT audio, text FROM {table}")
         if conn.execute("SELECT 1 FROM thanosql.models WHERE name = 'demo_search'").fetchone():
             print("\n-- demo_search is already built (DROP MODEL demo_search to train it again)")
         else:

@@ -57,3 +57,7 @@ def direct(server_dsn: str) -> Iterator[psycopg.Connection]:
 @pytest.fixture
 def unique_name() -> str:
     return "t_" + uuid.uuid4().hex[:10]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: trains real models; minutes on a 2-core CPU")

@@ -57,8 +57,11 @@ SEARCH IMAGE USING simclr_regress OPTIONS (search_input='/tmp/q.png', emb_col='e
 SEARCH IMAGE USING simclr_regress OPTIONS (search_input='/tmp/q.png', emb_col='label') AS SELECT * FROM pics;
 \echo :LAST_ERROR_SQLSTATE
 -- the query image does not exist
+\set VERBOSITY terse
+-- (terse: the hint names this checkout's data directory)
 SEARCH IMAGE USING simclr_regress OPTIONS (search_input='/nonexistent/q.png', emb_col='convert_result')
 AS SELECT * FROM pics;
+\set VERBOSITY default
 \echo :LAST_ERROR_SQLSTATE
 -- vectors of another dimension than the model's
 CREATE TABLE pics8 AS SELECT id, img, '[1,2,3,4,5,6,7,8]'::vector(8) AS e FROM pics;

@@ -97,6 +97,27 @@ def setup_torch() -> None:
         _threads_set = True
 
 
+def optimizer_schedule(param_groups: Any, lr: float, total_steps: int, warmup_fraction: float,
+                       device: Any) -> tuple[Any, Any, Any]:
+    """AdamW with a linear warm-up then cosine decay (stepped once per batch),
+    and a GradScaler only where fp16 autocast needs one (CUDA without bf16).
+    Returns (optimizer, scheduler, scaler or None)."""
+    import torch
+
+    total_steps = max(1, total_steps)
+    warmup = max(1, int(warmup_fraction * total_steps))
+    opt = torch.optim.AdamW(param_groups, lr=lr)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    return opt, sched, (torch.amp.GradScaler("cuda") if use_scaler else None)
+
+
 def torch_device(name: str) -> Any:
     """``cpu``, ``cuda`` or ``auto`` (cuda when available) → torch.device."""
     import torch

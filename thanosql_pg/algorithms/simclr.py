@@ -370,17 +370,8 @@ def _fit(model: ImageEmbedder, algo: Any, opts: dict[str, Any], source: RowSourc
     rows = max(1, source.count - source.skipped)
     steps_per_epoch = math.ceil(rows / bs)
     total_steps = max(1, epochs * steps_per_epoch)
-    warmup = max(1, int(WARMUP_FRACTION * total_steps))
-    opt = torch.optim.AdamW(_param_groups(net), lr=opts["learning_rate"])
-
-    def lr_factor(step: int) -> float:  # linear warm-up, then cosine decay
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    opt, sched, scaler = fam.optimizer_schedule(_param_groups(net), opts["learning_rate"], total_steps,
+                                                WARMUP_FRACTION, device)
     augment = Augment(size)
     gen = torch.Generator(device=device)
     work = partial(decode_rows, reader=source.reader, size=size, index=None, skip=False)

@@ -8,13 +8,21 @@
 EXTENSION = thanosql
 MODULE_big = thanosql
 OBJS = src/thanosql.o
-DATA = extension/thanosql--0.1.0.sql
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+
+# One release number, in thanosql_pg/__init__.py: the control file, the SQL
+# scripts (scripts/build_sql.py) and the C module take it from there.
+RELEASE := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' thanosql_pg/__init__.py)
+# The install script of every earlier release, frozen, so that databases at any
+# release can be updated (and the upgrade tests can install them).
+DATA = $(wildcard extension/frozen/thanosql--*.sql)
+DATA_built = $(shell python3 scripts/build_sql.py --list)
+EXTRA_CLEAN = thanosql.control build/extension
 
 # The virtualenv PL/Python uses by default (overridable at run time with the
 # thanosql.python_lib_dir setting).
 VENV ?= $(abspath .venv)
-PG_CPPFLAGS = -DTHANOSQL_DEFAULT_LIB_DIR=\"$(VENV)\"
+PG_CPPFLAGS = -DTHANOSQL_DEFAULT_LIB_DIR=\"$(VENV)\" -DTHANOSQL_VERSION=\"$(RELEASE)\"
 
 # pg_regress suites: native ThanoSQL syntax, run through the proxy.
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
@@ -23,6 +31,15 @@ REGRESS_OPTS = --inputdir=. --outputdir=$(CURDIR)/build/regress --dbname=thanosq
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# The scripts and the control file are generated; the C module is rebuilt when
+# the release number changes.
+$(DATA_built) thanosql.control &: scripts/build_sql.py thanosql.control.in thanosql_pg/__init__.py \
+		extension/prelude.sql $(wildcard extension/migrations/*/*.sql extension/idempotent/*.sql)
+	python3 scripts/build_sql.py
+all: thanosql.control
+install: thanosql.control
+src/thanosql.o: thanosql_pg/__init__.py
 
 THANOSQL = .venv/bin/thanosql
 STATUS = $(THANOSQL) status --json
@@ -36,8 +53,17 @@ demo: setup
 	$(THANOSQL) start
 	.venv/bin/python -m thanosql_pg.demo
 
-lint:
-	.venv/bin/ruff check thanosql_pg tests bench
+lint: $(DATA_built)
+	.venv/bin/ruff check thanosql_pg tests bench scripts
+	@# pgspot analyses each script as PostgreSQL runs it. The control file's
+	@# schema is created by CREATE EXTENSION (extension/prelude.sql checks that a
+	@# superuser owns it), which pgspot cannot know: tell it.
+	@for f in $(DATA_built); do \
+		printf 'CREATE SCHEMA thanosql;\n' | cat - $$f | grep -v '^\\echo' > build/pgspot-input.sql; \
+		echo "pgspot $$f"; \
+		.venv/bin/pgspot --ignore-lang plpython3u build/pgspot-input.sql | tee build/pgspot.out; \
+		grep -q 'Errors: 0 Warnings: 0 Unknown: 0' build/pgspot.out || exit 1; \
+	done
 
 pytest:
 	.venv/bin/python -m pytest -q tests

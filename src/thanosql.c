@@ -11,12 +11,18 @@
  */
 #include "postgres.h"
 
+#include <limits.h>
+
 #include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/elog.h"
 #include "utils/guc.h"
 
 PG_MODULE_MAGIC;
+
+#ifndef THANOSQL_VERSION
+#error "THANOSQL_VERSION must be defined (the Makefile takes it from thanosql_pg/__init__.py)"
+#endif
 
 #ifndef THANOSQL_DEFAULT_LIB_DIR
 #define THANOSQL_DEFAULT_LIB_DIR ""
@@ -26,6 +32,8 @@ static char *python_lib_dir = NULL;
 static char *data_dir = NULL;
 static char *device = NULL;
 static int	progress_interval = 10;
+static int	max_image_pixels = 40000000;
+static int	max_audio_seconds = 1800;
 
 /*
  * PL/Python reports an exception raised by Python code as
@@ -47,13 +55,25 @@ thanosql_emit_log_hook(ErrorData *edata)
 		if (edata->message)
 		{
 			const char *m = edata->message;
-			const char *p = m;
 
-			/* a prefix is a dotted Python class name followed by ": " */
-			while (*p && (isalnum((unsigned char) *p) || *p == '_' || *p == '.'))
-				p++;
-			if (p > m && p[0] == ':' && p[1] == ' ' && strchr(m, '.') && strchr(m, '.') < p)
-				edata->message = pstrdup(p + 2);
+			/*
+			 * A prefix is a dotted Python class name followed by ": ". An
+			 * error raised in a nested PL/Python call has several
+			 * ("spiexceptions.X: plpy.Error: message"): strip them all.
+			 */
+			for (;;)
+			{
+				const char *p = m;
+
+				while (*p && (isalnum((unsigned char) *p) || *p == '_' || *p == '.'))
+					p++;
+				if (p > m && p[0] == ':' && p[1] == ' ' && memchr(m, '.', p - m) != NULL)
+					m = p + 2;
+				else
+					break;
+			}
+			if (m != edata->message)
+				edata->message = pstrdup(m);
 		}
 		edata->context = NULL;
 	}
@@ -82,6 +102,18 @@ _PG_init(void)
 							"Seconds between progress NOTICEs of long statements.",
 							NULL, &progress_interval, 10, 1, 3600,
 							PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
+	/*
+	 * Resource limits, checked from a file's header before it is decoded:
+	 * superuser-only, so that an ordinary role cannot lift them for itself.
+	 */
+	DefineCustomIntVariable("thanosql.max_image_pixels",
+							"Largest image (width x height, in pixels) that thanosql decodes.",
+							NULL, &max_image_pixels, 40000000, 1, INT_MAX,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("thanosql.max_audio_seconds",
+							"Longest audio clip (in seconds) that thanosql decodes.",
+							NULL, &max_audio_seconds, 1800, 1, 86400,
+							PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("thanosql");
 
 	prev_emit_log_hook = emit_log_hook;
@@ -130,5 +162,5 @@ PG_FUNCTION_INFO_V1(thanosql_native_version);
 Datum
 thanosql_native_version(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_TEXT_P(cstring_to_text("0.1.0"));
+	PG_RETURN_TEXT_P(cstring_to_text(THANOSQL_VERSION));
 }

@@ -16,14 +16,14 @@ PG_BIN = "/usr/lib/postgresql/15/bin"
 
 
 def add_model(conn: psycopg.Connection, name: str, payload: bytes = b"\x00weights") -> int:
-    """Store a catalog row plus one weight chunk, as the connection's current role."""
+    """Store a catalog row plus one weight chunk, as the connection's current role,
+    through the writer functions BUILD uses (PUBLIC cannot write the tables)."""
     mid = conn.execute(
-        "INSERT INTO thanosql.models (name, algorithm, family, options, labels, format, size_bytes)"
-        " VALUES (%s, 'ConvNeXt_Tiny', 'image_classification', '{\"epochs\": 1}', '[0, 1]', 'test', %s)"
-        " RETURNING id",
+        "SELECT thanosql._model_write(%s, 'ConvNeXt_Tiny', 'image_classification', '{\"epochs\": 1}',"
+        " '[0, 1]', NULL, 'test', %s, NULL, false, thanosql._current_role())",
         (name, len(payload)),
     ).fetchone()[0]
-    conn.execute("INSERT INTO thanosql.model_chunks VALUES (%s, 0, %s)", (mid, payload))
+    conn.execute("SELECT thanosql._model_put_chunk(%s, 0, %s, thanosql._current_role())", (mid, payload))
     return mid
 
 
@@ -50,8 +50,8 @@ def test_list_model_columns_and_rows(db: psycopg.Connection, unique_name: str) -
 
 def test_describe_model(db: psycopg.Connection, unique_name: str) -> None:
     mid = add_model(db, unique_name)
-    db.execute("INSERT INTO thanosql.model_metrics (model_id, statement, rows, metrics)"
-               " VALUES (%s, 'EVALUATE', 10, '{\"Accuracy\": 0.9}')", (mid,))
+    db.execute("SELECT thanosql._record_metrics(%s, 'EVALUATE', 10, '{\"Accuracy\": 0.9}',"
+               " thanosql._current_role())", (mid,))
     cur = db.execute(f"DESCRIBE MODEL {unique_name}")
     row = dict(zip([c.name for c in cur.description], cur.fetchone(), strict=True))
     assert row["algorithm"] == "ConvNeXt_Tiny"
@@ -106,15 +106,17 @@ def test_models_belong_to_their_owner(cluster: dict, roles: tuple[str, str], uni
             b.execute(f"DELETE MODEL {unique_name}")
         # Nor can another role take the name.
         assert b.execute("SELECT thanosql._model_name_taken(%s)", (unique_name,)).fetchone()[0]
-        # Nor write weights into it.
-        with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
+        # Nor write weights into it, directly or through the writer functions.
+        with pytest.raises(errors.InsufficientPrivilege, match="permission denied for table"):
             b.execute("INSERT INTO thanosql.model_chunks VALUES (%s, 99, 'x')", (mid,))
+        with pytest.raises(errors.InsufficientPrivilege, match="permission denied to write"):
+            b.execute("SELECT thanosql._model_put_chunk(%s, 99, 'x', thanosql._current_role())", (mid,))
         # Only the owner grants.
         with pytest.raises(errors.UndefinedObject):
             b.execute("SELECT thanosql.grant_model(%s, %s, 'MODIFY')", (unique_name, other))
         a.execute("SELECT thanosql.grant_model(%s, %s, 'USE')", (unique_name, other))
         assert unique_name in {r[0] for r in b.execute("LIST MODEL").fetchall()}
-        with pytest.raises(errors.InsufficientPrivilege, match="permission denied to delete"):
+        with pytest.raises(errors.InsufficientPrivilege, match="permission denied to modify"):
             b.execute(f"DELETE MODEL {unique_name}")
         with pytest.raises(errors.InsufficientPrivilege):
             b.execute("SELECT thanosql.grant_model(%s, %s, 'MODIFY')", (unique_name, other))

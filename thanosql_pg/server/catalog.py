@@ -1,8 +1,11 @@
 """The model catalog: thanosql.models rows and their weights in model_chunks.
 
-All reads and writes go through SPI in the calling statement's transaction,
-under the caller's role, so row-level security decides who sees and changes
-which model, and a failed or rolled-back statement leaves nothing behind.
+Reads go through SPI under the caller's role, so row-level security decides
+who sees which model. Writes go through the extension's SECURITY DEFINER
+functions (extension/idempotent/030-writers.sql), which check the caller's
+privileges themselves: PUBLIC cannot write the tables directly. Both happen in
+the calling statement's transaction, so a failed or rolled-back statement
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ class ModelRecord:
     version: int
 
 
-_COLUMNS = "id, name, algorithm, family, owner, options, labels, label_type, format, size_bytes, version"
+_COLUMNS = ("id, name, algorithm, family, pg_catalog.pg_get_userbyid(owner)::text AS owner, options, labels,"
+            " label_type, format, size_bytes, version")
+# The caller's role, evaluated as the caller (the writers verify it).
+_CALLER = "thanosql._current_role()"
 
 
 def _record(row: dict[str, Any]) -> ModelRecord:
@@ -66,7 +72,9 @@ def _plan(key: str, sql: str, types: list[str]) -> Any:
 def find(name: str) -> ModelRecord | None:
     """The model called ``name`` if the current role may see (USE) it."""
     rows = plpy.execute(
-        _plan("find", f"SELECT {_COLUMNS} FROM thanosql.models WHERE name = $1", ["text"]), [name]
+        _plan("find", f"SELECT {_COLUMNS} FROM thanosql.models WHERE name OPERATOR(pg_catalog.=) $1",
+              ["text"]),
+        [name],
     )
     return _record(rows[0]) if rows.nrows() else None
 
@@ -86,9 +94,11 @@ def get(name: str, privilege: str = "USE") -> ModelRecord:
 def require_modify(rec: ModelRecord) -> None:
     ok = plpy.execute(
         _plan(
-            "can_modify", "SELECT thanosql._has_model_privilege($1, $2, 'MODIFY') AS ok", ["bigint", "name"]
+            "can_modify",
+            "SELECT thanosql._has_model_privilege(m.id, m.owner, 'MODIFY', thanosql._current_role()) AS ok"
+            " FROM thanosql.models m WHERE m.id OPERATOR(pg_catalog.=) $1", ["bigint"]
         ),
-        [rec.id, rec.owner],
+        [rec.id],
     )[0]["ok"]
     if not ok:
         raise InsufficientPrivilege(
@@ -140,62 +150,33 @@ def save(
     current transaction: readers see either the old or the new model."""
     opts = json.dumps(options)
     labels_json = json.dumps(labels) if labels is not None else None
-    if replace is None:
-        row = plpy.execute(
-            _plan(
-                "insert",
-                "INSERT INTO thanosql.models (name, algorithm, family, options, labels, label_type,"
-                " format, size_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING " + _COLUMNS,
-                ["text", "text", "text", "jsonb", "jsonb", "text", "text", "bigint"],
-            ),
-            [name, algorithm, family, opts, labels_json, label_type, format, len(payload)],
-        )[0]
-    else:
-        plpy.execute(
-            _plan("del_chunks", "DELETE FROM thanosql.model_chunks WHERE model_id = $1", ["bigint"]),
-            [replace.id],
-        )
-        if not keep_history:
-            plpy.execute(
-                _plan("del_metrics", "DELETE FROM thanosql.model_metrics WHERE model_id = $1", ["bigint"]),
-                [replace.id],
-            )
-        row = plpy.execute(
-            _plan(
-                "update",
-                "UPDATE thanosql.models SET algorithm = $2, family = $3, options = $4, labels = $5,"
-                " label_type = $6, format = $7, size_bytes = $8, version = version + 1, updated_at = now(),"
-                " created_at = CASE WHEN $9 THEN created_at ELSE now() END"
-                " WHERE id = $1 RETURNING " + _COLUMNS,
-                ["bigint", "text", "text", "jsonb", "jsonb", "text", "text", "bigint", "bool"],
-            ),
-            [
-                replace.id,
-                algorithm,
-                family,
-                opts,
-                labels_json,
-                label_type,
-                format,
-                len(payload),
-                keep_history,
-            ],
-        )[0]
-    rec = _record(row)
-    insert = _plan(
-        "chunk",
-        "INSERT INTO thanosql.model_chunks (model_id, seq, data) VALUES ($1, $2, $3)",
-        ["bigint", "int4", "bytea"],
-    )
+    model_id = plpy.execute(
+        _plan(
+            "write",
+            "SELECT thanosql._model_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, " + _CALLER + ") AS id",
+            ["text", "text", "text", "jsonb", "jsonb", "text", "text", "bigint", "bigint", "bool"],
+        ),
+        [name, algorithm, family, opts, labels_json, label_type, format, len(payload),
+         replace.id if replace is not None else None, keep_history],
+    )[0]["id"]
+    put = _plan("chunk", "SELECT thanosql._model_put_chunk($1, $2, $3, " + _CALLER + ")",
+                ["bigint", "int4", "bytea"])
     for seq, start in enumerate(range(0, len(payload), CHUNK_BYTES)):
-        plpy.execute(insert, [rec.id, seq, payload[start : start + CHUNK_BYTES]])
-    return rec
+        plpy.execute(put, [model_id, seq, payload[start : start + CHUNK_BYTES]])
+    row = plpy.execute(
+        _plan("by_id", f"SELECT {_COLUMNS} FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) $1",
+              ["bigint"]),
+        [model_id],
+    )[0]
+    return _record(row)
 
 
 def load_payload(rec: ModelRecord) -> bytes:
     cursor = plpy.cursor(
         _plan(
-            "chunks", "SELECT data FROM thanosql.model_chunks WHERE model_id = $1 ORDER BY seq", ["bigint"]
+            "chunks",
+            "SELECT data FROM thanosql.model_chunks WHERE model_id OPERATOR(pg_catalog.=) $1 ORDER BY seq",
+            ["bigint"],
         ),
         [rec.id],
     )
@@ -209,7 +190,7 @@ def record_metrics(rec: ModelRecord, statement: str, rows: int, metrics: dict[st
     plpy.execute(
         _plan(
             "metrics",
-            "INSERT INTO thanosql.model_metrics (model_id, statement, rows, metrics) VALUES ($1, $2, $3, $4)",
+            "SELECT thanosql._record_metrics($1, $2, $3, $4, " + _CALLER + ")",
             ["bigint", "text", "bigint", "jsonb"],
         ),
         [rec.id, statement, rows, json.dumps(metrics)],
@@ -218,7 +199,9 @@ def record_metrics(rec: ModelRecord, statement: str, rows: int, metrics: dict[st
 
 def current_version(rec_id: int) -> int | None:
     rows = plpy.execute(
-        _plan("version", "SELECT version FROM thanosql.models WHERE id = $1", ["bigint"]), [rec_id]
+        _plan("version", "SELECT version FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) $1",
+              ["bigint"]),
+        [rec_id],
     )
     return rows[0]["version"] if rows.nrows() else None
 

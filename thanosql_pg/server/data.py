@@ -34,6 +34,47 @@ def _plan(key: str, sql: str, types: list[str] | None = None) -> Any:
     return plan
 
 
+# --- the caller's search_path ----------------------------------------------------
+# Every extension function pins search_path = pg_catalog, pg_temp, so that
+# nothing thanosql_pg runs resolves a name through the caller's path. The SQL
+# the caller wrote (the query after AS, table names, thanosql.execute's text)
+# must resolve as the caller would: those functions receive the caller's path
+# (an argument whose default is evaluated before the function's SET applies),
+# and it is switched on only around that SQL.
+PINNED_SEARCH_PATH = "pg_catalog, pg_temp"
+_caller_path: str | None = None
+
+
+@contextmanager
+def caller_search_path(path: str | None) -> Iterator[None]:
+    """For one entry point call: remember the caller's search_path (see ``as_caller``)."""
+    global _caller_path
+    previous, _caller_path = _caller_path, path
+    try:
+        yield
+    finally:
+        _caller_path = previous
+
+
+@contextmanager
+def as_caller() -> Iterator[None]:
+    """Run the caller's own SQL with the caller's search_path, then pin it again.
+    The setting is transaction-local and the function's SET clause restores it
+    on exit, errors included."""
+    if _caller_path is None:
+        yield
+        return
+    _set_search_path(_caller_path)
+    try:
+        yield
+    finally:
+        _set_search_path(PINNED_SEARCH_PATH)
+
+
+def _set_search_path(path: str) -> None:
+    plpy.execute(_plan("set_path", "SELECT pg_catalog.set_config('search_path', $1, true)", ["text"]), [path])
+
+
 def clean_query(query: str) -> str:
     """The query as a subquery: trailing semicolons dropped; a newline before the
     closing parenthesis keeps a trailing -- comment from swallowing it."""
@@ -48,7 +89,8 @@ def clean_query(query: str) -> str:
 def query_columns(query: str) -> list[str]:
     """Column names of a query's result, without running it (LIMIT 0 never
     pulls a row from the subquery)."""
-    return list(plpy.execute(f"SELECT * FROM ({query}) AS q LIMIT 0").colnames())
+    with as_caller():
+        return list(plpy.execute(f"SELECT * FROM ({query}) AS q LIMIT 0").colnames())
 
 
 def resolve_column(name: str, available: list[str], *, option: str) -> str:
@@ -204,10 +246,11 @@ def _materialize(table: str, query: str, input_col: str, target_col: str | None,
                  options: tuple[str, str]) -> int:
     def create(inp: str, tgt: str | None) -> int:
         y = f"q.{plpy.quote_ident(tgt)}" if tgt is not None else "NULL::text"
-        res = plpy.execute(
-            f"CREATE TEMP TABLE {table} AS SELECT row_number() OVER () AS rn,"
-            f" q.{plpy.quote_ident(inp)} AS x, {y} AS y FROM ({query}) AS q"
-        )
+        with as_caller():
+            res = plpy.execute(
+                f"CREATE TEMP TABLE {table} AS SELECT pg_catalog.row_number() OVER () AS rn,"
+                f" q.{plpy.quote_ident(inp)} AS x, {y} AS y FROM ({query}) AS q"
+            )
         return int(res.nrows())
 
     try:

@@ -23,7 +23,18 @@ from thanosql_pg.errors import FeatureNotAvailable, InvalidOption, ThanoSQLError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def on_load() -> None:
+def on_load(sql_version: str | None = None) -> None:
+    """Called by thanosql._load(), which has checked that this package is the
+    release of the SQL that calls it. An older release's _load passes nothing:
+    its SQL functions would call this package with other arguments."""
+    if sql_version is None:
+        from thanosql_pg import __version__
+
+        rows = plpy.execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'thanosql'")
+        found = rows[0]["extversion"] if rows.nrows() else "unknown"
+        _raise_clean(f"this database's extension thanosql is {found}, but the installed thanosql_pg is"
+                     f" {__version__}", sqlstate="55000",
+                     hint="Run ALTER EXTENSION thanosql UPDATE (as the extension's owner), then reconnect.")
     _session_setup()
 
 
@@ -51,11 +62,35 @@ def _raise_clean(message: str, *, sqlstate: str, detail: str | None = None, hint
 
 
 def entry_point(fn: F) -> F:
+    return _wrap(fn, caller_sql=None)
+
+
+def caller_sql_entry_point(*, whole_call: bool) -> Callable[[F], F]:
+    """For functions that run SQL the caller wrote: the SQL function passes the
+    caller's search_path as its last argument, which the wrapper takes off.
+    ``whole_call``: the whole function is the caller's SQL (thanosql.execute,
+    save_table, CONVERT); else it uses data.as_caller() where it runs it."""
+    def deco(fn: F) -> F:
+        return _wrap(fn, caller_sql="whole" if whole_call else "scoped")
+
+    return deco
+
+
+def _wrap(fn: F, *, caller_sql: str | None) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any) -> Any:
+        from thanosql_pg.server import data
+
+        path = None
+        if caller_sql is not None:
+            *args, path = args  # type: ignore[assignment]
         try:
             _session_setup()
-            return fn(*args)
+            with data.caller_search_path(path):
+                if caller_sql == "whole":
+                    with data.as_caller():
+                        return fn(*args)
+                return fn(*args)
         except ThanoSQLError as e:
             _raise_pg(e)
         except plpy.SPIError as e:
@@ -92,7 +127,7 @@ def rewrite(sql: str) -> str:
     return _rewrite(sql)
 
 
-@entry_point
+@caller_sql_entry_point(whole_call=True)
 def execute(sql: str) -> Iterator[str]:
     """Run ThanoSQL and plain SQL; yield the last statement's rows as jsonb.
 
@@ -167,13 +202,13 @@ def _train(statement: str, name: str, algo: registry.Algorithm, given: dict[str,
              json.dumps(trained.metrics))]
 
 
-@entry_point
+@caller_sql_entry_point(whole_call=False)
 def build_model(name: str, algorithm: str, options: str, query: str) -> list[tuple[Any, ...]]:
     algo = registry.lookup(algorithm)
     return _train("build", name, algo, json.loads(options), query)
 
 
-@entry_point
+@caller_sql_entry_point(whole_call=False)
 def fit_model(name: str, base_model: str, options: str, query: str) -> list[tuple[Any, ...]]:
     from thanosql_pg.server import catalog, models
 
@@ -233,7 +268,7 @@ def predict_batch(cfg: str, vals: list[str | None]) -> list[Any]:
     return predictor.predict_values([json.loads(v) for v in vals], opts)
 
 
-@entry_point
+@caller_sql_entry_point(whole_call=False)
 def evaluate(model: str, options: str, query: str) -> list[tuple[str, float]]:
     from thanosql_pg.server import catalog, data, models
 
@@ -257,7 +292,7 @@ def _table_ident(table_name: str) -> str:
     return ".".join(plpy.quote_ident(p) for p in parts)
 
 
-@entry_point
+@caller_sql_entry_point(whole_call=True)
 def save_table(table_name: str, query: str) -> list[tuple[str, int]]:
     ident = _table_ident(table_name)
     plpy.execute(f"DROP TABLE IF EXISTS {ident}")
@@ -265,7 +300,7 @@ def save_table(table_name: str, query: str) -> list[tuple[str, int]]:
     return [(table_name, res.nrows())]
 
 
-@entry_point
+@caller_sql_entry_point(whole_call=True)
 def convert(model: str, options: str, query: str, source_table: str | None) -> list[tuple[str, int]]:
     from thanosql_pg.server import embeddings
 

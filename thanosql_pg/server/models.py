@@ -98,7 +98,8 @@ def cached(opts: dict[str, Any]) -> Predictor:
     """The model named in ``opts`` (from prepare: model, model_id), loaded once
     per session and reloaded when it has been overwritten or fitted since."""
     model_id = opts["model_id"]
-    rows = plpy.execute(_plan("version", "SELECT version, xmin::text AS x FROM thanosql.models WHERE id = $1",
+    rows = plpy.execute(_plan("version", "SELECT version, xmin::text AS x FROM thanosql.models"
+                              " WHERE id OPERATOR(pg_catalog.=) $1",
                               ["bigint"]), [model_id])
     if not rows.nrows():
         _evict(model_id)

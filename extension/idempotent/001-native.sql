@@ -1,0 +1,20 @@
+-- Native helpers (src/thanosql.c). Every function of the extension pins its
+-- search_path: nothing it does may resolve a name through the caller's.
+
+-- The C module's version; calling it also loads the module, which defines the
+-- thanosql.* settings.
+CREATE OR REPLACE FUNCTION thanosql._native_version() RETURNS text
+    AS 'MODULE_PATHNAME', 'thanosql_native_version' LANGUAGE C STRICT IMMUTABLE
+    SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION thanosql._clean_next_error() RETURNS void
+    AS 'MODULE_PATHNAME', 'thanosql_clean_next_error' LANGUAGE C VOLATILE
+    SET search_path = pg_catalog, pg_temp;
+
+-- Raises an error with a SQLSTATE and a cursor position (1-based characters
+-- into the statement the client sent). The proxy and thanosql.execute() turn
+-- ThanoSQL syntax errors into a call of this function.
+CREATE OR REPLACE FUNCTION thanosql.raise_error(sqlstate text, message text, detail text DEFAULT NULL,
+                                                hint text DEFAULT NULL, "position" integer DEFAULT NULL)
+    RETURNS void AS 'MODULE_PATHNAME', 'thanosql_raise_error' LANGUAGE C VOLATILE
+    SET search_path = pg_catalog, pg_temp;

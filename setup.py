@@ -1,8 +1,15 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# The release number lives in thanosql_pg/__init__.py (see scripts/build_sql.py).
+VERSION = re.search(r'^__version__ = "([^"]+)"$', (Path(__file__).parent / "thanosql_pg" / "__init__.py").read_text(),
+                    re.M).group(1)
 
 setup(
     name="thanosql_pg",
-    version="0.1.0",
+    version=VERSION,
     description="The ThanoSQL machine-learning dialect of SQL as a PostgreSQL extension",
     packages=find_packages(include=["thanosql_pg", "thanosql_pg.*"]),
     python_requires=">=3.11",

@@ -18,6 +18,8 @@
 #include "utils/elog.h"
 #include "utils/guc.h"
 
+#include "progress.h"
+
 PG_MODULE_MAGIC;
 
 #ifndef THANOSQL_VERSION
@@ -34,6 +36,7 @@ static char *device = NULL;
 static int	progress_interval = 10;
 static int	max_image_pixels = 40000000;
 static int	max_audio_seconds = 1800;
+static int	keep_versions = 3;
 
 /*
  * PL/Python reports an exception raised by Python code as
@@ -114,7 +117,13 @@ _PG_init(void)
 							"Longest audio clip (in seconds) that thanosql decodes.",
 							NULL, &max_audio_seconds, 1800, 1, 86400,
 							PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("thanosql.keep_versions",
+							"Earlier versions of a model kept by BUILD (overwrite) and FIT, for rollback.",
+							NULL, &keep_versions, 3, 0, 1000,
+							PGC_SUSET, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("thanosql");
+
+	thanosql_progress_init();
 
 	prev_emit_log_hook = emit_log_hook;
 	emit_log_hook = thanosql_emit_log_hook;

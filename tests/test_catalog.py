@@ -10,21 +10,10 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from catalog_rows import add_model
 from psycopg import errors
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
-
-
-def add_model(conn: psycopg.Connection, name: str, payload: bytes = b"\x00weights") -> int:
-    """Store a catalog row plus one weight chunk, as the connection's current role,
-    through the writer functions BUILD uses (PUBLIC cannot write the tables)."""
-    mid = conn.execute(
-        "SELECT thanosql._model_write(%s, 'ConvNeXt_Tiny', 'image_classification', '{\"epochs\": 1}',"
-        " '[0, 1]', NULL, 'test', %s, NULL, false, thanosql._current_role())",
-        (name, len(payload)),
-    ).fetchone()[0]
-    conn.execute("SELECT thanosql._model_put_chunk(%s, 0, %s, thanosql._current_role())", (mid, payload))
-    return mid
 
 
 @pytest.fixture

@@ -64,6 +64,8 @@ ALTER TABLE thanosql.models ENABLE ROW LEVEL SECURITY;
 ALTER TABLE thanosql.model_chunks ENABLE ROW LEVEL SECURITY;
 ALTER TABLE thanosql.model_grants ENABLE ROW LEVEL SECURITY;
 ALTER TABLE thanosql.model_metrics ENABLE ROW LEVEL SECURITY;
+ALTER TABLE thanosql.model_versions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE thanosql.model_epochs ENABLE ROW LEVEL SECURITY;
 
 -- Policies for SELECT only: nobody but the writers writes, and they run as the
 -- owner, to whom RLS does not apply.
@@ -81,4 +83,12 @@ CREATE POLICY grants_select ON thanosql.model_grants FOR SELECT
 
 DROP POLICY IF EXISTS metrics_select ON thanosql.model_metrics;
 CREATE POLICY metrics_select ON thanosql.model_metrics FOR SELECT
+    USING (EXISTS (SELECT 1 FROM thanosql.models m WHERE m.id OPERATOR(pg_catalog.=) model_id));
+
+DROP POLICY IF EXISTS versions_select ON thanosql.model_versions;
+CREATE POLICY versions_select ON thanosql.model_versions FOR SELECT
+    USING (EXISTS (SELECT 1 FROM thanosql.models m WHERE m.id OPERATOR(pg_catalog.=) model_id));
+
+DROP POLICY IF EXISTS epochs_select ON thanosql.model_epochs;
+CREATE POLICY epochs_select ON thanosql.model_epochs FOR SELECT
     USING (EXISTS (SELECT 1 FROM thanosql.models m WHERE m.id OPERATOR(pg_catalog.=) model_id));

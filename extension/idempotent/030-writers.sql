@@ -25,51 +25,141 @@ BEGIN
     RETURN m;
 END $$;
 
--- BUILD/FIT: a new model row, or (replace_id) the existing row updated in place
--- with its old weights removed; owner and grants stay. Returns the model id.
-CREATE OR REPLACE FUNCTION thanosql._model_write(
-    p_name text, p_algorithm text, p_family text, p_options jsonb, p_labels jsonb, p_label_type text,
-    p_format text, p_size_bytes bigint, replace_id bigint, keep_history boolean, caller pg_catalog.regrole)
-RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- Who holds a model name right now, for "being built by another session"
+-- errors: the session's pid and role from thanosql.progress, when the server
+-- has it (shared_preload_libraries), else nothing.
+CREATE OR REPLACE FUNCTION thanosql._holder(p_name text) RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    holder text;
+BEGIN
+    IF NOT thanosql._progress_available() THEN
+        RETURN '';
+    END IF;
+    SELECT pg_catalog.format(' (session %s, role %s, running %s)', s.pid, pg_catalog.pg_get_userbyid(s.role),
+                             s.statement)
+      INTO holder
+      FROM thanosql._progress_slots() s
+     WHERE s.model OPERATOR(pg_catalog.=) p_name AND s.database OPERATOR(pg_catalog.=) (
+               SELECT d.oid FROM pg_catalog.pg_database d
+                WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+       AND s.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
+     LIMIT 1;
+    RETURN COALESCE(holder, '');
+END $$;
+
+-- BUILD/FIT claim their model's name before training: a new name gets its row
+-- now (invisible to others until the statement commits, but a second claim of
+-- the name conflicts with it), an existing model is locked. A second BUILD or
+-- FIT of the same name then fails at once (55P03), or waits when asked to,
+-- instead of training to the end and losing. Returns the model's id and
+-- whether it existed.
+CREATE OR REPLACE FUNCTION thanosql._model_claim(p_name text, overwrite boolean, wait boolean,
+                                                 caller pg_catalog.regrole,
+                                                 OUT model_id bigint, OUT existed boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     who pg_catalog.regrole := thanosql._acting_role(caller);
     m thanosql.models;
-    new_id bigint;
+    saved_timeout text := pg_catalog.current_setting('lock_timeout');
 BEGIN
-    IF replace_id IS NULL THEN
+    FOR attempt IN 1..2 LOOP
+        SELECT * INTO m FROM thanosql.models WHERE name OPERATOR(pg_catalog.=) p_name;
+        IF FOUND THEN
+            IF NOT thanosql._has_model_privilege(m.id, m.owner, 'USE', who) THEN
+                RAISE EXCEPTION 'model "%" already exists and belongs to another role', p_name
+                    USING ERRCODE = 'duplicate_object', HINT = 'Choose another name.';
+            END IF;
+            IF NOT overwrite THEN
+                RAISE EXCEPTION 'model "%" already exists', p_name USING ERRCODE = 'duplicate_object',
+                    HINT = 'Add overwrite=True to OPTIONS to replace it (the current version is kept), or choose another name.';
+            END IF;
+            PERFORM thanosql._model_for(p_name, who, 'MODIFY');
+            BEGIN
+                IF wait THEN
+                    PERFORM 1 FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) m.id FOR UPDATE;
+                ELSE
+                    PERFORM 1 FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) m.id FOR UPDATE NOWAIT;
+                END IF;
+            EXCEPTION WHEN lock_not_available THEN
+                RAISE EXCEPTION 'model "%" is being changed by another session%', p_name, thanosql._holder(p_name)
+                    USING ERRCODE = 'lock_not_available',
+                          HINT = 'Wait for it to finish, or add wait=True to OPTIONS to wait for it.';
+            END;
+            model_id := m.id;
+            existed := true;
+            RETURN;
+        END IF;
         BEGIN
-            INSERT INTO thanosql.models (name, algorithm, family, owner, options, labels, label_type, format, size_bytes)
-            VALUES (p_name, p_algorithm, p_family, who, p_options, p_labels, p_label_type, p_format, p_size_bytes)
-            RETURNING id INTO new_id;
-        EXCEPTION WHEN unique_violation THEN
-            RAISE EXCEPTION 'model "%" already exists', p_name USING ERRCODE = 'duplicate_object',
-                HINT = 'Another statement created it meanwhile. Add overwrite=True to OPTIONS to replace it, or choose another name.';
+            -- A concurrent, uncommitted claim of the name makes this INSERT wait for
+            -- that statement: at once a lock error, unless asked to wait.
+            IF NOT wait THEN
+                PERFORM pg_catalog.set_config('lock_timeout', '10ms', true);
+            END IF;
+            INSERT INTO thanosql.models (name, algorithm, family, owner, format, size_bytes, version)
+            VALUES (p_name, '', '', who, 'pending', 0, 0)
+            RETURNING id INTO model_id;
+            PERFORM pg_catalog.set_config('lock_timeout', saved_timeout, true);
+            existed := false;
+            RETURN;
+        EXCEPTION
+            WHEN lock_not_available THEN
+                PERFORM pg_catalog.set_config('lock_timeout', saved_timeout, true);
+                RAISE EXCEPTION 'model "%" is being built by another session%', p_name, thanosql._holder(p_name)
+                    USING ERRCODE = 'lock_not_available',
+                          HINT = 'Wait for it to finish, or add wait=True to OPTIONS to wait for it.';
+            WHEN unique_violation THEN
+                -- the other statement committed meanwhile: decide again, as for an existing model
+                PERFORM pg_catalog.set_config('lock_timeout', saved_timeout, true);
         END;
-        RETURN new_id;
-    END IF;
-    SELECT * INTO m FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) replace_id FOR UPDATE;
-    IF NOT FOUND OR m.name OPERATOR(pg_catalog.<>) p_name THEN
-        RAISE EXCEPTION 'model "%" was deleted while this statement ran', p_name
+    END LOOP;
+    RAISE EXCEPTION 'model "%" already exists', p_name USING ERRCODE = 'duplicate_object';
+END $$;
+
+-- BUILD/FIT done: a new version of a claimed model (its weights follow through
+-- _model_put_chunk). Keeps thanosql.keep_versions earlier versions and drops
+-- older ones with their weights. Returns the new version number.
+CREATE OR REPLACE FUNCTION thanosql._model_write(
+    p_model_id bigint, p_algorithm text, p_family text, p_options jsonb, p_labels jsonb, p_label_type text,
+    p_format text, p_size_bytes bigint, p_statement text, p_rows bigint, caller pg_catalog.regrole)
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    who pg_catalog.regrole := thanosql._acting_role(caller);
+    m thanosql.models;
+    v integer;
+    keep integer := COALESCE(pg_catalog.current_setting('thanosql.keep_versions', true), '3')::integer;
+BEGIN
+    SELECT * INTO m FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) p_model_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'model % was deleted while this statement ran', p_model_id
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Run the statement again (without overwrite=True if the model is gone).';
     END IF;
     IF NOT thanosql._has_model_privilege(m.id, m.owner, 'MODIFY', who) THEN
-        RAISE EXCEPTION 'permission denied to modify model "%"', p_name USING ERRCODE = 'insufficient_privilege';
+        RAISE EXCEPTION 'permission denied to modify model "%"', m.name USING ERRCODE = 'insufficient_privilege';
     END IF;
-    DELETE FROM thanosql.model_chunks WHERE model_id OPERATOR(pg_catalog.=) m.id;
-    IF NOT keep_history THEN
-        DELETE FROM thanosql.model_metrics WHERE model_id OPERATOR(pg_catalog.=) m.id;
-    END IF;
+    SELECT COALESCE(pg_catalog.max(mv.version), m.version) OPERATOR(pg_catalog.+) 1 INTO v
+      FROM thanosql.model_versions mv WHERE mv.model_id OPERATOR(pg_catalog.=) m.id;
+    INSERT INTO thanosql.model_versions (model_id, version, algorithm, family, options, labels, label_type, format,
+                                         size_bytes, statement, rows, created_by)
+    VALUES (m.id, v, p_algorithm, p_family, p_options, p_labels, p_label_type, p_format, p_size_bytes,
+            p_statement, p_rows, pg_catalog.pg_get_userbyid(who));
     UPDATE thanosql.models
        SET algorithm = p_algorithm, family = p_family, options = p_options, labels = p_labels,
-           label_type = p_label_type, format = p_format, size_bytes = p_size_bytes,
-           version = version OPERATOR(pg_catalog.+) 1, updated_at = pg_catalog.now(),
-           created_at = CASE WHEN keep_history THEN created_at ELSE pg_catalog.now() END
+           label_type = p_label_type, format = p_format, size_bytes = p_size_bytes, version = v,
+           updated_at = pg_catalog.now()
      WHERE id OPERATOR(pg_catalog.=) m.id;
-    RETURN m.id;
+    DELETE FROM thanosql.model_versions mv
+     WHERE mv.model_id OPERATOR(pg_catalog.=) m.id
+       AND mv.version OPERATOR(pg_catalog.<) v
+       AND mv.version OPERATOR(pg_catalog.<>) ALL (
+               ARRAY(SELECT k.version FROM thanosql.model_versions k
+                      WHERE k.model_id OPERATOR(pg_catalog.=) m.id AND k.version OPERATOR(pg_catalog.<) v
+                      ORDER BY k.version DESC LIMIT GREATEST(keep, 0)));
+    RETURN v;
 END $$;
 
--- One chunk of a model's weights (thanosql_pg writes them right after _model_write).
+-- One chunk of the current version's weights (thanosql_pg writes them right after _model_write).
 CREATE OR REPLACE FUNCTION thanosql._model_put_chunk(p_model_id bigint, p_seq integer, p_data bytea,
                                                      caller pg_catalog.regrole)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -82,7 +172,57 @@ BEGIN
         RAISE EXCEPTION 'permission denied to write the weights of model %', p_model_id
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    INSERT INTO thanosql.model_chunks (model_id, seq, data) VALUES (p_model_id, p_seq, p_data);
+    INSERT INTO thanosql.model_chunks (model_id, version, seq, data) VALUES (p_model_id, m.version, p_seq, p_data);
+END $$;
+
+-- The per-epoch history of the BUILD/FIT that made the current version: a
+-- jsonb array of objects with model_epochs' column names.
+CREATE OR REPLACE FUNCTION thanosql._record_epochs(p_model_id bigint, p_epochs jsonb, caller pg_catalog.regrole)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    who pg_catalog.regrole := thanosql._acting_role(caller);
+    m thanosql.models;
+BEGIN
+    SELECT * INTO m FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) p_model_id;
+    IF NOT FOUND OR NOT thanosql._has_model_privilege(m.id, m.owner, 'MODIFY', who) THEN
+        RAISE EXCEPTION 'permission denied to write the history of model %', p_model_id
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    INSERT INTO thanosql.model_epochs (model_id, version, epoch, metric, train_loss, train_metric, validation_loss,
+                                       validation_metric, learning_rate, seconds, samples_per_second)
+    SELECT m.id, m.version, e.epoch, e.metric, e.train_loss, e.train_metric, e.validation_loss,
+           e.validation_metric, e.learning_rate, e.seconds, e.samples_per_second
+      FROM pg_catalog.jsonb_to_recordset(p_epochs) AS e(epoch integer, metric text, train_loss double precision,
+           train_metric double precision, validation_loss double precision, validation_metric double precision,
+           learning_rate double precision, seconds double precision, samples_per_second double precision);
+END $$;
+
+-- Makes a kept version the current one again (PREDICT uses it from now on).
+CREATE OR REPLACE FUNCTION thanosql._rollback_model(p_model text, p_version integer, caller pg_catalog.regrole)
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    who pg_catalog.regrole := thanosql._acting_role(caller);
+    m thanosql.models := thanosql._model_for(p_model, who, 'MODIFY');
+    v thanosql.model_versions;
+BEGIN
+    BEGIN
+        PERFORM 1 FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) m.id FOR UPDATE NOWAIT;
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE EXCEPTION 'model "%" is being changed by another session%', p_model, thanosql._holder(p_model)
+            USING ERRCODE = 'lock_not_available';
+    END;
+    SELECT * INTO v FROM thanosql.model_versions
+     WHERE model_id OPERATOR(pg_catalog.=) m.id AND version OPERATOR(pg_catalog.=) p_version;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'model "%" has no version %', p_model, p_version USING ERRCODE = 'undefined_object',
+            HINT = pg_catalog.format('SELECT * FROM thanosql.model_versions(%L) lists the kept versions.', p_model);
+    END IF;
+    UPDATE thanosql.models
+       SET algorithm = v.algorithm, family = v.family, options = v.options, labels = v.labels,
+           label_type = v.label_type, format = v.format, size_bytes = v.size_bytes, version = v.version,
+           updated_at = pg_catalog.now()
+     WHERE id OPERATOR(pg_catalog.=) m.id;
+    RETURN v.version;
 END $$;
 
 -- BUILD/FIT/EVALUATE results into the metrics history (USE suffices: a role
@@ -98,8 +238,12 @@ BEGIN
     IF NOT FOUND OR NOT thanosql._has_model_privilege(m.id, m.owner, 'USE', who) THEN
         RAISE EXCEPTION 'model % does not exist', p_model_id USING ERRCODE = 'undefined_object';
     END IF;
-    INSERT INTO thanosql.model_metrics (model_id, statement, rows, metrics, by_role)
-    VALUES (p_model_id, p_statement, p_rows, p_metrics, pg_catalog.pg_get_userbyid(who));
+    INSERT INTO thanosql.model_metrics (model_id, statement, rows, metrics, by_role, version)
+    VALUES (p_model_id, p_statement, p_rows, p_metrics, pg_catalog.pg_get_userbyid(who), m.version);
+    IF p_statement OPERATOR(pg_catalog.=) ANY (ARRAY['BUILD', 'FIT']) THEN
+        UPDATE thanosql.model_versions SET rows = p_rows, metrics = p_metrics
+         WHERE model_id OPERATOR(pg_catalog.=) m.id AND version OPERATOR(pg_catalog.=) m.version;
+    END IF;
 END $$;
 
 CREATE OR REPLACE FUNCTION thanosql._delete_model(p_model text, if_exists boolean, caller pg_catalog.regrole)
@@ -108,7 +252,7 @@ DECLARE
     who pg_catalog.regrole := thanosql._acting_role(caller);
     m thanosql.models;
 BEGIN
-    SELECT * INTO m FROM thanosql.models WHERE name OPERATOR(pg_catalog.=) p_model FOR UPDATE;
+    SELECT * INTO m FROM thanosql.models WHERE name OPERATOR(pg_catalog.=) p_model;
     IF NOT FOUND OR NOT thanosql._has_model_privilege(m.id, m.owner, 'USE', who) THEN
         IF if_exists THEN
             RAISE NOTICE 'model "%" does not exist, skipping', p_model;
@@ -118,6 +262,12 @@ BEGIN
             HINT = 'LIST MODEL shows the models you can use; DROP MODEL IF EXISTS skips missing ones.';
     END IF;
     PERFORM thanosql._model_for(p_model, who, 'MODIFY');  -- raises permission denied, with a hint
+    BEGIN
+        PERFORM 1 FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) m.id FOR UPDATE NOWAIT;
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE EXCEPTION 'model "%" is being changed by another session%', p_model, thanosql._holder(p_model)
+            USING ERRCODE = 'lock_not_available', HINT = 'Try again when that statement has finished.';
+    END;
     DELETE FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) m.id;
     RETURN p_model;
 END $$;

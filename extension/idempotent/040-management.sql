@@ -12,23 +12,62 @@ $$;
 CREATE OR REPLACE FUNCTION thanosql.describe_model(model text)
 RETURNS TABLE (name text, algorithm text, family text, owner name, options jsonb, labels jsonb,
                label_type text, metrics jsonb, size_bytes bigint, version integer,
-               created_at timestamptz, updated_at timestamptz)
+               created_at timestamptz, updated_at timestamptz, versions jsonb, history jsonb)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY SELECT m.name, m.algorithm, m.family, pg_catalog.pg_get_userbyid(m.owner), m.options, m.labels,
                         m.label_type,
                         COALESCE((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                                             'at', h.at, 'statement', h.statement, 'rows', h.rows,
-                                             'metrics', h.metrics) ORDER BY h.at)
+                                             'at', h.at, 'statement', h.statement, 'version', h.version,
+                                             'rows', h.rows, 'metrics', h.metrics) ORDER BY h.at)
                                   FROM thanosql.model_metrics h WHERE h.model_id OPERATOR(pg_catalog.=) m.id),
                                  '[]'::jsonb),
-                        m.size_bytes, m.version, m.created_at, m.updated_at
+                        m.size_bytes, m.version, m.created_at, m.updated_at,
+                        COALESCE((SELECT pg_catalog.jsonb_agg(pg_catalog.to_jsonb(v) ORDER BY v.version)
+                                  FROM thanosql.model_versions(m.name) v), '[]'::jsonb),
+                        COALESCE((SELECT pg_catalog.jsonb_agg(pg_catalog.to_jsonb(t) ORDER BY t.epoch)
+                                  FROM thanosql.training_info(m.name) t), '[]'::jsonb)
                  FROM thanosql.models m WHERE m.name OPERATOR(pg_catalog.=) model;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'model "%" does not exist', model USING ERRCODE = 'undefined_object',
             HINT = 'LIST MODEL shows the models you can use.';
     END IF;
 END $$;
+
+-- The kept versions of a model, newest first; ``current`` marks the one PREDICT uses.
+CREATE OR REPLACE FUNCTION thanosql.model_versions(model text)
+RETURNS TABLE (version integer, current boolean, statement text, algorithm text, rows bigint, metrics jsonb,
+               size_bytes bigint, created_at timestamptz, created_by name)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT v.version, v.version OPERATOR(pg_catalog.=) m.version, v.statement, v.algorithm, v.rows, v.metrics,
+           v.size_bytes, v.created_at, v.created_by
+    FROM thanosql.models m JOIN thanosql.model_versions v ON v.model_id OPERATOR(pg_catalog.=) m.id
+    WHERE m.name OPERATOR(pg_catalog.=) model
+    ORDER BY v.version DESC
+$$;
+
+-- Per-epoch history of the BUILD/FIT that made a version (default: the current
+-- one), like BigQuery ML's ML.TRAINING_INFO. ``metric`` names what
+-- train_metric and validation_metric measure (accuracy, cer, contrastive_loss, ...).
+CREATE OR REPLACE FUNCTION thanosql.training_info(model text, version integer DEFAULT NULL)
+RETURNS TABLE (version integer, epoch integer, metric text, train_loss double precision,
+               train_metric double precision, validation_loss double precision,
+               validation_metric double precision, learning_rate double precision, seconds double precision,
+               samples_per_second double precision)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT e.version, e.epoch, e.metric, e.train_loss, e.train_metric, e.validation_loss, e.validation_metric,
+           e.learning_rate, e.seconds, e.samples_per_second
+    FROM thanosql.models m JOIN thanosql.model_epochs e ON e.model_id OPERATOR(pg_catalog.=) m.id
+    WHERE m.name OPERATOR(pg_catalog.=) model
+      AND e.version OPERATOR(pg_catalog.=) COALESCE($2, m.version)
+    ORDER BY e.epoch
+$$;
+
+-- Makes a kept version current again, atomically; needs MODIFY on the model.
+CREATE OR REPLACE FUNCTION thanosql.rollback_model(model text, version integer)
+RETURNS integer LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT thanosql._rollback_model(model, version, thanosql._current_role())
+$$;
 
 CREATE OR REPLACE FUNCTION thanosql.delete_model(model text, if_exists boolean DEFAULT false)
 RETURNS text LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$

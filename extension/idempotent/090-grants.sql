@@ -2,8 +2,10 @@
 -- catalog (row-level security filters it) and writes it only through the
 -- SECURITY DEFINER functions of 030-writers.sql.
 GRANT USAGE ON SCHEMA thanosql TO PUBLIC;
-REVOKE ALL ON thanosql.models, thanosql.model_chunks, thanosql.model_grants, thanosql.model_metrics FROM PUBLIC;
-GRANT SELECT ON thanosql.models, thanosql.model_chunks, thanosql.model_grants, thanosql.model_metrics TO PUBLIC;
+REVOKE ALL ON thanosql.models, thanosql.model_chunks, thanosql.model_grants, thanosql.model_metrics,
+              thanosql.model_versions, thanosql.model_epochs FROM PUBLIC;
+GRANT SELECT ON thanosql.models, thanosql.model_chunks, thanosql.model_grants, thanosql.model_metrics,
+                thanosql.model_versions, thanosql.model_epochs, thanosql.progress TO PUBLIC;
 REVOKE ALL ON SEQUENCE thanosql.models_id_seq FROM PUBLIC;
 
 -- These take a role without checking that the caller may act as it: only the

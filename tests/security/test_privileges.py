@@ -14,19 +14,10 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
+from catalog_rows import add_model
 from psycopg import errors
 
 from .conftest import Sentinel
-
-WRITE = ("SELECT thanosql._model_write(%s, 'ConvNeXt_Tiny', 'image_classification', '{}', '[\"0\", \"1\"]',"
-         " 'integer', 'test', 4, NULL, false, thanosql._current_role())")
-
-
-def add_model(conn: psycopg.Connection, name: str) -> int:
-    mid = conn.execute(WRITE, (name,)).fetchone()[0]
-    conn.execute("SELECT thanosql._model_put_chunk(%s, 0, 'data', thanosql._current_role())", (mid,))
-    return mid
-
 
 def hijack_operators(conn: psycopg.Connection, schema: str) -> None:
     """Finding 1: operators that say "equal" to everything, first on the search_path."""
@@ -104,10 +95,12 @@ def test_catalog_tables_are_not_writable_directly(
     assert alice is None  # not even visible
     owner = name.removeprefix("secret_")
     for sql, args in (
-        ("SELECT thanosql._model_write('x', 'a', 'f', '{}', NULL, NULL, 'x', 0, NULL, false, %s::regrole)",
-         (owner,)),
-        ("SELECT thanosql._model_write(%s, 'a', 'f', '{}', NULL, NULL, 'x', 0, %s, false, %s::regrole)",
-         (name, mid, owner)),
+        ("SELECT * FROM thanosql._model_claim('x', false, false, %s::regrole)", (owner,)),
+        ("SELECT * FROM thanosql._model_claim(%s, true, false, %s::regrole)", (name, owner)),
+        ("SELECT thanosql._model_write(%s, 'a', 'f', '{}', NULL, NULL, 'x', 0, 'BUILD', 1, %s::regrole)",
+         (mid, owner)),
+        ("SELECT thanosql._record_epochs(%s, '[]', %s::regrole)", (mid, owner)),
+        ("SELECT thanosql._rollback_model(%s, 1, %s::regrole)", (name, owner)),
         ("SELECT thanosql._model_put_chunk(%s, 5, 'x', %s::regrole)", (mid, owner)),
         ("SELECT thanosql._delete_model(%s, false, %s::regrole)", (name, owner)),
         ("SELECT thanosql._grant_model(%s, %s, 'MODIFY', %s::regrole)", (name, mallory, owner)),
@@ -117,14 +110,18 @@ def test_catalog_tables_are_not_writable_directly(
         with pytest.raises(errors.InsufficientPrivilege):
             m.execute(sql, args)
     # Acting as herself, she still cannot touch alice's model (it "does not exist" to her).
-    with pytest.raises((errors.InsufficientPrivilege, errors.ObjectNotInPrerequisiteState)):
-        m.execute("SELECT thanosql._model_write(%s, 'a', 'f', '{}', NULL, NULL, 'x', 0, %s, false,"
-                  " thanosql._current_role())", (name, mid))
+    with pytest.raises(errors.InsufficientPrivilege):
+        m.execute("SELECT thanosql._model_write(%s, 'a', 'f', '{}', NULL, NULL, 'x', 0, 'BUILD', 1,"
+                  " thanosql._current_role())", (mid,))
+    with pytest.raises(errors.DuplicateObject, match="belongs to another role"):
+        m.execute("SELECT * FROM thanosql._model_claim(%s, true, false, thanosql._current_role())", (name,))
+    with pytest.raises(errors.UndefinedObject):
+        m.execute("SELECT thanosql.rollback_model(%s, 1)", (name,))
     with pytest.raises(errors.InsufficientPrivilege):
         m.execute("SELECT thanosql._model_put_chunk(%s, 5, 'x', thanosql._current_role())", (mid,))
     # And a model of her own cannot take alice's name.
     with pytest.raises(errors.DuplicateObject):
-        m.execute(WRITE, (name,))
+        add_model(m, name)
 
 
 def test_ownership_cannot_be_spoofed_or_taken(

@@ -86,8 +86,8 @@ def roles(direct: psycopg.Connection) -> Any:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("release", OLD_RELEASES)
-def test_update_keeps_every_model(release: str, dbs: Databases, release_libdir: Any, cluster: dict,
-                                  roles: list[str]) -> None:
+def test_update_keeps_every_model(release: str, roles: list[str], dbs: Databases, release_libdir: Any,
+                                  cluster: dict) -> None:
     owner, user = roles
     name = dbs.create("upgrade", release=release, libdir=release_libdir(release))
     files = cluster["files_dir"]
@@ -96,7 +96,9 @@ def test_update_keeps_every_model(release: str, dbs: Databases, release_libdir: 
         digits.load_table(su, "up_train", digits.per_class(train, 6))
         digits.load_table(su, "up_test", test[:20])
         speech.load_table(su, "up_speech", speech.english_words(files, 4))
-        ckpt = speech.write_checkpoint(Path(tempfile.mkdtemp(prefix="up_ckpt_", dir="/tmp")) / "tiny")
+        ckpt_dir = Path(tempfile.mkdtemp(prefix="up_ckpt_", dir="/tmp"))
+        ckpt = speech.write_checkpoint(ckpt_dir / "tiny")
+        speech.readable(ckpt_dir)  # the server runs as another OS user
         su.execute(f"GRANT SELECT ON up_train, up_test TO {owner}, {user}")
         su.execute(f"GRANT CREATE ON SCHEMA public TO {owner}, {user}")
         models = {"image": "up_image", "speech": "up_speech_model", "simclr": "up_simclr"}
@@ -225,7 +227,7 @@ def restore_at_release(dump: bytes, dsn: str) -> None:
 
 
 @pytest.mark.parametrize("release", OLD_RELEASES)
-def test_dump_of_an_old_release_restores_then_updates(release: str, dbs: Databases, roles: list[str]) -> None:
+def test_dump_of_an_old_release_restores_then_updates(release: str, roles: list[str], dbs: Databases) -> None:
     """Models of several chunks survive pg_dump at the old release, pg_restore into
     the newest files at that release, and the update. Chunks are 1 MiB, so no field
     of the dump comes near PostgreSQL's 1 GB limit, however big the model."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import plpy
 
-from thanosql_pg.errors import DuplicateModel, InsufficientPrivilege, UndefinedModel
+from thanosql_pg.errors import InsufficientPrivilege, UndefinedModel
 
 CHUNK_BYTES = 1 << 20  # 1 MiB chunks keep each TOAST value small
 
@@ -108,32 +108,31 @@ def require_modify(rec: ModelRecord) -> None:
         )
 
 
-def check_target(name: str, overwrite: bool) -> ModelRecord | None:
-    """Before training into ``name``: fail fast on a clash, return the model to replace."""
-    rec = find(name)
-    if rec is not None:
-        if not overwrite:
-            raise DuplicateModel(
-                f'model "{name}" already exists',
-                hint="Add overwrite=True to OPTIONS to replace it, or choose another name.",
-            )
-        require_modify(rec)
-    elif _exists_hidden(name):
-        raise DuplicateModel(
-            f'model "{name}" already exists and belongs to another role',
-            hint="Choose another name.",
-        )
-    return rec
+@dataclass(frozen=True)
+class Claim:
+    """A model name held by this statement's transaction (see ``claim``)."""
+
+    model_id: int
+    existed: bool
 
 
-def _exists_hidden(name: str) -> bool:
-    # RLS hides other roles' models; the unique index still sees them.
-    rows = plpy.execute(_plan("hidden", "SELECT thanosql._model_name_taken($1) AS taken", ["text"]), [name])
-    return bool(rows[0]["taken"])
+def claim(name: str, *, overwrite: bool, wait: bool = False) -> Claim:
+    """Before training into ``name``: take the name, so that a second BUILD or FIT
+    of it fails at once (55P03, naming the session that holds it) or, with
+    ``wait``, waits, instead of both training to the end. A new name gets its
+    catalog row now (nobody else sees it before the statement commits); an
+    existing model (overwrite, FIT) is locked. Raises 42710 for a taken name
+    without overwrite, 42501 without MODIFY."""
+    row = plpy.execute(
+        _plan("claim", "SELECT model_id, existed FROM thanosql._model_claim($1, $2, $3, " + _CALLER + ")",
+              ["text", "bool", "bool"]),
+        [name, overwrite, wait],
+    )[0]
+    return Claim(int(row["model_id"]), bool(row["existed"]))
 
 
 def save(
-    name: str,
+    claimed: Claim,
     *,
     algorithm: str,
     family: str,
@@ -142,43 +141,52 @@ def save(
     label_type: str | None,
     payload: bytes,
     format: str,
-    replace: ModelRecord | None,
-    keep_history: bool = False,
+    statement: str,
+    rows: int,
 ) -> ModelRecord:
-    """Store a trained model. With ``replace`` the old model's row is updated in
-    place (owner and grants stay) and its weights are swapped, all inside the
+    """Store a trained model as a new version of the claimed model. Earlier
+    versions stay (thanosql.keep_versions of them, for rollback), all inside the
     current transaction: readers see either the old or the new model."""
-    opts = json.dumps(options)
-    labels_json = json.dumps(labels) if labels is not None else None
-    model_id = plpy.execute(
+    plpy.execute(
         _plan(
             "write",
-            "SELECT thanosql._model_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, " + _CALLER + ") AS id",
-            ["text", "text", "text", "jsonb", "jsonb", "text", "text", "bigint", "bigint", "bool"],
+            "SELECT thanosql._model_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, " + _CALLER + ")",
+            ["bigint", "text", "text", "jsonb", "jsonb", "text", "text", "bigint", "text", "bigint"],
         ),
-        [name, algorithm, family, opts, labels_json, label_type, format, len(payload),
-         replace.id if replace is not None else None, keep_history],
-    )[0]["id"]
+        [claimed.model_id, algorithm, family, json.dumps(options),
+         json.dumps(labels) if labels is not None else None, label_type, format, len(payload),
+         statement, rows],
+    )
     put = _plan("chunk", "SELECT thanosql._model_put_chunk($1, $2, $3, " + _CALLER + ")",
                 ["bigint", "int4", "bytea"])
     for seq, start in enumerate(range(0, len(payload), CHUNK_BYTES)):
-        plpy.execute(put, [model_id, seq, payload[start : start + CHUNK_BYTES]])
+        plpy.execute(put, [claimed.model_id, seq, payload[start : start + CHUNK_BYTES]])
     row = plpy.execute(
         _plan("by_id", f"SELECT {_COLUMNS} FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) $1",
               ["bigint"]),
-        [model_id],
+        [claimed.model_id],
     )[0]
     return _record(row)
+
+
+def record_epochs(rec: ModelRecord, epochs: list[dict[str, Any]]) -> None:
+    """The per-epoch history of the BUILD/FIT that made the current version."""
+    if epochs:
+        plpy.execute(
+            _plan("epochs", "SELECT thanosql._record_epochs($1, $2, " + _CALLER + ")", ["bigint", "jsonb"]),
+            [rec.id, json.dumps(epochs)],
+        )
 
 
 def load_payload(rec: ModelRecord) -> bytes:
     cursor = plpy.cursor(
         _plan(
             "chunks",
-            "SELECT data FROM thanosql.model_chunks WHERE model_id OPERATOR(pg_catalog.=) $1 ORDER BY seq",
-            ["bigint"],
+            "SELECT data FROM thanosql.model_chunks WHERE model_id OPERATOR(pg_catalog.=) $1"
+            " AND version OPERATOR(pg_catalog.=) $2 ORDER BY seq",
+            ["bigint", "int4"],
         ),
-        [rec.id],
+        [rec.id, rec.version],
     )
     parts: list[bytes] = []
     for row in _iterate(cursor, 16):

@@ -43,31 +43,37 @@ def _plan(key: str, sql: str, types: list[str] | None = None) -> Any:
 # and it is switched on only around that SQL.
 PINNED_SEARCH_PATH = "pg_catalog, pg_temp"
 _caller_path: str | None = None
+_as_caller = False  # the caller's path is in effect now
 
 
 @contextmanager
 def caller_search_path(path: str | None) -> Iterator[None]:
     """For one entry point call: remember the caller's search_path (see ``as_caller``)."""
-    global _caller_path
-    previous, _caller_path = _caller_path, path
+    global _caller_path, _as_caller
+    previous = _caller_path, _as_caller
+    _caller_path, _as_caller = path, False
     try:
         yield
     finally:
-        _caller_path = previous
+        _caller_path, _as_caller = previous
 
 
 @contextmanager
 def as_caller() -> Iterator[None]:
     """Run the caller's own SQL with the caller's search_path, then pin it again.
     The setting is transaction-local and the function's SET clause restores it
-    on exit, errors included."""
-    if _caller_path is None:
+    on exit, errors included. Nested uses keep the caller's path until the
+    outermost one ends."""
+    global _as_caller
+    if _caller_path is None or _as_caller:
         yield
         return
     _set_search_path(_caller_path)
+    _as_caller = True
     try:
         yield
     finally:
+        _as_caller = False
         _set_search_path(PINNED_SEARCH_PATH)
 
 

@@ -181,7 +181,7 @@ def _train(statement: str, name: str, algo: registry.Algorithm, given: dict[str,
     module = family_module(algo.family)
     from thanosql_pg.server import catalog, data, models
 
-    replace = catalog.check_target(name, opts["overwrite"])
+    claimed = catalog.claim(name, overwrite=opts["overwrite"], wait=bool(opts.get("wait", False)))
     start = time.monotonic()
     with data.TrainingData.from_query(query, module.training_columns(opts),
                                       on_error=opts.get("on_error", "fail"),
@@ -190,14 +190,15 @@ def _train(statement: str, name: str, algo: registry.Algorithm, given: dict[str,
         run_opts = {**opts, "device": models.resolve_device(opts.get("device"))}
         trained = module.train(algo, run_opts, source, base)
         rows = source.count
-    stored_opts = {k: v for k, v in opts.items() if k != "overwrite"}
+    stored_opts = {k: v for k, v in opts.items() if k not in ("overwrite", "wait")}
     stored_opts.update(trained.options)
     rec = catalog.save(
-        name, algorithm=algo.name, family=algo.family.name, options=stored_opts, labels=trained.labels,
-        label_type=trained.label_type, payload=trained.payload, format=trained.format, replace=replace,
-        keep_history=replace is not None and base is not None and replace.id == base.record.id,
+        claimed, algorithm=algo.name, family=algo.family.name, options=stored_opts, labels=trained.labels,
+        label_type=trained.label_type, payload=trained.payload, format=trained.format,
+        statement=statement.upper(), rows=rows,
     )
     catalog.record_metrics(rec, statement.upper(), rows, trained.metrics)
+    catalog.record_epochs(rec, getattr(trained, "epochs", []))
     return [(rec.name, algo.name, rows, opts["epochs"], round(time.monotonic() - start, 3),
              json.dumps(trained.metrics))]
 

@@ -1,0 +1,347 @@
+/*
+ * progress.c: what thanosql statements are doing right now, server-wide, in
+ * shared memory.
+ *
+ * One slot per backend (indexed by MyBackendId), written only by its own
+ * backend and read by anyone through thanosql.progress. Nothing here touches
+ * a table, so a cancelled BUILD leaves no trace: the slot is cleared when the
+ * statement ends, when its transaction aborts, and when the backend exits.
+ *
+ * The slots also count the sessions that are running models (training or
+ * inference), which thanosql_pg uses to share the CPU cores between them
+ * instead of giving every session all of them.
+ *
+ * Shared memory must be requested at server start, so this needs
+ * shared_preload_libraries = 'thanosql'. Without it the writers do nothing
+ * and the view says what to configure.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_authid.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/backendid.h"
+#include "mb/pg_wchar.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/float.h"
+#include "utils/timestamp.h"
+
+#include "progress.h"
+
+#define STATEMENT_LEN 16
+#define MODEL_LEN 128
+#define PHASE_LEN 32
+
+typedef struct ProgressSlot
+{
+	slock_t		mutex;
+	int			pid;			/* 0: no statement running */
+	bool		busy;			/* running a model (any statement, PREDICT too) */
+	Oid			roleid;
+	Oid			dbid;
+	char		statement[STATEMENT_LEN];
+	char		model[MODEL_LEN];
+	char		phase[PHASE_LEN];
+	int32		epoch;
+	int32		epochs;
+	int64		step;
+	int64		steps;
+	double		loss;
+	double		rate;			/* samples per second */
+	double		eta;			/* seconds; < 0 unknown */
+	TimestampTz started;
+	TimestampTz updated;
+} ProgressSlot;
+
+static ProgressSlot *slots = NULL;
+static int	nslots = 0;
+static bool cleanup_registered = false;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static Size
+slots_size(void)
+{
+	return mul_size(MaxBackends, sizeof(ProgressSlot));
+}
+
+static void
+progress_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(slots_size());
+}
+
+static void
+progress_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	slots = ShmemInitStruct("thanosql progress", slots_size(), &found);
+	if (!found)
+	{
+		memset(slots, 0, slots_size());
+		for (int i = 0; i < MaxBackends; i++)
+			SpinLockInit(&slots[i].mutex);
+	}
+	nslots = MaxBackends;
+	LWLockRelease(AddinShmemInitLock);
+}
+
+void
+thanosql_progress_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = progress_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = progress_shmem_startup;
+}
+
+/* This backend's slot, or NULL without shared memory. */
+static ProgressSlot *
+my_slot(void)
+{
+	if (slots == NULL || MyBackendId == InvalidBackendId || MyBackendId > nslots)
+		return NULL;
+	return &slots[MyBackendId - 1];
+}
+
+static void
+clear_slot(bool statement_only)
+{
+	ProgressSlot *s = my_slot();
+
+	if (s == NULL)
+		return;
+	SpinLockAcquire(&s->mutex);
+	s->pid = 0;
+	if (!statement_only)
+		s->busy = false;
+	SpinLockRelease(&s->mutex);
+}
+
+static void
+progress_xact_callback(XactEvent event, void *arg)
+{
+	/* An error or cancel ends the statement: nothing of it may linger. */
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		clear_slot(false);
+}
+
+static void
+progress_exit(int code, Datum arg)
+{
+	clear_slot(false);
+}
+
+static void
+ensure_cleanup(void)
+{
+	if (cleanup_registered)
+		return;
+	RegisterXactCallback(progress_xact_callback, NULL);
+	before_shmem_exit(progress_exit, (Datum) 0);
+	cleanup_registered = true;
+}
+
+static void
+copy_text(char *dst, int len, text *t)
+{
+	char	   *s = text_to_cstring(t);
+
+	/* cut at a character boundary */
+	strlcpy(dst, s, pg_mbcliplen(s, strlen(s), len - 1) + 1);
+	pfree(s);
+}
+
+PG_FUNCTION_INFO_V1(thanosql_progress_start);
+
+/* _progress_start(statement text, model text): a BUILD/FIT/EVALUATE/CONVERT starts. */
+Datum
+thanosql_progress_start(PG_FUNCTION_ARGS)
+{
+	ProgressSlot *s = my_slot();
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (s == NULL)
+		PG_RETURN_VOID();
+	ensure_cleanup();
+	SpinLockAcquire(&s->mutex);
+	s->roleid = GetUserId();
+	s->dbid = MyDatabaseId;
+	s->statement[0] = s->model[0] = s->phase[0] = '\0';
+	SpinLockRelease(&s->mutex);
+	/* text_to_cstring allocates: not under a spinlock */
+	{
+		char		statement[STATEMENT_LEN];
+		char		model[MODEL_LEN];
+
+		statement[0] = model[0] = '\0';
+		if (!PG_ARGISNULL(0))
+			copy_text(statement, STATEMENT_LEN, PG_GETARG_TEXT_PP(0));
+		if (!PG_ARGISNULL(1))
+			copy_text(model, MODEL_LEN, PG_GETARG_TEXT_PP(1));
+		SpinLockAcquire(&s->mutex);
+		memcpy(s->statement, statement, STATEMENT_LEN);
+		memcpy(s->model, model, MODEL_LEN);
+		s->epoch = s->epochs = 0;
+		s->step = s->steps = 0;
+		s->loss = s->rate = 0;
+		s->eta = -1;
+		s->started = s->updated = now;
+		s->pid = MyProcPid;
+		s->busy = true;
+		SpinLockRelease(&s->mutex);
+	}
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(thanosql_progress_update);
+
+/*
+ * _progress_update(phase text, epoch int, epochs int, step bigint, steps bigint,
+ *                  loss float8, rate float8, eta float8)
+ */
+Datum
+thanosql_progress_update(PG_FUNCTION_ARGS)
+{
+	ProgressSlot *s = my_slot();
+	char		phase[PHASE_LEN];
+
+	if (s == NULL || s->pid != MyProcPid)
+		PG_RETURN_VOID();
+	phase[0] = '\0';
+	if (!PG_ARGISNULL(0))
+		copy_text(phase, PHASE_LEN, PG_GETARG_TEXT_PP(0));
+	SpinLockAcquire(&s->mutex);
+	memcpy(s->phase, phase, PHASE_LEN);
+	s->epoch = PG_ARGISNULL(1) ? 0 : PG_GETARG_INT32(1);
+	s->epochs = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2);
+	s->step = PG_ARGISNULL(3) ? 0 : PG_GETARG_INT64(3);
+	s->steps = PG_ARGISNULL(4) ? 0 : PG_GETARG_INT64(4);
+	s->loss = PG_ARGISNULL(5) ? get_float8_nan() : PG_GETARG_FLOAT8(5);
+	s->rate = PG_ARGISNULL(6) ? 0 : PG_GETARG_FLOAT8(6);
+	s->eta = PG_ARGISNULL(7) ? -1 : PG_GETARG_FLOAT8(7);
+	s->updated = GetCurrentTimestamp();
+	SpinLockRelease(&s->mutex);
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(thanosql_progress_end);
+
+Datum
+thanosql_progress_end(PG_FUNCTION_ARGS)
+{
+	clear_slot(false);
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(thanosql_work);
+
+/*
+ * _work(busy boolean) RETURNS integer: marks this session as running a model
+ * (or not) and returns how many sessions of the server are, this one
+ * included; 0 without shared memory (the caller then cannot share).
+ */
+Datum
+thanosql_work(PG_FUNCTION_ARGS)
+{
+	ProgressSlot *s = my_slot();
+	bool		busy = PG_GETARG_BOOL(0);
+	int			n = 0;
+
+	if (s == NULL)
+		PG_RETURN_INT32(0);
+	ensure_cleanup();
+	SpinLockAcquire(&s->mutex);
+	s->busy = busy;
+	if (busy)
+		s->dbid = MyDatabaseId;
+	SpinLockRelease(&s->mutex);
+	for (int i = 0; i < nslots; i++)
+	{
+		/* a racy read is fine: this is a hint for choosing a thread count */
+		if (slots[i].busy)
+			n++;
+	}
+	PG_RETURN_INT32(n);
+}
+
+PG_FUNCTION_INFO_V1(thanosql_progress_available);
+
+Datum
+thanosql_progress_available(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(slots != NULL);
+}
+
+PG_FUNCTION_INFO_V1(thanosql_progress_slots);
+
+/*
+ * The running statements the current role may see: its own (and its member
+ * roles'), or all for superusers and members of pg_read_all_stats, as
+ * pg_stat_activity decides.
+ */
+Datum
+thanosql_progress_slots(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	bool		all;
+	Oid			me = GetUserId();
+
+	if (slots == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("thanosql.progress needs the thanosql library loaded at server start"),
+				 errhint("Add thanosql to shared_preload_libraries in postgresql.conf and restart the server.")));
+	InitMaterializedSRF(fcinfo, 0);
+	all = has_privs_of_role(me, ROLE_PG_READ_ALL_STATS);
+	for (int i = 0; i < nslots; i++)
+	{
+		ProgressSlot copy;
+		Datum		values[15];
+		bool		nulls[15];
+
+		SpinLockAcquire(&slots[i].mutex);
+		memcpy(&copy, &slots[i], sizeof(copy));
+		SpinLockRelease(&slots[i].mutex);
+		if (copy.pid == 0)
+			continue;
+		if (!all && !has_privs_of_role(me, copy.roleid))
+			continue;
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = Int32GetDatum(copy.pid);
+		values[1] = ObjectIdGetDatum(copy.roleid);
+		values[2] = ObjectIdGetDatum(copy.dbid);
+		values[3] = CStringGetTextDatum(copy.statement);
+		values[4] = CStringGetTextDatum(copy.model);
+		values[5] = CStringGetTextDatum(copy.phase);
+		values[6] = Int32GetDatum(copy.epoch);
+		values[7] = Int32GetDatum(copy.epochs);
+		values[8] = Int64GetDatum(copy.step);
+		values[9] = Int64GetDatum(copy.steps);
+		values[10] = Float8GetDatum(copy.loss);
+		values[11] = Float8GetDatum(copy.rate);
+		values[12] = Float8GetDatum(copy.eta);
+		nulls[12] = copy.eta < 0;
+		values[13] = TimestampTzGetDatum(copy.started);
+		values[14] = TimestampTzGetDatum(copy.updated);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}

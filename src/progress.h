@@ -1,0 +1,8 @@
+/* progress.h: server-wide progress of thanosql statements (progress.c). */
+#ifndef THANOSQL_PROGRESS_H
+#define THANOSQL_PROGRESS_H
+
+/* From _PG_init: requests shared memory when loaded by shared_preload_libraries. */
+extern void thanosql_progress_init(void);
+
+#endif

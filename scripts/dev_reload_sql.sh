@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Development only: re-apply the extension's idempotent SQL (functions, policies,
 # grants) to a database already at this release, after editing extension/idempotent/.
-# A released database is changed only through ALTER EXTENSION UPDATE.
+# A released database is changed only through ALTER EXTENSION UPDATE. Functions it
+# creates for the first time are not members of the extension: recreate the extension
+# (DROP EXTENSION thanosql CASCADE; CREATE EXTENSION thanosql CASCADE) for those.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dsn=${1:?usage: scripts/dev_reload_sql.sh DSN}

@@ -25,6 +25,39 @@ BEGIN
     RETURN m;
 END $$;
 
+-- A model by id for role ``who`` needing ``privilege``, else 42501 naming ``what``
+-- the caller wanted to do (the id comes from thanosql_pg, never from a name).
+CREATE OR REPLACE FUNCTION thanosql._model_by_id(p_model_id bigint, who pg_catalog.regrole, privilege text,
+                                                 what text)
+RETURNS thanosql.models LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m thanosql.models;
+BEGIN
+    PERFORM thanosql._acting_role(who);
+    SELECT * INTO m FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) p_model_id;
+    IF NOT FOUND OR NOT thanosql._has_model_privilege(m.id, m.owner, privilege, who) THEN
+        RAISE EXCEPTION 'permission denied to % of model %', what, p_model_id
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN m;
+END $$;
+
+-- Locks a model's row for a change: at once or a 55P03 error naming the session
+-- that holds it (a BUILD or FIT in progress), or, with ``wait``, after it.
+CREATE OR REPLACE FUNCTION thanosql._lock_model(p_model_id bigint, p_name text, wait boolean)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF wait THEN
+        PERFORM 1 FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) p_model_id FOR UPDATE;
+    ELSE
+        PERFORM 1 FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) p_model_id FOR UPDATE NOWAIT;
+    END IF;
+EXCEPTION WHEN lock_not_available THEN
+    RAISE EXCEPTION 'model "%" is being changed by another session%', p_name, thanosql._holder(p_name)
+        USING ERRCODE = 'lock_not_available',
+              HINT = 'Try again when that statement has finished, or add wait=True to OPTIONS to wait for it.';
+END $$;
+
 -- Who holds a model name right now, for "being built by another session"
 -- errors: the session's pid and role from thanosql.progress, when the server
 -- has it (shared_preload_libraries), else nothing.
@@ -75,17 +108,7 @@ BEGIN
                     HINT = 'Add overwrite=True to OPTIONS to replace it (the current version is kept), or choose another name.';
             END IF;
             PERFORM thanosql._model_for(p_name, who, 'MODIFY');
-            BEGIN
-                IF wait THEN
-                    PERFORM 1 FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) m.id FOR UPDATE;
-                ELSE
-                    PERFORM 1 FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) m.id FOR UPDATE NOWAIT;
-                END IF;
-            EXCEPTION WHEN lock_not_available THEN
-                RAISE EXCEPTION 'model "%" is being changed by another session%', p_name, thanosql._holder(p_name)
-                    USING ERRCODE = 'lock_not_available',
-                          HINT = 'Wait for it to finish, or add wait=True to OPTIONS to wait for it.';
-            END;
+            PERFORM thanosql._lock_model(m.id, p_name, wait);
             model_id := m.id;
             existed := true;
             RETURN;
@@ -164,14 +187,8 @@ CREATE OR REPLACE FUNCTION thanosql._model_put_chunk(p_model_id bigint, p_seq in
                                                      caller pg_catalog.regrole)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    who pg_catalog.regrole := thanosql._acting_role(caller);
-    m thanosql.models;
+    m thanosql.models := thanosql._model_by_id(p_model_id, caller, 'MODIFY', 'write the weights');
 BEGIN
-    SELECT * INTO m FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) p_model_id;
-    IF NOT FOUND OR NOT thanosql._has_model_privilege(m.id, m.owner, 'MODIFY', who) THEN
-        RAISE EXCEPTION 'permission denied to write the weights of model %', p_model_id
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
     INSERT INTO thanosql.model_chunks (model_id, version, seq, data) VALUES (p_model_id, m.version, p_seq, p_data);
 END $$;
 
@@ -180,14 +197,8 @@ END $$;
 CREATE OR REPLACE FUNCTION thanosql._record_epochs(p_model_id bigint, p_epochs jsonb, caller pg_catalog.regrole)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    who pg_catalog.regrole := thanosql._acting_role(caller);
-    m thanosql.models;
+    m thanosql.models := thanosql._model_by_id(p_model_id, caller, 'MODIFY', 'write the history');
 BEGIN
-    SELECT * INTO m FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) p_model_id;
-    IF NOT FOUND OR NOT thanosql._has_model_privilege(m.id, m.owner, 'MODIFY', who) THEN
-        RAISE EXCEPTION 'permission denied to write the history of model %', p_model_id
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
     INSERT INTO thanosql.model_epochs (model_id, version, epoch, metric, train_loss, train_metric, validation_loss,
                                        validation_metric, learning_rate, seconds, samples_per_second)
     SELECT m.id, m.version, e.epoch, e.metric, e.train_loss, e.train_metric, e.validation_loss,
@@ -205,12 +216,7 @@ DECLARE
     m thanosql.models := thanosql._model_for(p_model, who, 'MODIFY');
     v thanosql.model_versions;
 BEGIN
-    BEGIN
-        PERFORM 1 FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) m.id FOR UPDATE NOWAIT;
-    EXCEPTION WHEN lock_not_available THEN
-        RAISE EXCEPTION 'model "%" is being changed by another session%', p_model, thanosql._holder(p_model)
-            USING ERRCODE = 'lock_not_available';
-    END;
+    PERFORM thanosql._lock_model(m.id, p_model, false);
     SELECT * INTO v FROM thanosql.model_versions
      WHERE model_id OPERATOR(pg_catalog.=) m.id AND version OPERATOR(pg_catalog.=) p_version;
     IF NOT FOUND THEN
@@ -232,12 +238,8 @@ CREATE OR REPLACE FUNCTION thanosql._record_metrics(p_model_id bigint, p_stateme
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     who pg_catalog.regrole := thanosql._acting_role(caller);
-    m thanosql.models;
+    m thanosql.models := thanosql._model_by_id(p_model_id, who, 'USE', 'record the metrics');
 BEGIN
-    SELECT * INTO m FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) p_model_id;
-    IF NOT FOUND OR NOT thanosql._has_model_privilege(m.id, m.owner, 'USE', who) THEN
-        RAISE EXCEPTION 'model % does not exist', p_model_id USING ERRCODE = 'undefined_object';
-    END IF;
     INSERT INTO thanosql.model_metrics (model_id, statement, rows, metrics, by_role, version)
     VALUES (p_model_id, p_statement, p_rows, p_metrics, pg_catalog.pg_get_userbyid(who), m.version);
     IF p_statement OPERATOR(pg_catalog.=) ANY (ARRAY['BUILD', 'FIT']) THEN
@@ -262,12 +264,7 @@ BEGIN
             HINT = 'LIST MODEL shows the models you can use; DROP MODEL IF EXISTS skips missing ones.';
     END IF;
     PERFORM thanosql._model_for(p_model, who, 'MODIFY');  -- raises permission denied, with a hint
-    BEGIN
-        PERFORM 1 FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) m.id FOR UPDATE NOWAIT;
-    EXCEPTION WHEN lock_not_available THEN
-        RAISE EXCEPTION 'model "%" is being changed by another session%', p_model, thanosql._holder(p_model)
-            USING ERRCODE = 'lock_not_available', HINT = 'Try again when that statement has finished.';
-    END;
+    PERFORM thanosql._lock_model(m.id, p_model, false);
     DELETE FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) m.id;
     RETURN p_model;
 END $$;

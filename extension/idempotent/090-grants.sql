@@ -12,3 +12,5 @@ REVOKE ALL ON SEQUENCE thanosql.models_id_seq FROM PUBLIC;
 -- other SECURITY DEFINER functions call them.
 REVOKE ALL ON FUNCTION thanosql._model_for(text, pg_catalog.regrole, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION thanosql._owned_model(text, pg_catalog.regrole, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._model_by_id(bigint, pg_catalog.regrole, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._lock_model(bigint, text, boolean) FROM PUBLIC;

@@ -6,7 +6,10 @@
 Initialises a pgbench database (scale 10 by default) on the server, then for each protocol
 mode (-M prepared, -M simple) and client count runs `pgbench -S` alternately direct and
 through the proxy, `--repeats` times each, and reports the median TPS of each side and
-their ratio (proxy / direct). Results go to bench/results/proxy_overhead.json.
+their ratio (proxy / direct). Then it times one big result of narrow rows (`--rows`, a COPY
+TO STDOUT of one int column read by psql), where the proxy's per-message work (it frames
+the server's stream to follow ParameterStatus) weighs most. Results go to
+bench/results/proxy_overhead.json.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +70,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--clients", default="1,8", help="comma-separated client counts")
     p.add_argument("--modes", default="prepared,simple", help="comma-separated pgbench -M modes")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rows", type=int, default=2_000_000, help="rows of the narrow-rows COPY (0: skip it)")
     p.add_argument(
         "--start-proxy",
         action="store_true",
@@ -73,8 +78,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument(
         "--upstream-host",
-        default=status.get("socket_dir"),
-        help="where a --start-proxy proxy connects (default: the cluster's socket dir, else --host)",
+        help="where a --start-proxy proxy connects (default: --host, over TCP like `thanosql start`)",
     )
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "proxy_overhead.json")
     args = p.parse_args()
@@ -195,6 +199,41 @@ def pgbench(host: str, port: int, args: argparse.Namespace, clients: int, mode: 
     return float(tps.group(1))
 
 
+def copy_rows_seconds(host: str, port: int, args: argparse.Namespace) -> float:
+    """Wall time of psql reading `--rows` one-column rows with COPY TO STDOUT (to /dev/null)."""
+    sql = f"COPY (SELECT g FROM generate_series(1, {args.rows}) g) TO STDOUT"
+    cmd = [tool("psql"), "-X", "-q", "-h", host, "-p", str(port), "-U", args.user, "-d", args.dbname]
+    cmd += ["-c", sql]
+    started = time.perf_counter()
+    res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if res.returncode != 0:
+        sys.exit(f"psql failed ({' '.join(cmd)}):\n{res.stderr}")
+    return elapsed
+
+
+def narrow_rows(args: argparse.Namespace) -> dict:
+    direct: list[float] = []
+    proxied: list[float] = []
+    for _ in range(args.repeats):
+        direct.append(copy_rows_seconds(args.host, args.port, args))
+        proxied.append(copy_rows_seconds(args.proxy_host, args.proxy_port, args))
+    row = {
+        "rows": args.rows,
+        "direct_seconds": direct,
+        "proxy_seconds": proxied,
+        "direct_median": statistics.median(direct),
+        "proxy_median": statistics.median(proxied),
+    }
+    row["ratio"] = round(row["direct_median"] / row["proxy_median"], 3)  # throughput ratio
+    print(
+        f"COPY {args.rows} narrow rows: direct {row['direct_median']:.2f} s, "
+        f"proxy {row['proxy_median']:.2f} s, throughput ratio {row['ratio']:.2f}",
+        flush=True,
+    )
+    return row
+
+
 def main() -> int:
     args = parse_args()
     ensure_database(args)
@@ -228,6 +267,7 @@ def main() -> int:
                     f"proxy {row['proxy_median']:9.0f} tps, ratio {row['ratio']:.2f}",
                     flush=True,
                 )
+        rows = narrow_rows(args) if args.rows else None
     finally:
         if proxy is not None:
             proxy.terminate()
@@ -253,6 +293,7 @@ def main() -> int:
         "seconds_per_run": args.seconds,
         "repeats": args.repeats,
         "results": results,
+        "narrow_rows": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

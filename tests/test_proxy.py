@@ -801,7 +801,7 @@ def test_undecodable_text_passes_through(echo: tuple[EchoRewriter, str], who: tu
 
 def test_large_statements(echo: tuple[EchoRewriter, str]) -> None:
     _, dsn = echo
-    payload = "x" * (4 << 20)
+    payload = "x" * (proto.DEFAULT_MAX_REWRITE_BYTES - 100)  # the biggest that is rewritten
     with connect(dsn) as conn:
         simple = psycopg.ClientCursor(conn)
         assert simple.execute(f"ECHO length('{payload}')").fetchone() == (len(payload),)
@@ -910,8 +910,10 @@ def test_protocol_helpers() -> None:
         b"user\x00root\x00database\x00db\x00client_encoding\x00LATIN1\x00\x00"
     )
     assert params == {"user": "root", "database": "db", "client_encoding": "LATIN1"}
-    status = proto.message(b"S", b"client_encoding\x00WIN1252\x00")
-    assert proto.find_client_encoding(b"Z\x00\x00\x00\x05I" + status) == "WIN1252"
-    assert proto.find_client_encoding(b"D...client_encoding\x00UTF8\x00") is None
+    assert proto.parse_parameter_status(b"client_encoding\x00WIN1252\x00") == (b"client_encoding", b"WIN1252")
+    assert proto.parse_parameter_status(b"client_encoding\x00WIN1252") is None
+    assert proto.parse_parameter_status(b"no terminator") is None
+    assert proto.is_authentication_ok(b"\x00\x00\x00\x00")
+    assert not proto.is_authentication_ok(b"\x00\x00\x00\x0a" + b"SCRAM-SHA-256\x00\x00")
     err = proto.error_response("boom", "08006")
     assert err[:1] == b"E" and sqlstate_of(err[5:]) == "08006"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -24,6 +25,11 @@ from thanosql_pg.errors import ConfigurationError
 
 DATABASE = "thanosql"
 FIRST_PORT = 54320
+# pg_hba with THANOSQL_PASSWORD: SCRAM for every TCP connection (the proxy's included);
+# the Unix socket only for OS users logging in as their own role (`peer`, see pg_ident).
+_PASSWORD_HBA = "local all all peer map=thanosql\nhost all all all scram-sha-256\n"
+# What clusters made before had: a trusted socket, which the proxy used to connect through.
+_OLD_PASSWORD_HBA = "local all all trust\nhost all all all scram-sha-256\n"
 
 
 def checkout_dir() -> Path:
@@ -146,7 +152,7 @@ class Cluster:
         )
         conf = f"""
 # --- thanosql embedded cluster ---
-listen_addresses = '{listen}'
+listen_addresses = '{_server_listen_addresses(listen)}'
 port = {port}
 unix_socket_directories = '{self.run_dir}'
 # torch and PostgreSQL's LLVM JIT clash inside one backend (PostgresML saw crashes).
@@ -157,10 +163,7 @@ thanosql.data_dir = '{self.files}'
         with open(self.data / "postgresql.conf", "a") as f:
             f.write(conf)
         if password:
-            # Local socket stays trusted (for `thanosql psql` inside the box);
-            # TCP needs the password.
-            hba = "local all all trust\nhost all all all scram-sha-256\n"
-            (self.data / "pg_hba.conf").write_text(hba)
+            self._write_password_hba(superuser)
         state = State(port=port, proxy_port=proxy_port, superuser=superuser, listen=listen)
         self._save_state(state)
         if password:
@@ -169,8 +172,38 @@ thanosql.data_dir = '{self.files}'
             self._psql(state, "postgres", f"ALTER ROLE {superuser} PASSWORD '{escaped}'")
         return state
 
+    def _write_password_hba(self, superuser: str) -> None:
+        """pg_hba for a cluster with a password: every TCP connection, the proxy's included,
+        authenticates with SCRAM; the Unix socket only with `peer`, for the CLI's own psql.
+
+        The proxy connects upstream over TCP, so PostgreSQL authenticates its clients, not
+        the proxy's OS user: a trusted (or peer-authenticated) socket behind the proxy would
+        make every proxy client a superuser without a password.
+        """
+        os_user = pwd.getpwuid(os.geteuid()).pw_name
+        # The CLI's OS user may log in as the superuser (their names can differ: getpass
+        # reads $USER); otherwise an OS user may log in only as the role of its own name.
+        ident = f"thanosql {os_user} {superuser}\nthanosql /^(.*)$ \\1\n"
+        (self.data / "pg_ident.conf").write_text(ident)
+        (self.data / "pg_hba.conf").write_text(_PASSWORD_HBA)
+
+    def _upgrade_password_hba(self, state: State) -> None:
+        """Clusters made before the proxy used TCP trusted the Unix socket, and their proxy
+        connected through it: switch the socket to `peer` and restart that proxy."""
+        hba = self.data / "pg_hba.conf"
+        if not (hba.exists() and hba.read_text() == _OLD_PASSWORD_HBA):
+            return
+        self._write_password_hba(state.superuser)
+        self._stop_proxy()
+        if self.server_running():
+            subprocess.run(
+                self._server_cmd([str(pg_bindir() / "pg_ctl"), "reload", "-D", str(self.data)]),
+                check=True, stdout=subprocess.DEVNULL,
+            )
+
     def start(self) -> State:
         state = self.init()
+        self._upgrade_password_hba(state)
         if not self.server_running():
             if not _port_free(state.port):
                 raise ConfigurationError(f"port {state.port} is taken by another program",
@@ -189,7 +222,8 @@ thanosql.data_dir = '{self.files}'
         return state
 
     def _psql(self, state: State, dbname: str, sql: str) -> str:
-        # Over the Unix socket: trusted even when TCP needs a password.
+        # Over the Unix socket: trusted, or `peer` (the OS user running this) when TCP needs
+        # a password.
         res = subprocess.run(
             [str(pg_bindir() / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", str(self.run_dir),
              "-p", str(state.port), "-U", state.superuser, "-d", dbname, "-c", sql],
@@ -210,8 +244,11 @@ thanosql.data_dir = '{self.files}'
         exe = Path(sys.executable).parent / "thanosql-proxy"
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "thanosql_pg.proxy.server"]
         listen = "0.0.0.0" if state.listen != "127.0.0.1" else "127.0.0.1"
+        # Upstream over TCP, never the Unix socket: the server must authenticate each proxy
+        # client by the rules for TCP connections (a password when there is one), not
+        # trust the proxy's OS user.
         cmd += ["--listen-host", listen, "--listen-port", str(state.proxy_port),
-                "--upstream-host", str(self.run_dir), "--upstream-port", str(state.port),
+                "--upstream-host", "127.0.0.1", "--upstream-port", str(state.port),
                 "--pid-file", str(self.proxy_pid)]
         with open(self.proxy_log, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
@@ -227,6 +264,15 @@ thanosql.data_dir = '{self.files}'
         raise ConfigurationError("the proxy did not start", hint=f"See {self.proxy_log}.")
 
     def stop(self) -> None:
+        self._stop_proxy()
+        if self.server_running():
+            subprocess.run(
+                self._server_cmd([str(pg_bindir() / "pg_ctl"), "stop", "-w", "-m", "fast", "-D",
+                                  str(self.data)]),
+                check=True, stdout=subprocess.DEVNULL,
+            )
+
+    def _stop_proxy(self) -> None:
         try:
             pid = int(self.proxy_pid.read_text())
             os.kill(pid, signal.SIGTERM)
@@ -236,12 +282,6 @@ thanosql.data_dir = '{self.files}'
         except (OSError, ValueError):
             pass
         self.proxy_pid.unlink(missing_ok=True)
-        if self.server_running():
-            subprocess.run(
-                self._server_cmd([str(pg_bindir() / "pg_ctl"), "stop", "-w", "-m", "fast", "-D",
-                                  str(self.data)]),
-                check=True, stdout=subprocess.DEVNULL,
-            )
 
     def status(self) -> dict[str, object]:
         state = self.state()
@@ -257,6 +297,14 @@ thanosql.data_dir = '{self.files}'
             info.update(server=state.server_uri, proxy=state.proxy_uri, port=state.port,
                         proxy_port=state.proxy_port, superuser=state.superuser, database=DATABASE)
         return info
+
+
+def _server_listen_addresses(listen: str) -> str:
+    """`listen`, plus 127.0.0.1 where it does not cover loopback: the proxy connects there."""
+    addresses = {a.strip() for a in listen.split(",")}
+    if addresses & {"*", "0.0.0.0", "127.0.0.1", "localhost"}:
+        return listen
+    return f"127.0.0.1,{listen}"
 
 
 def _port_open(port: int) -> bool:

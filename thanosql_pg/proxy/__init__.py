@@ -2,6 +2,8 @@
 
 It rewrites the SQL text of Query and Parse messages with the preprocessor and relays
 every other byte untouched (authentication, COPY, notices, notifications, cancels).
+Nothing is rewritten before the server has authenticated the client, and Query/Parse
+messages over `--max-rewrite-bytes` pass through untouched.
 Run it with `thanosql-proxy` or `python -m thanosql_pg.proxy`; embed it with
 `ProxyServer`, `serve` or `BackgroundProxy` from `thanosql_pg.proxy.server`.
 """

@@ -23,6 +23,20 @@ MAX_MESSAGE_LENGTH = (1 << 30) - 1
 
 QUERY = 0x51  # 'Q'
 PARSE = 0x50  # 'P'
+# Server -> client message types the proxy looks inside; every other one it only frames.
+AUTHENTICATION = 0x52  # 'R'
+PARAMETER_STATUS = 0x53  # 'S'
+AUTH_OK_BODY = b"\x00\x00\x00\x00"
+
+# Before AuthenticationOk the only legal client messages are password/SASL/GSS responses,
+# which the server reads with a limit of PG_MAX_AUTH_TOKEN_LENGTH (65535) bytes of body.
+# Anything longer is refused at once, so an unauthenticated client cannot make the proxy
+# relay (or hold) more than that per message.
+MAX_PRE_AUTH_MESSAGE_LENGTH = 65535 + 4
+# Query/Parse messages up to this length (the int32 length field) are buffered whole and
+# rewritten; longer ones are streamed to the server untouched. THANOSQL_PROXY_MAX_REWRITE_BYTES
+# or --max-rewrite-bytes change it.
+DEFAULT_MAX_REWRITE_BYTES = 4 << 20
 
 HEADER = struct.Struct("!I")
 INT16 = struct.Struct("!h")
@@ -31,8 +45,10 @@ INT16 = struct.Struct("!h")
 # 2-byte constant is cheaper than a set lookup on the hot path.
 REWRITTEN_TYPES = b"QP"
 
-# Rewriter signature: (sql, n_params) -> new sql, or None to keep the message as it is.
-Rewriter = Callable[[str, int], "str | None"]
+# Rewriter signature: (sql, n_params) -> new sql, or None to keep the message as it is. A
+# rewriter may also take a keyword `standard_conforming_strings: bool`; the proxy passes the
+# session's current value when it does (see ProxyServer).
+Rewriter = Callable[..., "str | None"]
 
 
 class ProtocolViolation(Exception):
@@ -193,22 +209,19 @@ def rewrite_message(
     return message(b"P", raw[: name_end + 1] + new_sql.encode(encoding) + raw[query_end:])
 
 
-def find_client_encoding(data: bytes) -> str | None:
-    """The value of a ParameterStatus('client_encoding') message inside a server chunk.
+def parse_parameter_status(body: bytes | bytearray | memoryview) -> tuple[bytes, bytes] | None:
+    """(name, value) of a ParameterStatus body: two NUL-terminated strings; None if malformed.
 
-    The server reports client_encoding after authentication and whenever it changes (SET
-    client_encoding / SET NAMES). The proxy pipes server->client bytes unframed for speed,
-    so it spots the message with a substring search and checks the framing around it.
+    Called only on messages the proxy framed itself from the server's stream, never on
+    bytes found by searching: a stored value shaped like this message must not count.
     """
-    key = b"client_encoding\x00"
-    idx = data.find(key)
-    while idx >= 0:
-        start = idx - 5
-        if start >= 0 and data[start] == 0x53:  # 'S'
-            (length,) = HEADER.unpack_from(data, start + 1)
-            end = start + 1 + length
-            value_start = idx + len(key)
-            if end <= len(data) and value_start < end and data[end - 1] == 0:
-                return data[value_start : end - 1].decode("latin-1")
-        idx = data.find(key, idx + 1)
-    return None
+    raw = bytes(body)
+    name_end = raw.find(b"\x00")
+    if name_end < 0 or not raw.endswith(b"\x00") or len(raw) <= name_end + 1:
+        return None
+    return raw[:name_end], raw[name_end + 1 : -1]
+
+
+def is_authentication_ok(body: bytes | bytearray | memoryview) -> bool:
+    """True for the body of AuthenticationOk ('R' with int32 0): the session is authenticated."""
+    return len(body) == 4 and bytes(body) == AUTH_OK_BODY

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import inspect
 import logging
 import os
 import signal
@@ -22,10 +24,13 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from thanosql_pg.proxy.protocol import Rewriter
+from thanosql_pg.proxy.protocol import DEFAULT_MAX_REWRITE_BYTES, Rewriter
 from thanosql_pg.proxy.session import ClientSession, set_nodelay
 
 log = logging.getLogger("thanosql_pg.proxy")
+
+MAX_REWRITE_BYTES_ENV = "THANOSQL_PROXY_MAX_REWRITE_BYTES"
+_CANCEL_TIMEOUT = 10.0
 
 
 @dataclass
@@ -34,6 +39,9 @@ class ProxyConfig:
     listen_port: int = 0  # 0: pick a free port; ProxyServer.port tells which
     upstream_host: str = "127.0.0.1"  # a path starting with '/' is a Unix socket directory
     upstream_port: int = 5432
+    # Query/Parse messages longer than this are relayed untouched instead of being buffered
+    # whole and rewritten (protocol.DEFAULT_MAX_REWRITE_BYTES).
+    max_rewrite_bytes: int = DEFAULT_MAX_REWRITE_BYTES
 
     @property
     def upstream_is_unix(self) -> bool:
@@ -54,6 +62,21 @@ def default_rewriter() -> Rewriter:
     return rewrite_for_wire
 
 
+def accepts_keyword(func: Callable[..., object], name: str) -> bool:
+    """Whether `func` takes keyword argument `name` (or **kwargs). Checked once per server,
+    so the proxy works with preprocessors from before and after the argument existed."""
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    if name in params and params[name].kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    ):
+        return True
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 class ProxyServer:
     """Accepts clients and gives each a `ClientSession` with its own upstream connection.
 
@@ -63,6 +86,17 @@ class ProxyServer:
     def __init__(self, config: ProxyConfig, rewriter: Rewriter | None = None) -> None:
         self.config = config
         self.rewriter: Rewriter = rewriter if rewriter is not None else default_rewriter()
+        if config.max_rewrite_bytes < 5:
+            raise ValueError(f"max_rewrite_bytes must be at least 5, not {config.max_rewrite_bytes}")
+        # One callable per value of standard_conforming_strings, made once: sessions switch
+        # between them when the server reports a change.
+        if accepts_keyword(self.rewriter, "standard_conforming_strings"):
+            self._rewriters = {
+                scs: functools.partial(self.rewriter, standard_conforming_strings=scs)
+                for scs in (True, False)
+            }
+        else:
+            self._rewriters = {True: self.rewriter, False: self.rewriter}
         self.upstream_description = config.upstream_description
         self.sessions: set[ClientSession] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -109,6 +143,10 @@ class ProxyServer:
 
     # --- used by sessions ----------------------------------------------------------------------
 
+    def session_rewriter(self, standard_conforming_strings: bool) -> Rewriter:
+        """The rewriter for a session in this state of standard_conforming_strings."""
+        return self._rewriters[standard_conforming_strings]
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a background task, keeping a reference so it isn't garbage-collected."""
         task = asyncio.get_running_loop().create_task(coro)
@@ -125,15 +163,14 @@ class ProxyServer:
             )
         return transport
 
-    def forward_cancel(self, packet: bytes) -> None:
-        """Relay a CancelRequest verbatim on a new upstream connection.
+    async def forward_cancel(self, packet: bytes) -> None:
+        """Relay a CancelRequest verbatim on a new upstream connection, and return once the
+        server has closed that connection: PostgreSQL closes it only after signalling the
+        backend, so the caller may then tell the client the cancel was delivered.
 
         The client's BackendKeyData came from the server untouched, so the pid/key in the
         packet name the right backend.
         """
-        self.spawn(self._cancel(packet))
-
-    async def _cancel(self, packet: bytes) -> None:
         transport: asyncio.Transport | None = None
         done = asyncio.get_running_loop().create_future()
 
@@ -146,10 +183,9 @@ class ProxyServer:
                     done.set_result(None)
 
         try:
-            transport = await asyncio.wait_for(self.open_upstream(_Cancel), 10)
+            transport = await asyncio.wait_for(self.open_upstream(_Cancel), _CANCEL_TIMEOUT)
             transport.write(packet)
-            # The server closes the connection once it has processed the request.
-            await asyncio.wait_for(done, 10)
+            await asyncio.wait_for(done, _CANCEL_TIMEOUT)
         except (TimeoutError, OSError) as exc:
             log.warning("forwarding a cancel request failed: %s", exc)
         finally:
@@ -256,6 +292,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="host name/address, or a Unix socket directory (starting with '/')",
     )
     parser.add_argument("--upstream-port", type=int, default=5432)
+    parser.add_argument(
+        "--max-rewrite-bytes",
+        type=_rewrite_limit,
+        default=_env_max_rewrite_bytes(),
+        help="Query/Parse messages longer than this are relayed untouched, not buffered and "
+        f"rewritten (default ${MAX_REWRITE_BYTES_ENV}, else {DEFAULT_MAX_REWRITE_BYTES})",
+    )
     parser.add_argument("--log-file", help="append log lines here instead of stderr")
     parser.add_argument("--pid-file", help="write the process id here while running")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -265,6 +308,23 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="use asyncio's default event loop even if uvloop is installed",
     )
     return parser.parse_args(argv)
+
+
+def _rewrite_limit(text: str) -> int:
+    value = int(text)
+    if value < 5:
+        raise argparse.ArgumentTypeError(f"must be at least 5 bytes, not {value}")
+    return value
+
+
+def _env_max_rewrite_bytes() -> int:
+    text = os.environ.get(MAX_REWRITE_BYTES_ENV)
+    if not text:
+        return DEFAULT_MAX_REWRITE_BYTES
+    try:
+        return _rewrite_limit(text)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        sys.exit(f"thanosql-proxy: {MAX_REWRITE_BYTES_ENV}={text!r}: {exc}")
 
 
 async def _amain(config: ProxyConfig) -> None:
@@ -298,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         listen_port=args.listen_port,
         upstream_host=args.upstream_host,
         upstream_port=args.upstream_port,
+        max_rewrite_bytes=args.max_rewrite_bytes,
     )
     if args.pid_file:
         with open(args.pid_file, "w") as f:

@@ -10,8 +10,15 @@ what `drain()` does under the hood for streams.
 
 client -> server: framed (type byte + int32 length) so Query and Parse messages can be
 rewritten; every other message is forwarded as the bytes that arrived, many per write,
-and a large message (COPY data) streams through without being buffered whole.
-server -> client: an unframed byte pipe.
+and a large message (COPY data) streams through without being buffered whole. Nothing is
+rewritten before the server's AuthenticationOk, and a Query/Parse longer than
+`max_rewrite_bytes` streams through untouched like any other message.
+
+server -> client: forwarded as it arrives, and framed alongside by reading only the 5-byte
+headers; only ParameterStatus and Authentication messages are looked inside. That is how
+the session learns, from the server itself, that authentication succeeded and what
+client_encoding and standard_conforming_strings are; bytes inside other messages (a bytea
+value, COPY data) can never be mistaken for one.
 """
 
 from __future__ import annotations
@@ -20,14 +27,17 @@ import asyncio
 import contextlib
 import logging
 import socket
+import struct
 from typing import TYPE_CHECKING
 
 from thanosql_pg.proxy import protocol as proto
 from thanosql_pg.proxy.protocol import (
     HEADER,
     MAX_MESSAGE_LENGTH,
+    MAX_PRE_AUTH_MESSAGE_LENGTH,
     MAX_STARTUP_LENGTH,
     ProtocolViolation,
+    Rewriter,
 )
 
 if TYPE_CHECKING:
@@ -36,12 +46,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("thanosql_pg.proxy")
 
 _unpack_header = HEADER.unpack_from
+_unpack_type_length = struct.Struct("!BI").unpack_from  # a message header: type byte, int32 length
 _CONNECT_TIMEOUT = 10.0
 # Like the server's authentication_timeout: a client must send its startup packet in time.
 STARTUP_TIMEOUT = 60.0
-# How far from the end of a server chunk to look for ParameterStatus(client_encoding); room
-# for every GUC_REPORT setting changing at once, plus ReadyForQuery.
-_PARAMETER_STATUS_TAIL = 4096
+# Server messages the proxy looks inside ('R', 'S') are gathered whole when they straddle
+# reads, up to this size; real ones are tiny. A bigger one is only framed, never buffered.
+_MAX_INSPECTED_LENGTH = 1 << 16
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -52,14 +63,22 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
 
 
 class UpstreamSide(asyncio.Protocol):
-    """The connection to PostgreSQL: everything it sends goes to the client unchanged."""
+    """The connection to PostgreSQL: everything it sends goes to the client unchanged.
 
-    __slots__ = ("client", "session", "transport")
+    The stream is framed on the way through (see the module docstring): `skip` counts the
+    bytes of the current message's body still to come, which are forwarded without being
+    looked at; `partial` holds an incomplete header (< 5 bytes), or an incomplete 'R'/'S'
+    message, across reads.
+    """
+
+    __slots__ = ("client", "partial", "session", "skip", "transport")
 
     def __init__(self, session: ClientSession) -> None:
         self.session = session
         self.client = session.transport
         self.transport: asyncio.Transport | None = None
+        self.skip = 0
+        self.partial = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's isn't an asyncio.Transport
@@ -67,11 +86,59 @@ class UpstreamSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.client.write(data)
-        # Track `SET client_encoding` so Query/Parse text is decoded right. Since PostgreSQL 14
-        # the server sends changed ParameterStatus values just before ReadyForQuery, i.e. at
-        # the end of a burst, so searching the tail keeps this O(1) for big results.
-        if data.find(b"client_encoding\x00", -_PARAMETER_STATUS_TAIL) >= 0:
-            self.session.server_reported_encoding(data)
+        n = len(data)
+        skip = self.skip
+        if skip:
+            if skip >= n:  # inside a big message (a wide row, COPY data): nothing to frame
+                self.skip = skip - n
+                return
+            self.skip = 0
+            pos = skip
+        elif self.partial:
+            pos = self.finish_partial(data)
+        else:
+            pos = 0
+        # Headers only: this loop runs for every result row, so it does the least it can
+        # (one struct call per message; measured fastest of the variants tried).
+        unpack = _unpack_type_length
+        last = n - 5  # the last position where a whole header fits
+        while pos <= last:
+            type_byte, length = unpack(data, pos)
+            end = pos + 1 + length
+            if type_byte == 0x53 or type_byte == 0x52:  # 'S' ParameterStatus, 'R' Authentication
+                if end <= n:
+                    self.session.server_message(type_byte, data[pos + 5 : end])
+                elif end - pos <= _MAX_INSPECTED_LENGTH:
+                    break  # gather the rest in `partial`
+            pos = end
+        if pos > n:
+            self.skip = pos - n
+        elif pos < n:
+            self.partial = bytearray(data[pos:])
+
+    def finish_partial(self, data: bytes) -> int:
+        """Complete `partial` from the start of `data`; returns where the next message
+        starts in `data` (past its end while the current message's body continues)."""
+        buf = self.partial
+        n = len(data)
+        taken = 0
+        if len(buf) < 5:
+            taken = 5 - len(buf)
+            buf += data[:taken]
+            if len(buf) < 5:
+                return n
+            length = _unpack_header(buf, 1)[0]
+            if (buf[0] != 0x53 and buf[0] != 0x52) or length + 1 > _MAX_INSPECTED_LENGTH:
+                buf.clear()
+                return taken + max(length - 4, 0)  # this message's body is not looked at
+        need = 1 + _unpack_header(buf, 1)[0]
+        more = need - len(buf)
+        buf += data[taken : taken + more]
+        if len(buf) < need:
+            return n
+        self.session.server_message(buf[0], bytes(buf[5:]))
+        buf.clear()
+        return taken + more
 
     def connection_lost(self, exc: Exception | None) -> None:
         # close() (not abort) so the server's last words (e.g. a FATAL error) still reach the client.
@@ -97,8 +164,16 @@ class ClientSession(asyncio.Protocol):
         self.peer = "?"
         self.relaying = False
         self.closed = False
-        self.encoding: str | None = "utf-8"
-        self.rewriter = server.rewriter
+        # Session state, learnt only from the server's own messages (UpstreamSide frames them).
+        self.authenticated = False
+        self.encoding: str | None = None  # Python codec of client_encoding; None: not rewriting
+        self.standard_conforming_strings = True
+        # What from_client calls: None until the server has authenticated the client and
+        # reported an encoding with a codec; then the rewriter with the session's settings.
+        self.active_rewriter: Rewriter | None = None
+        self.max_rewrite_bytes = server.config.max_rewrite_bytes
+        # Messages longer than this are a protocol violation; tiny until AuthenticationOk.
+        self.max_message_length = MAX_PRE_AUTH_MESSAGE_LENGTH
         # Bytes of a message we cannot forward yet: a partial header, or a partial
         # Query/Parse (which must be whole to be rewritten). `need` = bytes that completes it.
         self.pending = bytearray()
@@ -172,18 +247,24 @@ class ClientSession(asyncio.Protocol):
             pos = self.skip
             self.skip = 0
 
-        rewriter = self.rewriter if self.encoding is not None else None
+        rewriter = self.active_rewriter
+        max_rewrite = self.max_rewrite_bytes
+        max_length = self.max_message_length
         out_start = 0  # start of the run of bytes to forward verbatim
         while n - pos >= 5:
             type_byte = data[pos]
             (length,) = _unpack_header(data, pos + 1)
-            if length < 4 or length > MAX_MESSAGE_LENGTH:
+            if length < 4 or length > max_length:
                 raise ProtocolViolation(f"invalid message length {length} (type {type_byte:#04x})")
             end = pos + 1 + length
-            if rewriter is not None and (type_byte == 0x51 or type_byte == 0x50):  # 'Q', 'P'
+            if (
+                rewriter is not None
+                and (type_byte == 0x51 or type_byte == 0x50)  # 'Q', 'P'
+                and length <= max_rewrite
+            ):
                 if end > n:
-                    break  # wait for the whole message
-                new = self.rewrite(type_byte, data, pos + 5, end)
+                    break  # wait for the whole message (at most max_rewrite bytes)
+                new = self.rewrite(rewriter, type_byte, data, pos + 5, end)
                 if new is not None:
                     if pos > out_start:
                         upstream.write(data[out_start:pos])
@@ -205,20 +286,44 @@ class ClientSession(asyncio.Protocol):
             else:
                 self.need = 1 + _unpack_header(data, pos + 1)[0]
 
-    def rewrite(self, type_byte: int, data: bytes, start: int, end: int) -> bytes | None:
+    def rewrite(self, rewriter: Rewriter, type_byte: int, data: bytes, start: int, end: int) -> bytes | None:
+        assert self.encoding is not None  # active_rewriter is None otherwise
         try:
-            return proto.rewrite_message(type_byte, data[start:end], self.encoding, self.rewriter)
+            return proto.rewrite_message(type_byte, data[start:end], self.encoding, rewriter)
         except Exception:
             # A preprocessor bug must not break plain SQL: send the text as the client wrote it.
             log.exception("client %s: rewriting failed; forwarding the statement unchanged", self.peer)
             return None
 
-    def server_reported_encoding(self, data: bytes) -> None:
-        name = proto.find_client_encoding(data)
-        if name is not None:
-            self.encoding = proto.python_encoding(name)
+    # --- what the server tells us (framed by UpstreamSide) -------------------------------------
+
+    def server_message(self, type_byte: int, body: bytes) -> None:
+        """A whole Authentication ('R') or ParameterStatus ('S') message from the server."""
+        if type_byte == proto.AUTHENTICATION:
+            if not self.authenticated and proto.is_authentication_ok(body):
+                self.authenticated = True
+                self.max_message_length = MAX_MESSAGE_LENGTH
+                self.update_rewriter()
+            return
+        status = proto.parse_parameter_status(body)
+        if status is None:
+            return
+        name, value = status
+        if name == b"client_encoding":
+            text = value.decode("latin-1")
+            self.encoding = proto.python_encoding(text)
             if self.encoding is None:
-                log.info("client %s: client_encoding %s has no codec; not rewriting", self.peer, name)
+                log.info("client %s: client_encoding %s has no codec; not rewriting", self.peer, text)
+            self.update_rewriter()
+        elif name == b"standard_conforming_strings":
+            self.standard_conforming_strings = value == b"on"
+            self.update_rewriter()
+
+    def update_rewriter(self) -> None:
+        if not self.authenticated or self.encoding is None:
+            self.active_rewriter = None
+        else:
+            self.active_rewriter = self.server.session_rewriter(self.standard_conforming_strings)
 
     # --- startup phase -------------------------------------------------------------------------
 
@@ -244,11 +349,30 @@ class ClientSession(asyncio.Protocol):
             if code == proto.CANCEL_REQUEST_CODE:
                 if length != 16:
                     raise ProtocolViolation("malformed CancelRequest")
-                self.server.forward_cancel(packet)
-                self.transport.close()
+                self.relay_cancel(packet)
                 return
             self.start_session(code, packet)
             return
+
+    def relay_cancel(self, packet: bytes) -> None:
+        """Forward a CancelRequest; close the client's connection only once the server has
+        closed the upstream one, i.e. has signalled the backend. libpq waits for that close
+        and then sends its next statement: closing earlier let the cancel land on it."""
+        self.cancel_startup_timer()
+        self.transport.pause_reading()
+        self.server.spawn(self._relay_cancel(packet))
+
+    async def _relay_cancel(self, packet: bytes) -> None:
+        try:
+            await self.server.forward_cancel(packet)
+        finally:
+            if not self.closed:
+                self.transport.close()
+
+    def cancel_startup_timer(self) -> None:
+        if self.startup_timer is not None:
+            self.startup_timer.cancel()
+            self.startup_timer = None
 
     def startup_timed_out(self) -> None:
         if not self.relaying and not self.closed:
@@ -256,16 +380,9 @@ class ClientSession(asyncio.Protocol):
             self.abort()
 
     def start_session(self, version: int, packet: bytes) -> None:
-        if self.startup_timer is not None:
-            self.startup_timer.cancel()
-            self.startup_timer = None
+        self.cancel_startup_timer()
         if version >> 16 == 3:
             params = proto.parse_startup_params(packet[8:])
-            # Until the server reports client_encoding this is what the client asked for.
-            # The server's ParameterStatus (sent before any query can be) then takes over.
-            requested = params.get("client_encoding")
-            if requested and requested.lower() != "auto":
-                self.encoding = proto.python_encoding(requested)
             log.debug(
                 "client %s: startup user=%s database=%s",
                 self.peer,

@@ -52,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
                 print("thanosql: the cluster is not running; run `thanosql start` first", file=sys.stderr)
                 return 3
             psql = str(pg_bindir() / "psql")
-            os.execv(psql, [psql, state.proxy_uri, *extra])
+            env = dict(os.environ)
+            if os.environ.get("THANOSQL_PASSWORD") and "PGPASSWORD" not in env:
+                # the proxy connects over TCP, where a password cluster asks for it
+                env["PGPASSWORD"] = os.environ["THANOSQL_PASSWORD"]
+            os.execve(psql, [psql, state.proxy_uri, *extra], env)
         elif args.command == "rewrite":
             from thanosql_pg.preprocessor import rewrite
 

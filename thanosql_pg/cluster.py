@@ -24,6 +24,9 @@ from pathlib import Path
 from thanosql_pg.errors import ConfigurationError
 
 DATABASE = "thanosql"
+# Server-wide progress (thanosql.progress) and the count of sessions running models
+# live in shared memory, which a library can only request at server start.
+_PRELOAD = "shared_preload_libraries = 'thanosql'  # thanosql.progress, shared CPU budget"
 FIRST_PORT = 54320
 # pg_hba with THANOSQL_PASSWORD: SCRAM for every TCP connection (the proxy's included);
 # the Unix socket only for OS users logging in as their own role (`peer`, see pg_ident).
@@ -157,6 +160,7 @@ port = {port}
 unix_socket_directories = '{self.run_dir}'
 # torch and PostgreSQL's LLVM JIT clash inside one backend (PostgresML saw crashes).
 jit = off
+{_PRELOAD}
 thanosql.python_lib_dir = '{venv_dir()}'
 thanosql.data_dir = '{self.files}'
 """
@@ -201,9 +205,26 @@ thanosql.data_dir = '{self.files}'
                 check=True, stdout=subprocess.DEVNULL,
             )
 
+    def _ensure_preload(self) -> bool:
+        """Clusters made by earlier releases lack the preload line: add it. True when
+        added (the server must restart to load it)."""
+        conf = self.data / "postgresql.conf"
+        if _PRELOAD in conf.read_text():
+            return False
+        with open(conf, "a") as f:
+            f.write(f"\n{_PRELOAD}\n")
+        return True
+
     def start(self) -> State:
         state = self.init()
         self._upgrade_password_hba(state)
+        if self._ensure_preload() and self.server_running():
+            subprocess.run(
+                self._server_cmd([str(pg_bindir() / "pg_ctl"), "restart", "-w", "-t", "60", "-m", "fast",
+                                  "-D", str(self.data), "-l", str(self.server_log)]),
+                check=True, stdout=subprocess.DEVNULL,
+            )
+            self._ensure_database(state)
         if not self.server_running():
             if not _port_free(state.port):
                 raise ConfigurationError(f"port {state.port} is taken by another program",
@@ -237,8 +258,10 @@ thanosql.data_dir = '{self.files}'
         exists = self._psql(state, "postgres", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'")
         if not exists.strip():
             self._psql(state, "postgres", f"CREATE DATABASE {DATABASE}")
+        # The embedded cluster is the CLI's own: it also brings the extension to the
+        # installed release (a no-op when it is there already).
         self._psql(state, DATABASE, "SET client_min_messages = warning; "
-                   "CREATE EXTENSION IF NOT EXISTS thanosql CASCADE")
+                   "CREATE EXTENSION IF NOT EXISTS thanosql CASCADE; ALTER EXTENSION thanosql UPDATE")
 
     def _start_proxy(self, state: State) -> None:
         exe = Path(sys.executable).parent / "thanosql-proxy"

@@ -20,21 +20,12 @@ to bench/results/image_memory.json (target for the project: < 10 %).
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
-import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import common
 
 OPTIONS = {"image_col": "image", "label_col": "label", "epochs": 1, "batch_size": 32, "input_size": 32,
            "pretrained": False, "overwrite": True}
@@ -63,22 +54,11 @@ for start in range(0, len(rows), 32):
 """
 
 
-def cluster_status() -> dict[str, Any]:
-    exe = Path(sys.executable).parent / "thanosql"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "thanosql_pg.cli"]
-    out = subprocess.run([*cmd, "status", "--json"], capture_output=True, text=True, cwd=ROOT, check=False)
-    info = json.loads(out.stdout or "{}")
-    if not info.get("server_running"):
-        sys.exit("the embedded cluster is not running: .venv/bin/thanosql start")
-    return info
-
-
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__, "image_memory")
     p.add_argument("--rows", type=int, default=200, help="N: the small table; the large one has 10 N")
     p.add_argument("--image-size", type=int, default=192)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "image_memory.json")
     return p.parse_args()
 
 
@@ -101,32 +81,6 @@ def make_table(conn: Any, table: str, n: int, size: int) -> int:
     return total
 
 
-def status_kib(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmHWM", "VmRSS", "RssAnon", "RssShmem", "RssFile"):
-            out[key] = int(value.split()[0])
-    return out
-
-
-class Sampler(threading.Thread):
-    """Polls the backend's RssAnon: VmHWM also counts the shared_buffers pages
-    the backend touched, which grow with the table read up to shared_buffers
-    whatever the backend holds itself; RssAnon is the backend's own memory."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.peak_anon, self.done = pid, 0, threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(0.02):
-            try:
-                self.peak_anon = max(self.peak_anon, status_kib(self.pid)["RssAnon"])
-            except (OSError, KeyError):
-                return
-
-
 def measure(dsn: str, side: str, table: str) -> dict[str, float]:
     """Memory (MiB) of a fresh backend running one side on ``table``, and seconds."""
     import psycopg
@@ -134,19 +88,21 @@ def measure(dsn: str, side: str, table: str) -> dict[str, float]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         pid = conn.info.backend_pid
         conn.execute("SELECT thanosql._load()")  # the virtualenv on sys.path, for both sides
-        sampler = Sampler(pid)
+        # Peak RssAnon, polled: VmHWM also counts the shared_buffers pages the backend touched,
+        # which grow with the table read up to shared_buffers whatever the backend holds itself;
+        # RssAnon is the backend's own memory.
+        sampler = common.Sampler([pid], ["RssAnon"])
         sampler.start()
         start = time.perf_counter()
         if side == "project":
-            conn.execute("SELECT * FROM thanosql.build_model('bench_image_memory', 'ConvNeXt_Tiny', %s, %s)",
-                         [json.dumps(OPTIONS), f"SELECT image, label FROM {table}"]).fetchall()
+            common.build_model(conn, "bench_image_memory", "ConvNeXt_Tiny", OPTIONS,
+                               f"SELECT image, label FROM {table}")
         else:
             conn.execute("DO LANGUAGE plpython3u $naive$" + NAIVE.format(table=table) + "$naive$")
         seconds = time.perf_counter() - start
-        sampler.done.set()
-        sampler.join()
-        st = status_kib(pid)
-        return {"peak_mib": st["VmHWM"] / 1024, "peak_anon_mib": sampler.peak_anon / 1024,
+        peak_anon = sampler.stop()[pid]["RssAnon"]
+        st = common.proc_status(pid)
+        return {"peak_mib": st["VmHWM"] / 1024, "peak_anon_mib": peak_anon / 1024,
                 "shmem_mib": st["RssShmem"] / 1024, "seconds": seconds}
 
 
@@ -154,7 +110,7 @@ def main() -> int:
     args = parse_args()
     import psycopg
 
-    info = cluster_status()
+    info = common.cluster_status()
     sizes = {"N": args.rows, "10N": 10 * args.rows}
     tables = {k: f"bench_image_memory_{k.lower()}" for k in sizes}
     with psycopg.connect(info["server"], autocommit=True) as conn:
@@ -171,30 +127,18 @@ def main() -> int:
                       f" VmHWM {m['peak_mib']:.0f} MiB (shared buffers {m['shmem_mib']:.0f}),"
                       f" peak RssAnon {m['peak_anon_mib']:.0f} MiB, {m['seconds']:.1f} s", flush=True)
     with psycopg.connect(info["server"], autocommit=True) as conn:
-        conn.execute("SELECT thanosql.delete_model('bench_image_memory', true)")
-        for t in tables.values():
-            conn.execute(f"DROP TABLE {t}")
+        common.clean_up(conn, "bench_image_memory", *tables.values())
     summary: dict[str, Any] = {}
     for side in runs:
         summary[side] = {}
         for key in ("peak_mib", "peak_anon_mib", "shmem_mib"):
-            small = statistics.median(x[key] for x in runs[side]["N"])
-            large = statistics.median(x[key] for x in runs[side]["10N"])
+            small = common.median_of(runs[side]["N"], key)
+            large = common.median_of(runs[side]["10N"], key)
             summary[side][key] = {"N": small, "10N": large, "growth": (large - small) / small}
     summary["data_mib"] = {k: v / 2**20 for k, v in data_bytes.items()}
     summary["target"] = "project growth < 0.10"
-    report = {
-        "benchmark": "image_memory",
-        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
-        "settings": {**{k: v for k, v in vars(args).items() if k != "out"}, "build_options": OPTIONS},
-        "runs": runs,
-        "median": summary,
-    }
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out}")
+    common.save(args, "image_memory", runs, summary,
+                run_settings={**common.settings(args), "build_options": OPTIONS})
     return 0
 
 

@@ -21,91 +21,43 @@ Runs alternate ``--repeats`` times; medians of rows/s and their ratio
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import common
+
 MODEL = "bench_image_predict"
-
-
-def cluster_status() -> dict[str, Any]:
-    exe = Path(sys.executable).parent / "thanosql"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "thanosql_pg.cli"]
-    out = subprocess.run([*cmd, "status", "--json"], capture_output=True, text=True, cwd=ROOT, check=False)
-    info = json.loads(out.stdout or "{}")
-    if not info.get("server_running"):
-        sys.exit("the embedded cluster is not running: .venv/bin/thanosql start")
-    return info
+TABLE = "bench_image_predict"
+OUT_PROJECT, OUT_BASELINE = "bench_predict_project", "bench_predict_baseline"
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__, "image_predict")
     p.add_argument("--algorithm", default="ConvNeXt_Tiny")
     p.add_argument("--rows", type=int, default=1797, help="images to classify (digits, repeated if > 1797)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="baseline DataLoader workers")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "image_predict.json")
+    common.add_client_args(p, batch_size=64)
     return p.parse_args()
 
 
-class Client:
+def classifier(options: dict[str, Any], labels: list[Any]) -> Any:
+    import timm
+
+    return timm.create_model(options["arch"], num_classes=len(labels))
+
+
+class Client(common.ImageClient):
     """The baseline: everything a client program does around the same model."""
 
     def __init__(self, conn: Any, workers: int, batch_size: int) -> None:
-        import timm
-        import torch
-        from safetensors.torch import load
-
-        rec = conn.execute("SELECT id, options, labels FROM thanosql.models WHERE name = %s",
-                           [MODEL]).fetchone()
-        payload = b"".join(bytes(r[0]) for r in conn.execute(
-            "SELECT data FROM thanosql.model_chunks WHERE model_id = %s ORDER BY seq", [rec[0]]))
-        self.options, self.labels = rec[1], rec[2]
-        torch.set_num_threads(os.cpu_count() or 1)
-        self.net = timm.create_model(self.options["arch"], num_classes=len(self.labels))
-        self.net.load_state_dict(load(payload))
-        self.net = self.net.to(memory_format=torch.channels_last).eval()
-        self.workers, self.batch_size = workers, batch_size
+        super().__init__(conn, MODEL, classifier, workers, batch_size)
 
     def run(self, conn: Any, table: str, out_table: str) -> int:
-        import numpy as np
         import torch
-        from PIL import Image
-        from torch.utils.data import DataLoader, Dataset
 
-        size = int(self.options["input_size"])
-        mean = torch.tensor(self.options["mean"]).view(1, 3, 1, 1)
-        std = torch.tensor(self.options["std"]).view(1, 3, 1, 1)
         rows = conn.execute(f"SELECT id, path FROM {table}").fetchall()
-
-        class Files(Dataset):
-            def __len__(self) -> int:
-                return len(rows)
-
-            def __getitem__(self, i: int) -> Any:
-                with Image.open(rows[i][1]) as img:
-                    img = img.convert("RGB")
-                    w, h = img.size
-                    s = min(w, h)
-                    box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
-                    return torch.from_numpy(np.array(img.resize((size, size), Image.BILINEAR, box=box)))
-
-        loader = DataLoader(Files(), batch_size=self.batch_size, num_workers=self.workers)
         preds: list[str] = []
         with torch.inference_mode():
-            for x in loader:
-                x = (x.permute(0, 3, 1, 2).float() / 255 - mean) / std
+            for x in self.batches([r[1] for r in rows]):
                 preds += [self.labels[k] for k in self.net(x).argmax(1).tolist()]
         conn.execute(f"DROP TABLE IF EXISTS {out_table}")
         conn.execute(f"CREATE TABLE {out_table} (id integer, path text, predict_result text)")
@@ -115,62 +67,50 @@ class Client:
         return len(rows)
 
 
+def set_up(conn: Any, args: argparse.Namespace, rows: common.Rows) -> None:
+    """The table of digits, and the model trained one epoch on 320 of them."""
+    from thanosql_pg import datasets
+
+    datasets.load_table(conn, TABLE, rows)
+    common.build_model(conn, MODEL, args.algorithm,
+                       {"image_col": "path", "label_col": "label", "epochs": 1, "batch_size": 32,
+                        "input_size": args.input_size, "pretrained": False, "overwrite": True},
+                       f"SELECT path, label FROM {TABLE} LIMIT 320")
+
+
+def measure(conn: Any, args: argparse.Namespace) -> tuple[dict[str, list[float]], int]:
+    """Rows/s of each side, alternating; and how many rows both sides label alike."""
+    from thanosql_pg.preprocessor import rewrite
+
+    predict = rewrite(f"PREDICT USING {MODEL} OPTIONS (image_col='path', batch_size={args.batch_size},"
+                      f" table_name='{OUT_PROJECT}') AS SELECT id, path FROM {TABLE}")
+    conn.execute(predict)  # warm-up: the model is now cached in this session
+    client = Client(conn, args.workers, args.batch_size)
+
+    def project() -> float:
+        return common.per_second(lambda: conn.execute(predict).fetchone()[1])
+
+    def baseline() -> float:
+        return common.per_second(lambda: client.run(conn, TABLE, OUT_BASELINE))
+
+    results = common.alternate(args.repeats, project, baseline, "rows/s")
+    same = conn.execute(f"SELECT count(*) FROM {OUT_PROJECT} p JOIN {OUT_BASELINE} b"
+                        " USING (id) WHERE p.predict_result = b.predict_result").fetchone()[0]
+    return results, same
+
+
 def main() -> int:
     args = parse_args()
     import psycopg
 
-    from thanosql_pg import datasets
-    from thanosql_pg.preprocessor import rewrite
-
-    info = cluster_status()
-    rows = datasets.write_digits(Path(info["files_dir"]) / "digits")
-    rows = [{**rows[i % len(rows)], "id": i} for i in range(args.rows)]
-    predict = rewrite(f"PREDICT USING {MODEL} OPTIONS (image_col='path', batch_size={args.batch_size},"
-                      " table_name='bench_predict_project') AS SELECT id, path FROM bench_image_predict")
-    results: dict[str, list[float]] = {"project": [], "baseline": []}
+    info = common.cluster_status()
     with psycopg.connect(info["server"], autocommit=True) as conn:
-        datasets.load_table(conn, "bench_image_predict", rows)
-        conn.execute("SELECT * FROM thanosql.build_model(%s, %s, %s, %s)", [
-            MODEL, args.algorithm,
-            json.dumps({"image_col": "path", "label_col": "label", "epochs": 1, "batch_size": 32,
-                        "input_size": args.input_size, "pretrained": False, "overwrite": True}),
-            "SELECT path, label FROM bench_image_predict LIMIT 320"]).fetchall()
-        conn.execute(predict)  # warm-up: the model is now cached in this session
-        client = Client(conn, args.workers, args.batch_size)
-        for r in range(args.repeats):
-            start = time.perf_counter()
-            n = conn.execute(predict).fetchone()[1]
-            project = n / (time.perf_counter() - start)
-            start = time.perf_counter()
-            n = client.run(conn, "bench_image_predict", "bench_predict_baseline")
-            baseline = n / (time.perf_counter() - start)
-            results["project"].append(project)
-            results["baseline"].append(baseline)
-            print(f"run {r + 1}: project {project:.1f} rows/s, baseline {baseline:.1f} rows/s", flush=True)
-        same = conn.execute("SELECT count(*) FROM bench_predict_project p JOIN bench_predict_baseline b"
-                            " USING (id) WHERE p.predict_result = b.predict_result").fetchone()[0]
-        for t in ("bench_predict_project", "bench_predict_baseline", "bench_image_predict"):
-            conn.execute(f"DROP TABLE {t}")
-        conn.execute("SELECT thanosql.delete_model(%s)", [MODEL])
-    summary = {
-        "project_rows_per_second": statistics.median(results["project"]),
-        "baseline_rows_per_second": statistics.median(results["baseline"]),
-        "agreement": same / args.rows,  # both sides give the same labels
-    }
-    summary["ratio"] = summary["project_rows_per_second"] / summary["baseline_rows_per_second"]
-    summary["target"] = ">= 1.0"
-    report = {
-        "benchmark": "image_predict",
-        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
-        "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "runs": results,
-        "median": summary,
-    }
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out}")
+        set_up(conn, args, common.digit_rows(info["files_dir"], args.rows))
+        results, same = measure(conn, args)
+        common.clean_up(conn, MODEL, OUT_PROJECT, OUT_BASELINE, TABLE)
+    # agreement: both sides give the same labels
+    summary = common.side_by_side(results, "rows_per_second", ">= 1.0", agreement=same / args.rows)
+    common.save(args, "image_predict", results, summary)
     return 0
 
 

@@ -23,36 +23,23 @@ of images/s (end to end, and training loop only) and their ratio
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import common
+
 ALGOS = {"ConvNeXt_Tiny": "convnext_tiny", "ConvNeXt_Base": "convnext_base",
          "EfficientNetV2S": "tf_efficientnetv2_s", "EfficientNetV2M": "tf_efficientnetv2_m"}
 
 
-def cluster_status() -> dict[str, Any]:
-    exe = Path(sys.executable).parent / "thanosql"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "thanosql_pg.cli"]
-    out = subprocess.run([*cmd, "status", "--json"], capture_output=True, text=True, cwd=ROOT, check=False)
-    info = json.loads(out.stdout or "{}")
-    if not info.get("server_running"):
-        sys.exit("the embedded cluster is not running: .venv/bin/thanosql start")
-    return info
-
-
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__, "image_train")
     p.add_argument("--algorithm", default="ConvNeXt_Tiny", choices=sorted(ALGOS))
     p.add_argument("--rows", type=int, default=960, help="training images (digits, repeated if > 1797)")
     p.add_argument("--epochs", type=int, default=1)
@@ -60,7 +47,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="baseline DataLoader workers")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "image_train.json")
     p.add_argument("--baseline-run", type=Path, help=argparse.SUPPRESS)  # internal: one baseline run
     return p.parse_args()
 
@@ -132,11 +118,10 @@ def main() -> int:
 
     from thanosql_pg import datasets
 
-    info = cluster_status()
-    files = Path(info["files_dir"]) / "digits"
-    rows = datasets.write_digits(files)  # 32x32 PNGs, readable by the server
-    rows = [rows[i % len(rows)] for i in range(args.rows)]
-    spec_file = ROOT / "bench" / "results" / ".image_train_rows.json"
+    info = common.cluster_status()
+    # 32x32 PNGs, readable by the server
+    rows = common.digit_rows(info["files_dir"], args.rows)
+    spec_file = common.RESULTS / ".image_train_rows.json"
     spec_file.parent.mkdir(parents=True, exist_ok=True)
     spec_file.write_text(json.dumps({"paths": [r["path"] for r in rows],
                                      "labels": [str(r["label"]) for r in rows]}))
@@ -147,15 +132,13 @@ def main() -> int:
     with psycopg.connect(info["server"], autocommit=True) as conn:
         datasets.load_table(conn, "bench_image_train", rows)
         # warm-up: imports torch/timm in this backend, as a long-lived session would have
-        conn.execute("SELECT * FROM thanosql.build_model('bench_image_train', %s, %s,"
-                     " 'SELECT path, label FROM bench_image_train LIMIT 64')",
-                     [args.algorithm, json.dumps({**opts, "epochs": 1})]).fetchall()
+        common.build_model(conn, "bench_image_train", args.algorithm, {**opts, "epochs": 1},
+                           "SELECT path, label FROM bench_image_train LIMIT 64")
         for r in range(args.repeats):
-            start = time.perf_counter()
-            row = conn.execute("SELECT metrics FROM thanosql.build_model('bench_image_train', %s, %s,"
-                               " 'SELECT path, label FROM bench_image_train')",
-                               [args.algorithm, json.dumps(opts)]).fetchone()
-            seconds = time.perf_counter() - start
+            row, seconds = common.timed(lambda: conn.execute(
+                "SELECT metrics FROM thanosql.build_model('bench_image_train', %s, %s,"
+                " 'SELECT path, label FROM bench_image_train')",
+                [args.algorithm, json.dumps(opts)]).fetchone())
             project = {"seconds": seconds, "images_per_second": n_images / seconds,
                        "train_images_per_second": row[0]["images_per_second"]}
             results["project"].append(project)
@@ -172,12 +155,11 @@ def main() -> int:
                   f" ({project['train_images_per_second']:.1f} training), baseline"
                   f" {baseline['images_per_second']:.1f} ({baseline['train_images_per_second']:.1f})",
                   flush=True)
-        conn.execute("SELECT thanosql.delete_model('bench_image_train', true)")
-        conn.execute("DROP TABLE bench_image_train")
+        common.clean_up(conn, "bench_image_train", "bench_image_train")
     spec_file.unlink()
 
     def median(side: str, key: str) -> float:
-        return statistics.median(x[key] for x in results[side])
+        return common.median_of(results[side], key)
 
     summary = {
         "project_images_per_second": median("project", "images_per_second"),
@@ -189,18 +171,8 @@ def main() -> int:
     summary["train_loop_ratio"] = (summary["project_train_images_per_second"]
                                    / summary["baseline_train_images_per_second"])
     summary["target"] = ">= 0.9"
-    report = {
-        "benchmark": "image_train",
-        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "baseline_run")},
-        "runs": results,
-        "median": summary,
-    }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out}")
+    common.save(args, "image_train", results, summary,
+                run_settings=common.settings(args, skip=("out", "baseline_run")))
     return 0
 
 

@@ -13,21 +13,15 @@ whatever else the machine was doing.
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
+import common
 import pglast
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from thanosql_pg.preprocessor import rewrite_for_wire  # noqa: E402
+from thanosql_pg.preprocessor import rewrite_for_wire
 
 STATEMENTS: dict[str, str] = {
     "plain: pgbench SELECT (fast path)": "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
@@ -111,12 +105,11 @@ def measure(sql: str, iterations: int, overhead: int) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = common.parser(__doc__.splitlines()[0], "rewrite_latency")
     ap.add_argument("--iterations", type=int, default=5000, help="timed calls per ThanoSQL statement")
     ap.add_argument(
         "--plain-iterations", type=int, default=100000, help="timed calls per plain SQL statement"
     )
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "rewrite_latency.json")
     args = ap.parse_args()
 
     for name, sql in STATEMENTS.items():  # every statement must rewrite cleanly
@@ -144,9 +137,7 @@ def main() -> int:
         "processor": platform.processor() or platform.machine(),
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    common.write_report(args.out, report)
     return 0
 
 

@@ -40,56 +40,30 @@ minutes in all.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import common
+
 DB = "thanosql_search_bench"
 MODEL = "bench_search"
 DIM = 128
 
 
-def cluster_status() -> dict[str, Any]:
-    exe = Path(sys.executable).parent / "thanosql"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "thanosql_pg.cli"]
-    out = subprocess.run([*cmd, "status", "--json"], capture_output=True, text=True, cwd=ROOT, check=False)
-    info = json.loads(out.stdout or "{}")
-    if not info.get("server_running"):
-        sys.exit("the embedded cluster is not running: .venv/bin/thanosql start")
-    return info
-
-
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__, "search_latency")
     p.add_argument("--rows", type=int, default=1_000_000, help="stored vectors")
     p.add_argument("--queries", type=int, default=200, help="SEARCH IMAGE statements per HNSW setting")
     p.add_argument("--exact-queries", type=int, default=30, help="of those, also run without the index")
     p.add_argument("--build-memory", default="4GB", help="maintenance_work_mem for the HNSW build")
     p.add_argument("--rebuild", action="store_true", help="regenerate the vectors and the index")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "search_latency.json")
     return p.parse_args()
-
-
-def percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
-
-
-def timing(values: list[float]) -> dict[str, float]:
-    ms = [v * 1000 for v in values]
-    return {"p50_ms": round(statistics.median(ms), 3), "p99_ms": round(percentile(ms, 99), 3),
-            "mean_ms": round(statistics.fmean(ms), 3), "n": len(ms)}
 
 
 def ensure_database(info: dict[str, Any]) -> str:
@@ -112,11 +86,10 @@ def build_model(conn: Any, files_dir: Path) -> list[dict[str, Any]]:
     rows = datasets.write_digits(files_dir / "digits")
     datasets.load_table(conn, "digits", rows)
     if not conn.execute("SELECT 1 FROM thanosql.models WHERE name = %s", [MODEL]).fetchone():
-        start = time.perf_counter()
-        conn.execute("SELECT * FROM thanosql.build_model(%s, 'SimCLR', %s, 'SELECT path FROM digits')", [
-            MODEL, json.dumps({"image_col": "path", "epochs": 1, "batch_size": 64, "input_size": 32,
-                               "learning_rate": 0.001})])
-        print(f"BUILD MODEL {MODEL}: {time.perf_counter() - start:.0f} s", flush=True)
+        _, seconds = common.timed(lambda: common.build_model(
+            conn, MODEL, "SimCLR", {"image_col": "path", "epochs": 1, "batch_size": 64, "input_size": 32,
+                                    "learning_rate": 0.001}, "SELECT path FROM digits"))
+        print(f"BUILD MODEL {MODEL}: {seconds:.0f} s", flush=True)
     conn.execute("SELECT * FROM thanosql.convert(%s, %s, 'SELECT * FROM digits', 'digits')",
                  [MODEL, json.dumps({"image_col": "path", "result_col": "emb", "create_index": False})])
     return rows
@@ -160,9 +133,8 @@ def build_index(conn: Any, memory: str) -> float:
     conn.execute(f"SET maintenance_work_mem = '{memory}'")
     conn.execute("SET max_parallel_maintenance_workers = 1")  # leader + 1 worker on two cores
     conn.execute("DROP INDEX IF EXISTS vectors_emb_idx")
-    start = time.perf_counter()
-    conn.execute("CREATE INDEX vectors_emb_idx ON vectors USING hnsw (emb vector_cosine_ops)")
-    took = time.perf_counter() - start
+    _, took = common.timed(
+        lambda: conn.execute("CREATE INDEX vectors_emb_idx ON vectors USING hnsw (emb vector_cosine_ops)"))
     conn.execute("RESET maintenance_work_mem")
     print(f"HNSW index built in {took:.0f} s", flush=True)
     return took
@@ -174,7 +146,7 @@ def main() -> int:
 
     from thanosql_pg.preprocessor import rewrite
 
-    info = cluster_status()
+    info = common.cluster_status()
     dsn = ensure_database(info)
     setup: dict[str, Any] = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -205,15 +177,19 @@ def main() -> int:
                            " emb_col='emb', top_k=10) AS SELECT id, emb FROM vectors")
 
         def run(sql: str) -> tuple[float, list[int]]:
-            start = time.perf_counter()
-            rows = conn.execute(sql).fetchall()
-            return time.perf_counter() - start, [r[0] for r in rows]
+            rows, seconds = common.timed(lambda: conn.execute(sql).fetchall())
+            return seconds, [r[0] for r in rows]
+
+        embed_sql = "SELECT thanosql.embed_query(%s, %s)"
+        opts = {"search_by": "image", "emb_col": "emb"}
+
+        def embed(path: str) -> float:
+            params = [MODEL, json.dumps({**opts, "search_input": path})]
+            return common.timed(lambda: conn.execute(embed_sql, params).fetchone())[1]
 
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + search_sql(paths[0])).fetchall())
         assert "Index Scan using vectors_emb_idx" in plan, plan
-        embed_sql = "SELECT thanosql.embed_query(%s, %s)"
-        opts = {"search_by": "image", "emb_col": "emb"}
-        conn.execute(embed_sql, [MODEL, json.dumps({**opts, "search_input": paths[0]})])  # loads the model
+        embed(paths[0])  # loads the model
         run(search_sql(paths[0]))  # warms the index pages
         # Each query in turn through every variant, so that load from other processes on the
         # machine falls on all of them alike.
@@ -221,9 +197,7 @@ def main() -> int:
                                          "hnsw_ef_search_40": [], "hnsw_ef_search_100": []}
         recalls: dict[str, list[float]] = {"hnsw_ef_search_40": [], "hnsw_ef_search_100": []}
         for i, p in enumerate(paths):
-            start = time.perf_counter()
-            conn.execute(embed_sql, [MODEL, json.dumps({**opts, "search_input": p})]).fetchone()
-            times["embed_query_only"].append(time.perf_counter() - start)
+            times["embed_query_only"].append(embed(p))
             exact = None
             if i < args.exact_queries:
                 conn.execute("SET enable_indexscan = off")
@@ -237,7 +211,7 @@ def main() -> int:
                 if exact is not None:
                     recalls[f"hnsw_ef_search_{ef}"].append(len(set(ids) & set(exact)) / 10)
             conn.execute("RESET hnsw.ef_search")
-        results: dict[str, Any] = {k: timing(v) for k, v in times.items()}
+        results: dict[str, Any] = {k: common.latency(v) for k, v in times.items()}
         for k, v in recalls.items():
             results[k]["recall_at_10"] = round(statistics.fmean(v), 4)
         for k, v in results.items():
@@ -253,19 +227,9 @@ def main() -> int:
         "embed_query_p50_ms": results["embed_query_only"]["p50_ms"],
         "hnsw_build_seconds": setup.get("hnsw_build_seconds"),
     }
-    report = {
-        "benchmark": "search_latency",
-        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
-        "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "setup": setup,
-        "results": results,
-        "median": summary,
-    }
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out}")
+    report = common.report("search_latency", common.machine(), settings=common.settings(args),
+                           setup=setup, results=results, median=summary)
+    common.write_report(args.out, report, summary)
     return 0
 
 

@@ -27,18 +27,12 @@ training recordings, for comparison). Results go to bench/results/speech_cer.jso
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import common
 
 LANGUAGES: dict[str, dict[str, Any]] = {
     "en": {"algorithm": "Wav2Vec2En", "voices": ["en", "en-us", "en+m3", "en+f3"], "test_voice": "en-us+f2",
@@ -48,18 +42,8 @@ LANGUAGES: dict[str, dict[str, Any]] = {
 }
 
 
-def cluster_status() -> dict[str, Any]:
-    exe = Path(sys.executable).parent / "thanosql"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "thanosql_pg.cli"]
-    out = subprocess.run([*cmd, "status", "--json"], capture_output=True, text=True, cwd=ROOT, check=False)
-    info = json.loads(out.stdout or "{}")
-    if not info.get("server_running"):
-        sys.exit("the embedded cluster is not running: .venv/bin/thanosql start")
-    return info
-
-
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__, "speech_cer")
     p.add_argument("--language", nargs="+", choices=sorted(LANGUAGES), default=["en", "ko"])
     p.add_argument("--start", choices=["scratch", "tiny", "pretrained"], default="scratch")
     p.add_argument("--epochs", type=int, default=10)
@@ -67,7 +51,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, default=2e-3)
     p.add_argument("--train-speeds", type=int, nargs="+", default=[130, 170])
     p.add_argument("--test-speed", type=int, default=150)
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speech_cer.json")
     return p.parse_args()
 
 
@@ -94,13 +77,12 @@ def run(conn: Any, language: str, args: argparse.Namespace, files: Path) -> dict
     notices: list[str] = []
     conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
     conn.execute("SET thanosql.progress_interval = 30")
-    start = time.monotonic()
-    built = conn.execute(rewrite(
+    build = rewrite(
         f"BUILD MODEL {model} USING {spec['algorithm']} OPTIONS (audio_col='audio_path', text_col='text',"
         f" {start_opts}, epochs={args.epochs}, batch_size={args.batch_size},"
         f" learning_rate={args.learning_rate}, overwrite=True)"
-        f" AS SELECT audio_path, text FROM bench_cer_{language}_train")).fetchone()
-    seconds = time.monotonic() - start
+        f" AS SELECT audio_path, text FROM bench_cer_{language}_train")
+    built, seconds = common.timed(lambda: conn.execute(build).fetchone())
     for n in notices:
         print(f"  {n}", flush=True)
     held_out = dict(conn.execute(rewrite(
@@ -112,9 +94,7 @@ def run(conn: Any, language: str, args: argparse.Namespace, files: Path) -> dict
     examples = conn.execute(rewrite(
         f"PREDICT USING {model} OPTIONS (audio_col='audio_path')"
         f" AS SELECT text, audio_path FROM bench_cer_{language}_test ORDER BY id")).fetchall()
-    conn.execute(f"SELECT thanosql.delete_model('{model}')")
-    for suffix in ("train", "test"):
-        conn.execute(f"DROP TABLE bench_cer_{language}_{suffix}")
+    common.clean_up(conn, model, f"bench_cer_{language}_train", f"bench_cer_{language}_test")
     audio = sum(len(r["audio"]) for r in train) / 2 / 22050  # 16-bit mono at 22,050 Hz
     result = {
         "algorithm": spec["algorithm"],
@@ -136,21 +116,16 @@ def main() -> int:
     args = parse_args()
     import psycopg
 
-    info = cluster_status()
+    info = common.cluster_status()
     results = {}
     with psycopg.connect(info["server"], autocommit=True) as conn:
         for language in args.language:
             results[f"{language}_{args.start}"] = run(conn, language, args, Path(info["files_dir"]))
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
-    report = {
-        "benchmark": "speech_cer",
-        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "python": platform.python_version(), "device": "cpu"},
-        "languages": {**previous.get("languages", {}), **results},
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    # languages not run this time keep their earlier results
+    report = common.report("speech_cer", common.machine(device="cpu"),
+                           languages={**previous.get("languages", {}), **results})
+    common.write_report(args.out, report)
     return 0
 
 

@@ -35,19 +35,14 @@ bench/results/speech_throughput.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import common
+
 MODEL = "bench_speech_throughput"
 TABLE = "bench_speech_files"
 TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "|", "'", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
@@ -58,23 +53,12 @@ ARCHS: dict[str, dict[str, Any]] = {
 }
 
 
-def cluster_status() -> dict[str, Any]:
-    exe = Path(sys.executable).parent / "thanosql"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "thanosql_pg.cli"]
-    out = subprocess.run([*cmd, "status", "--json"], capture_output=True, text=True, cwd=ROOT, check=False)
-    info = json.loads(out.stdout or "{}")
-    if not info.get("server_running"):
-        sys.exit("the embedded cluster is not running: .venv/bin/thanosql start")
-    return info
-
-
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__, "speech_throughput")
     p.add_argument("--files", type=int, default=24, help="recordings to transcribe (sentences x voices)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--arch", choices=sorted(ARCHS), default="base")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speech_throughput.json")
     return p.parse_args()
 
 
@@ -111,9 +95,7 @@ class Script:
         from safetensors.torch import load
         from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Processor
 
-        model_id = conn.execute("SELECT id FROM thanosql.models WHERE name = %s", [MODEL]).fetchone()[0]
-        payload = b"".join(bytes(r[0]) for r in conn.execute(
-            "SELECT data FROM thanosql.model_chunks WHERE model_id = %s ORDER BY seq", [model_id]))
+        _, payload = common.fetch_model(conn, MODEL)
         header = json.loads(payload[8:8 + int.from_bytes(payload[:8], "little")])
         torch.set_num_threads(os.cpu_count() or 1)
         config = Wav2Vec2Config.from_dict(json.loads(header["__metadata__"]["config"]))
@@ -162,7 +144,7 @@ def main() -> int:
     from thanosql_pg import datasets
     from thanosql_pg.preprocessor import rewrite
 
-    info = cluster_status()
+    info = common.cluster_status()
     speech_dir = Path(info["files_dir"]) / "speech"
     voices = ["en", "en-us", "en+f3", "en+m3"]
     texts = datasets.ENGLISH_SENTENCES
@@ -173,7 +155,6 @@ def main() -> int:
     checkpoint = write_checkpoint(speech_dir / f"bench_wav2vec2_{args.arch}", args.arch)
     predict = rewrite(f"PREDICT USING {MODEL} OPTIONS (audio_col='audio_path', batch_size={args.batch_size})"
                       f" AS SELECT id, audio_path FROM {TABLE} ORDER BY id")
-    results: dict[str, list[float]] = {"project": [], "baseline": []}
     with psycopg.connect(info["server"], autocommit=True) as conn:
         datasets.load_speech_table(conn, TABLE, rows)
         conn.execute(rewrite(
@@ -183,39 +164,25 @@ def main() -> int:
         conn.execute(predict).fetchall()  # warm-up: the model is now cached in this session
         script = Script(conn, checkpoint, args.batch_size)
         script.run(paths[:args.batch_size])  # warm-up
-        project_out: list[str] = []
-        baseline_out: list[str] = []
-        for r in range(args.repeats):
-            start = time.perf_counter()
-            project_out = [row[2] for row in conn.execute(predict).fetchall()]
-            project = audio_seconds / (time.perf_counter() - start)
-            start = time.perf_counter()
-            baseline_out = script.run(paths)
-            baseline = audio_seconds / (time.perf_counter() - start)
-            results["project"].append(project)
-            results["baseline"].append(baseline)
-            print(f"run {r + 1}: project {project:.2f} s of audio/s, baseline {baseline:.2f} s of audio/s",
-                  flush=True)
-        same = sum(_plain(a) == _plain(b) for a, b in zip(project_out, baseline_out, strict=True))
-        conn.execute(f"SELECT thanosql.delete_model('{MODEL}')")
-        conn.execute(f"DROP TABLE {TABLE}")
-    med = {k: statistics.median(v) for k, v in results.items()}
-    report = {
-        "benchmark": "speech_throughput",
-        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "python": platform.python_version(), "device": "cpu"},
-        "settings": {"files": len(paths), "audio_seconds": round(audio_seconds, 2),
-                     "batch_size": args.batch_size, "repeats": args.repeats, "arch": args.arch},
-        "runs": results,
-        "median": {"project_audio_seconds_per_second": med["project"],
-                   "baseline_audio_seconds_per_second": med["baseline"],
-                   "agreement": same / len(paths), "ratio": med["project"] / med["baseline"],
-                   "target": ">= 1.0"},
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["median"], indent=2))
+        outputs: dict[str, list[str]] = {}
+
+        def project() -> float:
+            outputs["project"], seconds = common.timed(
+                lambda: [row[2] for row in conn.execute(predict).fetchall()])
+            return audio_seconds / seconds
+
+        def baseline() -> float:
+            outputs["baseline"], seconds = common.timed(lambda: script.run(paths))
+            return audio_seconds / seconds
+
+        results = common.alternate(args.repeats, project, baseline, "s of audio/s", precision=2)
+        pairs = zip(outputs["project"], outputs["baseline"], strict=True)
+        same = sum(_plain(a) == _plain(b) for a, b in pairs)
+        common.clean_up(conn, MODEL, TABLE)
+    summary = common.side_by_side(results, "audio_seconds_per_second", ">= 1.0", agreement=same / len(paths))
+    common.save(args, "speech_throughput", results, summary, machine_info=common.machine(device="cpu"),
+                run_settings={"files": len(paths), "audio_seconds": round(audio_seconds, 2),
+                              "batch_size": args.batch_size, "repeats": args.repeats, "arch": args.arch})
     return 0
 
 

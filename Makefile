@@ -61,7 +61,7 @@ lint: $(DATA_built)
 	@for f in $(DATA_built); do \
 		printf 'CREATE SCHEMA thanosql;\n' | cat - $$f | grep -v '^\\echo' > build/pgspot-input.sql; \
 		echo "pgspot $$f"; \
-		.venv/bin/pgspot --ignore-lang plpython3u build/pgspot-input.sql | tee build/pgspot.out; \
+		.venv-lint/bin/pgspot --ignore-lang plpython3u build/pgspot-input.sql | tee build/pgspot.out; \
 		grep -q 'Errors: 0 Warnings: 0 Unknown: 0' build/pgspot.out || exit 1; \
 	done
 

@@ -11,7 +11,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   $PY -m venv "$VENV"
 fi
 stamp="$VENV/.thanosql-installed"
-want=$(cat requirements.txt setup.py thanosql_pg/__init__.py | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-lint.txt setup.py thanosql_pg/__init__.py | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "install-venv: up to date"
   exit 0
@@ -19,5 +19,9 @@ fi
 "$VENV/bin/pip" install -q --upgrade pip
 "$VENV/bin/pip" install -q -r requirements.txt
 "$VENV/bin/pip" install -q --no-deps -e .
+# pgspot (make lint) pins an older pglast than thanosql_pg needs: it gets its own venv.
+LINT_VENV=${THANOSQL_LINT_VENV:-.venv-lint}
+[ -x "$LINT_VENV/bin/python" ] || $PY -m venv "$LINT_VENV"
+"$LINT_VENV/bin/pip" install -q -r requirements-lint.txt
 echo "$want" > "$stamp"
-echo "install-venv: installed into $VENV"
+echo "install-venv: installed into $VENV (and pgspot into $LINT_VENV)"

@@ -614,6 +614,14 @@ PLAIN = [
     "SELECT E'\\x00' AS model",
     # Not valid with standard_conforming_strings=on, but maybe with it off: the server decides.
     "SELECT 'it\\'s'; PREDICT USING m AS SELECT 1",
+    # Dollar-quote tags are compared as PostgreSQL compares them, non-ASCII letters included
+    # (issue 9, finding 7: an ASCII stand-in for "ä" made $ä$ ... $x$ one quote).
+    "SELECT $ä$ $x$; LIST MODELS; SELECT $x$ $ä$",
+    "SELECT $é$ $ä$; PREDICT USING m AS SELECT 1; $é$",
+    "SELECT 1 AS \"ä\"\"; LIST MODELS; --\"",
+    "/* ä /* ; */ LIST MODELS; */ SELECT 1",
+    "SELECT U&'\\00e4; LIST MODELS'",
+    "SELECT 'a'\n'; LIST MODELS'",
 ]
 
 
@@ -622,6 +630,25 @@ def test_plain_sql_is_untouched(sql: str) -> None:
     assert rewrite(sql) is sql
     assert rewrite_for_wire(sql) is None
     assert parse(sql) == []
+
+
+# The session's standard_conforming_strings decides where '...' ends: SQL -> what a rewrite
+# finds with it on, and with it off (None: plain SQL, left alone).
+SCS: list[tuple[str, str | None, str | None]] = [
+    ("SELECT 'it\\'s; LIST MODELS; --'", "SELECT 'it\\'s; " + LIST_SQL + "; --'", None),
+    ("SELECT 'a\\\\'; LIST MODELS", "SELECT 'a\\\\'; " + LIST_SQL, "SELECT 'a\\\\'; " + LIST_SQL),
+    ("SELECT E'\\''; LIST MODELS", "SELECT E'\\''; " + LIST_SQL, "SELECT E'\\''; " + LIST_SQL),
+    ("SELECT '\\'; LIST MODELS; ' '", "SELECT '\\'; " + LIST_SQL + "; ' '", None),
+    ("SELECT x$a$; LIST MODELS; $a$$a$", "SELECT x$a$; " + LIST_SQL + "; $a$$a$",
+     "SELECT x$a$; " + LIST_SQL + "; $a$$a$"),  # x$a$ is a name, not a dollar quote
+]
+
+
+@pytest.mark.parametrize(("sql", "on", "off"), SCS)
+def test_standard_conforming_strings(sql: str, on: str | None, off: str | None) -> None:
+    for scs, expected in ((True, on), (False, off)):
+        assert rewrite_for_wire(sql, standard_conforming_strings=scs) == expected
+        assert rewrite(sql, standard_conforming_strings=scs) == (sql if expected is None else expected)
 
 
 # --- errors: SQLSTATE and position ------------------------------------------------------
@@ -1098,7 +1125,7 @@ def test_wire_rewrite_keeps_parameters_of_inline_queries() -> None:
 def test_wire_internal_error_becomes_an_error_statement(monkeypatch: pytest.MonkeyPatch) -> None:
     from thanosql_pg.preprocessor import rewriter
 
-    def broken(sql: str) -> list[ast.Statement]:
+    def broken(sql: str, **settings: bool) -> list[ast.Statement]:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(rewriter, "parse", broken)

@@ -19,6 +19,7 @@ from psycopg import errors
 
 from .conftest import Sentinel
 
+
 def hijack_operators(conn: psycopg.Connection, schema: str) -> None:
     """Finding 1: operators that say "equal" to everything, first on the search_path."""
     conn.execute(f'CREATE SCHEMA "{schema}"')

@@ -6,6 +6,11 @@
 - :func:`parse` returns the ThanoSQL statements as ``ast`` nodes.
 - :func:`split_statements` splits a text at top-level ``;``.
 
+Each takes ``standard_conforming_strings`` (keyword, default True): the setting of
+the session the text is for, which decides where ``'...'`` constants end. Text is
+read exactly as PostgreSQL 15 reads it (lexer.py); a parse tree is only built where
+its depth is bounded (sqltree.py).
+
 No database and no ML stack are needed here.
 """
 

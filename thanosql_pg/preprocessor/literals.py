@@ -54,104 +54,193 @@ def quote_ident_if_needed(name: str) -> str:
 
 def dollar_quote(body: str, tag: str = "q") -> str:
     """``$tag$body$tag$`` with a tag chosen so that ``body`` cannot close it early."""
-    candidate = tag
-    n = 0
-    while True:
-        delim = f"${candidate}$"
-        # The lexer closes at the first occurrence of the delimiter; it must be
-        # the one we append (this also catches a body ending in "$q").
-        if (body + delim).find(delim) == len(body):
-            return delim + body + delim
-        n += 1
-        candidate = f"{tag}{n}"
+    # The lexer closes at the first occurrence of the delimiter; it must be the one we
+    # append. ``$tagN$`` fails when the body holds it, or ends in ``$tagN`` (completed by
+    # the appended delimiter's first "$"). Collect every N in use in one linear pass,
+    # then take the first free one: trying candidates one by one, each a search of the
+    # whole body, was quadratic (a body full of $q1$ $q2$ ... took seconds).
+    prefix = re.escape("$" + tag)
+    found = re.findall(prefix + r"([0-9]*)(?=\$)", body)
+    # A trailing "$tagN" holds no other "$", so it can only start at the last one.
+    trailing = re.fullmatch(prefix + r"([0-9]*)", body[body.rfind("$") :]) if "$" in body else None
+    if trailing is not None:
+        found.append(trailing.group(1))
+    # Candidates are $tag$ (N = 0) and $tag1$, $tag2$, ...: never digits with a leading 0,
+    # nor 19 or more of them: N never gets that big, and int() refuses thousands of digits.
+    used = {int(digits) if digits else 0 for digits in found if digits[:1] != "0" and len(digits) < 19}
+    n = min(set(range(len(used) + 1)) - used)
+    delim = f"${tag}{n}$" if n else f"${tag}$"
+    return delim + body + delim
 
 
-# --- decoding the user's literals -------------------------------------------------
+# --- reading the user's string constants ------------------------------------------
+# PostgreSQL 15's scan.l, states xq (standard strings) and xe (backslash escapes): the
+# lexer (lexer.py) finds where a string constant ends with read_string(), which also
+# raises every error PostgreSQL's lexer raises inside one; decode_string() gets values.
 
-_SIMPLE_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
-_OCTAL = re.compile(r"[0-7]{1,3}")
-_HEX = re.compile(r"[0-9A-Fa-f]{1,2}")
+_SIMPLE_ESCAPES = {"b": 8, "f": 12, "n": 10, "r": 13, "t": 9}
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_QUOTE_OR_BACKSLASH = re.compile(r"['\\]")
+# After a closing quote, the constant goes on at the next quote when only whitespace
+# holding a newline lies between, -- comments included ({quotecontinue}; /* */ does not
+# count, nor \v before PostgreSQL 16). Linear: no group can cross the first newline,
+# and a failing match gives back each repetition once.
+CONTINUATION = re.compile(r"(?:[ \t\f]|--[^\n\r]*)*[\n\r](?:[ \t\n\r\f]|--[^\n\r]*[\n\r])*'")
+_ESCAPE_HINT = "Unicode escapes must be \\uXXXX or \\UXXXXXXXX."
 
 
 class LiteralError(ValueError):
-    """A string constant this module cannot decode (the caller adds the position)."""
+    """What PostgreSQL's lexer says about a string constant it rejects: the message as
+    the server words it, ``index`` (0-based, None for none), the SQLSTATE and hint."""
+
+    def __init__(self, message: str, index: int | None, *, sqlstate: str = "42601",
+                 hint: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.index = index
+        self.sqlstate = sqlstate
+        self.hint = hint
+        self.detail = detail
 
 
-def decode_string(text: str) -> str:
-    """The value of an SCONST token's text.
+def lexer_error(message: str, text: str, index: int, end: int) -> LiteralError:
+    """scan.l's yyerror(): ``message at or near "text[index:end]"``, or ``at end of input``."""
+    if index >= len(text):
+        return LiteralError(f"{message} at end of input", index)
+    return LiteralError(f'{message} at or near "{text[index:end]}"', index)
 
-    Handles ``'...'`` with ``''`` doubling, ``E'...'`` with backslash escapes,
-    adjacent literals continued across a newline (``'a'\\n'b'``) and dollar
-    quotes. The scanner has already checked the token, so the text is well formed.
-    """
+
+def read_string(text: str, start: int, quote: int, *, escapes: bool, out: bytearray | None = None) -> int:
+    """The index just past the string constant whose first quote is ``text[quote]``
+    (``start``: where its token starts, prefix included), continuations included, as
+    scan.l reads it: ``''`` is a quote; with ``escapes`` (E'', or '' when
+    standard_conforming_strings is off) backslash escapes too. Appends the value's
+    UTF-8 bytes to ``out`` when given. Raises LiteralError where PostgreSQL does."""
+    n = len(text)
+    pos = quote + 1
+    buf = out if out is not None or not escapes else bytearray()
+    check_bytes = False  # PostgreSQL's saw_non_ascii: an escape made a NUL or a high byte
+    while True:
+        if escapes:
+            m = _QUOTE_OR_BACKSLASH.search(text, pos)
+            j = m.start() if m is not None else -1
+        else:
+            j = text.find("'", pos)
+        if j < 0:
+            raise lexer_error("unterminated quoted string", text, start, n)
+        if buf is not None and j > pos:
+            buf += text[pos:j].encode("utf-8", "surrogatepass")
+        if text[j] == "\\":
+            pos, high = _escape(text, j, buf)
+            check_bytes = check_bytes or high
+            continue
+        if j + 1 < n and text[j + 1] == "'":  # {xqdouble}
+            if buf is not None:
+                buf.append(0x27)
+            pos = j + 2
+            continue
+        m = CONTINUATION.match(text, j + 1)
+        if m is None:
+            break
+        pos = m.end()
+    if check_bytes and buf is not None:
+        _verify_utf8(bytes(buf), start)
+    return j + 1
+
+
+def _escape(text: str, i: int, out: bytearray | None) -> tuple[int, bool]:
+    """The escape whose backslash is ``text[i]``: its value appended to ``out``; returns
+    the index after it and whether it made a NUL or non-ASCII byte (to verify later)."""
+    n = len(text)
+    if i + 1 >= n:  # a backslash just before the end: kept, then "unterminated"
+        if out is not None:
+            out.append(0x5C)
+        return i + 1, False
+    c = text[i + 1]
+    if c in _SIMPLE_ESCAPES:
+        if out is not None:
+            out.append(_SIMPLE_ESCAPES[c])
+        return i + 2, False
+    if "0" <= c <= "7":  # {xeoctesc}: up to three octal digits, the low byte kept
+        j = i + 2
+        while j < n and j < i + 4 and "0" <= text[j] <= "7":
+            j += 1
+        value = int(text[i + 1 : j], 8) & 0xFF
+        if out is not None:
+            out.append(value)
+        return j, value == 0 or value >= 0x80
+    if c == "x" and i + 2 < n and text[i + 2] in _HEX_DIGITS:  # {xehexesc}
+        j = i + 3 if i + 3 < n and text[i + 3] in _HEX_DIGITS else i + 2
+        value = int(text[i + 2 : j + 1], 16)
+        if out is not None:
+            out.append(value)
+        return j + 1, value == 0 or value >= 0x80
+    if c in "uU":
+        code, j = _unicode_escape(text, i)
+        if 0xD800 <= code <= 0xDBFF:
+            # The first half of a UTF-16 surrogate pair: the second must follow at once.
+            if not text.startswith(("\\u", "\\U"), j):
+                raise lexer_error("invalid Unicode surrogate pair", text, j, j + 1)
+            low, k = _unicode_escape(text, j)
+            if not 0xDC00 <= low <= 0xDFFF:
+                raise lexer_error("invalid Unicode surrogate pair", text, j, k)
+            code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+            j = k
+        elif 0xDC00 <= code <= 0xDFFF:
+            raise lexer_error("invalid Unicode surrogate pair", text, i, j)
+        elif code == 0 or code > 0x10FFFF:
+            raise lexer_error("invalid Unicode escape value", text, i, j)
+        if out is not None:
+            out += chr(code).encode("utf-8")
+        return j, False
+    # {xeescape}: any other character stands for itself (\' \\ \" ...).
+    if out is not None:
+        out += c.encode("utf-8", "surrogatepass")
+    return i + 2, c >= "\x80"
+
+
+def _unicode_escape(text: str, i: int) -> tuple[int, int]:
+    """``\\uXXXX`` or ``\\UXXXXXXXX`` at ``text[i]``: (code point, index after it)."""
+    width = 4 if text[i + 1] == "u" else 8
+    digits = text[i + 2 : i + 2 + width]
+    if len(digits) != width or not all(d in _HEX_DIGITS for d in digits):  # {xeunicodefail}
+        raise LiteralError("invalid Unicode escape", i, sqlstate="22025", hint=_ESCAPE_HINT)
+    return int(digits, 16), i + 2 + width
+
+
+def _verify_utf8(value: bytes, start: int) -> None:
+    """pg_verifymbstr(): escapes can spell bytes that are no UTF-8 (E'\\xff'), or NUL."""
+    try:
+        value.decode("utf-8")
+        bad = len(value)
+    except UnicodeDecodeError as exc:
+        bad = exc.start
+    nul = value.find(b"\x00", 0, bad)
+    if nul >= 0:
+        bad = nul
+    if bad == len(value):
+        return
+    lead = value[bad]
+    length = 1 if lead < 0x80 else 2 if lead & 0xE0 == 0xC0 else 3 if lead & 0xF0 == 0xE0 else (
+        4 if lead & 0xF8 == 0xF0 else 1)
+    shown = " ".join(f"0x{b:02x}" for b in value[bad : bad + min(length, 8)])
+    # PostgreSQL reports this without a position; the index is where the constant starts.
+    raise LiteralError(f'invalid byte sequence for encoding "UTF8": {shown}', start, sqlstate="22021")
+
+
+def decode_string(text: str, *, standard_conforming_strings: bool = True) -> str:
+    """The value of a string constant token's text (SCONST): ``'...'`` with ``''``
+    doubling (and backslash escapes when ``standard_conforming_strings`` is off),
+    ``E'...'`` with backslash escapes, adjacent constants continued across a newline
+    (``'a'\\n'b'``), and dollar quotes. The lexer has checked the text already."""
     if text.startswith("$"):
         end = text.index("$", 1) + 1
         return text[end : len(text) - end]
     escapes = text[0] in "eE"
-    i = 1 if escapes else 0
-    out = bytearray()  # bytes: E'\\xc3\\xa9' is two escaped bytes of one character
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c != "'":
-            # Between continued segments: whitespace with a newline, maybe a -- comment.
-            if text.startswith("--", i):
-                nl = text.find("\n", i)
-                i = n if nl < 0 else nl + 1
-            else:
-                i += 1
-            continue
-        i += 1  # opening quote of a segment
-        while i < n:
-            c = text[i]
-            if c == "'":
-                if i + 1 < n and text[i + 1] == "'":
-                    out += b"'"
-                    i += 2
-                    continue
-                i += 1
-                break
-            if c == "\\" and escapes:
-                i = _escape(text, i + 1, out)
-                continue
-            out += c.encode("utf-8", "surrogatepass")
-            i += 1
-    try:
-        value = out.decode("utf-8")
-    except UnicodeDecodeError:
-        raise LiteralError("invalid byte sequence for encoding UTF8 in string constant") from None
-    if "\x00" in value:
-        raise LiteralError("invalid null character in string constant")
-    return value
-
-
-def _escape(text: str, i: int, out: bytearray) -> int:
-    """Decode the E'' escape starting at ``text[i]`` (after the backslash)."""
-    c = text[i]
-    if c in _SIMPLE_ESCAPES:
-        out += _SIMPLE_ESCAPES[c].encode()
-        return i + 1
-    m = _OCTAL.match(text, i) if c in "01234567" else _HEX.match(text, i + 1) if c == "x" else None
-    if m is not None:
-        out.append(int(m.group(), 8 if c != "x" else 16) & 0xFF)
-        return m.end()
-    if c in "uU":
-        width = 4 if c == "u" else 8
-        digits = text[i + 1 : i + 1 + width]
-        if len(digits) != width or not all(d in "0123456789abcdefABCDEF" for d in digits):
-            raise LiteralError("invalid Unicode escape")
-        code = int(digits, 16)
-        i += 1 + width
-        if 0xD800 <= code <= 0xDBFF and text.startswith("\\u", i):
-            low = int(text[i + 2 : i + 6], 16)
-            code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
-            i += 6
-        if code == 0 or 0xD800 <= code <= 0xDFFF or code > 0x10FFFF:
-            raise LiteralError("invalid Unicode escape value")
-        out += chr(code).encode("utf-8")
-        return i
-    out += c.encode("utf-8", "surrogatepass")
-    return i + 1
+    quote = 1 if escapes else 0
+    out = bytearray()  # bytes: E'\\xc3\\xa4' is one character in two escaped bytes
+    read_string(text, 0, quote, escapes=escapes or not standard_conforming_strings, out=out)
+    return out.decode("utf-8")
 
 
 def parse_integer(text: str) -> int:

@@ -16,8 +16,8 @@ text given to :func:`parse`, of what it is about.
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from pglast import parser as pg
@@ -29,18 +29,20 @@ from thanosql_pg.preprocessor import ast
 from thanosql_pg.preprocessor.lexer import (
     LexicalError,
     Token,
-    ascii_shadow,
     check_text,
+    lex,
     might_contain_ml,
     tokenize,
+    unshadow_message,
 )
 from thanosql_pg.preprocessor.literals import (
-    LiteralError,
     decode_string,
+    fold_identifier,
     parse_integer,
     parse_number,
     quote_ident_if_needed,
 )
+from thanosql_pg.preprocessor.sqltree import first_statement_kind, load_shallow, parse_json
 
 LPAREN, RPAREN, SEMI, COMMA, EQ, MINUS, PLUS = (
     "ASCII_40",
@@ -91,35 +93,37 @@ _QUERY_KINDS: dict[str, type[ast.QueryStatement]] = {
 }
 
 
-def parse(sql: str) -> list[ast.Statement]:
+def parse(sql: str, *, standard_conforming_strings: bool = True) -> list[ast.Statement]:
     """The outermost ThanoSQL statements in ``sql``, in order (nested ones hang below).
 
+    ``standard_conforming_strings``: the session's setting, which decides whether
+    backslashes escape in ``'...'`` (off) or not (on), and so where strings end.
     Plain SQL yields an empty list. Raises ThanoSQLError with a position on errors.
-    A text the scanner rejects raises only if a ThanoSQL statement starts before
-    the bad spot; otherwise it is plain SQL for the server to judge (it may run
-    with settings the scanner does not know, like standard_conforming_strings=off).
+    A text the lexer rejects raises only if a ThanoSQL statement starts before
+    the bad spot; otherwise it is plain SQL for the server to reject.
     """
     if not might_contain_ml(sql):
         return []
     check_text(sql)
+    scs = standard_conforming_strings
     try:
-        tokens = tokenize(sql)
+        tokens, shadow = lex(sql, standard_conforming_strings=scs)
     except LexicalError as exc:
-        prefix = sql[: exc.index]
+        prefix = sql[: exc.start]
         try:
-            head = tokenize(prefix)
+            head, head_shadow = lex(prefix, standard_conforming_strings=scs)
         except LexicalError:
             raise exc from None
-        if Parser(prefix, head).has_ml_statement():
+        if Parser(prefix, head, head_shadow, scs).has_ml_statement():
             raise
         return []
-    return Parser(sql, tokens).find(0, len(tokens), top=True)
+    return Parser(sql, tokens, shadow, scs).find(0, len(tokens), top=True)
 
 
-def split_statements(sql: str) -> list[str]:
+def split_statements(sql: str, *, standard_conforming_strings: bool = True) -> list[str]:
     """The SQL statements of ``sql`` (split at top-level ``;``), each from its first
     token to its last, comments around them and empty statements left out."""
-    tokens = tokenize(sql)
+    tokens = tokenize(sql, standard_conforming_strings=standard_conforming_strings)
     out: list[str] = []
     first: Token | None = None
     last: Token | None = None
@@ -143,11 +147,15 @@ def split_statements(sql: str) -> list[str]:
 
 
 class Parser:
-    """One text's tokens, with parenthesis matching precomputed."""
+    """One text's tokens, with parenthesis matching precomputed. ``shadow`` is the
+    lexer's same-length ASCII stand-in for ``sql`` (see lexer.py); ``scs`` the
+    session's standard_conforming_strings."""
 
-    def __init__(self, sql: str, tokens: list[Token]) -> None:
+    def __init__(self, sql: str, tokens: list[Token], shadow: str, scs: bool = True) -> None:
         self.sql = sql
         self.tokens = tokens
+        self.shadow = shadow
+        self.scs = scs
         n = len(tokens)
         self.match = [-1] * n  # for "(": the index of its ")"
         self.depth = [0] * n  # open parentheses around each token
@@ -393,10 +401,7 @@ class Parser:
         elif t.name == "SCONST" or (t.name == "NCHAR" and cur.at_punct("SCONST")):
             if t.name == "NCHAR":
                 t = cur.next("a string")
-            try:
-                value = decode_string(t.text)
-            except LiteralError as exc:
-                raise ThanoSQLError(str(exc), sqlstate="22025", position=t.position) from None
+            value = decode_string(t.text, standard_conforming_strings=self.scs)
         elif t.name == "IDENT" and t.word is None:
             value = t.text[1:-1].replace('""', '"')  # "Quoted" value: a string, as written
         elif t.word in ("true", "false"):
@@ -431,26 +436,67 @@ class Parser:
         nested = self.find(lo, hi, top=False)
         start, end = self.tokens[lo].start, self.tokens[hi - 1].end
         text = self.sql[start:end]
-        check = text
+        # pglast checks the lexer's shadow (its literals are filler: scs-proof), with
+        # same-length stand-ins for nested statements: error positions stay valid.
+        check = self.shadow[start:end]
+        inner: list[Token] = []  # the tokens pglast will see, for the depth check
+        pos = lo
         if nested:
-            # Stand-ins of the same length keep pglast's error positions valid.
             parts: list[str] = []
-            pos = start
+            at = start
             for n in nested:
-                parts.append(self.sql[pos : n.start])
+                parts.append(self.shadow[at : n.start])
                 parts.append("SELECT 1".ljust(n.end - n.start))
-                pos = n.end
-            parts.append(self.sql[pos:end])
+                at = n.end
+                while self.tokens[pos].start < n.start:
+                    inner.append(self.tokens[pos])
+                    pos += 1
+                while pos < hi and self.tokens[pos].start < n.end:
+                    pos += 1
+            parts.append(self.shadow[at:end])
             check = "".join(parts)
-        select = _parse_select(check, start, end)
-        source = None
-        if kind == "convert":
-            if not check.isascii():  # the real names, not the shadow's
-                select = json.loads(pg.parse_sql_json(check))["stmts"][0]["stmt"]["SelectStmt"]
-            source = _source_table(select)
+        inner.extend(self.tokens[pos:hi])
+        select = self._parse_select(check, start, end, inner)
+        source = _source_table(select, self._names_at) if kind == "convert" else None
         return ast.Query(
             text=text, start=start, end=end, nested=tuple(nested), source_table=source
         ), first_param
+
+    def _parse_select(self, check: str, start: int, end: int, tokens: Sequence[Token]) -> _Select:
+        """Check the query with PostgreSQL's grammar (``check``: its shadow, ``tokens``
+        what pglast will see); error positions become positions in the user's text."""
+        try:
+            tree = parse_json(check, tokens, start + 1)
+        except pg.ParseError as exc:
+            index = exc.args[1]
+            message = unshadow_message(exc.args[0], index, self.sql[start:end])
+            position = start + index + 1 if index is not None else end + 1
+            raise SQLSyntaxError(message, position=position) from None
+        # No ";" in the query (checked before), so the grammar found one statement.
+        if first_statement_kind(tree) != "SelectStmt":
+            raise SQLSyntaxError(
+                "the query after AS must be a SELECT, VALUES or TABLE query",
+                position=start + 1,
+            )
+        return _Select(tree, start)
+
+    def _names_at(self, index: int) -> list[str]:
+        """The parts of the (dotted) name whose first token starts at ``index``."""
+        parts: list[str] = []
+        k = next((j for j, t in enumerate(self.tokens) if t.start == index), None)
+        while k is not None and k < len(self.tokens):
+            t = self.tokens[k]
+            if t.name == "IDENT" and t.word is None:
+                parts.append(t.text[1:-1].replace('""', '"'))
+            elif t.word is not None:
+                parts.append(fold_identifier(t.text))
+            else:
+                break
+            if k + 1 < len(self.tokens) and self.tokens[k + 1].text == ".":
+                k += 2
+            else:
+                break
+        return parts
 
 
 class _Cursor:
@@ -585,33 +631,6 @@ def _params_only_in(items: list[ast.OptionItem], allowed: tuple[str, ...]) -> No
             )
 
 
-def _parse_select(check: str, start: int, end: int) -> dict[str, Any]:
-    """Check the query with PostgreSQL's grammar; return its SelectStmt node (as the
-    parse tree's JSON: the same tree as ``parse_sql``'s, 4x faster to get).
-    Error positions become positions in the user's text."""
-    shadow = ascii_shadow(check)
-    try:
-        tree = json.loads(pg.parse_sql_json(shadow))
-    except pg.ParseError as exc:
-        message = exc.args[0]
-        if shadow is not check:
-            try:
-                pg.parse_sql_json(check)
-            except pg.ParseError as orig:
-                message = orig.args[0]  # quotes the real text, not the shadow
-        index = exc.args[1]
-        position = start + index + 1 if index is not None else end + 1
-        raise SQLSyntaxError(message, position=position) from None
-    stmts = tree.get("stmts", [])
-    if len(stmts) != 1 or "SelectStmt" not in stmts[0].get("stmt", {}):
-        raise SQLSyntaxError(
-            "the query after AS must be a SELECT, VALUES or TABLE query",
-            position=start + 1,
-        )
-    select: dict[str, Any] = stmts[0]["stmt"]["SelectStmt"]
-    return select
-
-
 _NOT_ONE_TABLE = (
     "withClause",
     "valuesLists",
@@ -626,13 +645,30 @@ _NOT_ONE_TABLE = (
 )
 
 
-def _source_table(select: dict[str, Any]) -> str | None:
-    """``t`` when the query is ``SELECT ... FROM t [WHERE ...]`` on one table, else None."""
-    if select.get("op", "SETOP_NONE") != "SETOP_NONE" or any(select.get(k) for k in _NOT_ONE_TABLE):
+def _source_table(select: _Select, names_at: Any) -> str | None:
+    """``t`` when the query is ``SELECT ... FROM t [WHERE ...]`` on one table, else None.
+    ``names_at(location)``: the dotted name written there (the tree holds the shadow's)."""
+    tree = select.tree()
+    if tree.get("op", "SETOP_NONE") != "SETOP_NONE" or any(tree.get(k) for k in _NOT_ONE_TABLE):
         return None
-    from_clause = select.get("fromClause") or []
-    if len(from_clause) != 1 or "RangeVar" not in from_clause[0]:
+    from_clause = tree.get("fromClause") or []
+    if len(from_clause) != 1 or not isinstance(from_clause[0], dict) or "RangeVar" not in from_clause[0]:
         return None
     rv = from_clause[0]["RangeVar"]
-    parts = [rv[k] for k in ("catalogname", "schemaname", "relname") if rv.get(k)]
+    parts = names_at(select.start + rv.get("location", 0))
+    if len(parts) != sum(1 for k in ("catalogname", "schemaname", "relname") if rv.get(k)):
+        return None
     return ".".join(quote_ident_if_needed(p) for p in parts)
+
+
+class _Select:
+    """The query after AS as PostgreSQL's grammar read it (the shadow's tree, as
+    parse_sql_json's text; decoded only when needed, only near the root)."""
+
+    def __init__(self, tree_json: str, start: int) -> None:
+        self.json = tree_json
+        self.start = start  # where the query starts in the user's text
+
+    def tree(self) -> dict[str, Any]:
+        node: dict[str, Any] = load_shallow(self.json)["stmts"][0]["stmt"]["SelectStmt"]
+        return node

@@ -202,21 +202,16 @@ def _check_column(column: dict[str, Any], table: str, name: str, dim: int) -> No
 
 def _with_row_ids(query: str) -> str:
     """The one-table query with ``tableoid`` and ``ctid`` of its table appended to its
-    select list (pglast: PostgreSQL's own parser), naming the rows to update."""
-    import pglast
-    from pglast import ast as pa
-    from pglast.stream import RawStream
+    select list, naming the rows to update. The columns are inserted into the query's
+    text before its FROM (no parse tree is printed back: a deep one could overflow the
+    C stack); the preprocessor reads the text as PostgreSQL does, under this session's
+    standard_conforming_strings, and bounds the depth before parsing."""
+    from thanosql_pg.preprocessor.sqltree import append_to_select_list
 
-    (raw,) = pglast.parse_sql(query)
-    select = raw.stmt
-    rv = select.fromClause[0]
-    ref = rv.alias.aliasname if rv.alias is not None else rv.relname
-    extra = tuple(
-        pa.ResTarget(name=name, val=pa.ColumnRef(fields=(pa.String(sval=ref), pa.String(sval=system))))
-        for name, system in (("__thanosql_toid", "tableoid"), ("__thanosql_tid", "ctid"))
-    )
-    select.targetList = (*(select.targetList or ()), *extra)
-    return str(RawStream()(select))
+    scs = plpy.execute("SELECT pg_catalog.current_setting('standard_conforming_strings') s")[0]["s"] == "on"
+    # One table in FROM: unqualified system columns can only be its own.
+    return append_to_select_list(query, "tableoid AS __thanosql_toid, ctid AS __thanosql_tid",
+                                 standard_conforming_strings=scs)
 
 
 def _update_rows(embedder: Any, opts: dict[str, Any], query: str, image_col: str, ident: str,

@@ -124,7 +124,9 @@ def family_module(family: registry.Family) -> Any:
 def rewrite(sql: str) -> str:
     from thanosql_pg.preprocessor import rewrite as _rewrite
 
-    return _rewrite(sql)
+    # The session's setting decides where its strings end ('it\'s' when off).
+    scs = plpy.execute("SELECT pg_catalog.current_setting('standard_conforming_strings') s")[0]["s"] == "on"
+    return _rewrite(sql, standard_conforming_strings=scs)
 
 
 @caller_sql_entry_point(whole_call=True)
@@ -134,26 +136,36 @@ def execute(sql: str) -> Iterator[str]:
     A last statement that returns no rows (DDL, INSERT without RETURNING)
     yields one object {"command": ..., "rows_affected": n}.
     """
-    import pglast
-
     from thanosql_pg.preprocessor import rewrite as _rewrite
+    from thanosql_pg.preprocessor.sqltree import split_plain
 
-    statements = pglast.split(_rewrite(sql), with_parser=True)
+    # Statements are split by the preprocessor's lexer (PostgreSQL's rules, under this
+    # session's standard_conforming_strings) and PostgreSQL's grammar; the last one is
+    # classified from a parse tree only once its depth is known to be safe (a deep one
+    # once crashed the backend in pglast.parse_sql).
+    scs = plpy.execute("SELECT pg_catalog.current_setting('standard_conforming_strings') s")[0]["s"] == "on"
+    text = _rewrite(sql, standard_conforming_strings=scs)
+    try:
+        statements = split_plain(text, standard_conforming_strings=scs)
+    except ThanoSQLError as exc:
+        if text is not sql:  # the position is in the rewrite, not in the caller's text
+            exc.position = None
+        raise
     if not statements:
         return iter(())
-    for stmt in statements[:-1]:
+    for stmt, _ in statements[:-1]:
         plpy.execute(stmt)
-    last = statements[-1]
-    node = pglast.parse_sql(last)[0].stmt
-    if type(node).__name__ == "SelectStmt":
+    last, kind = statements[-1]
+    if kind == "SelectStmt":
         return _guard_iter(_stream_json(last))
     res = plpy.execute(last)
-    return iter([json.dumps({"command": type(node).__name__.removesuffix("Stmt").upper(),
+    return iter([json.dumps({"command": (kind or "").removesuffix("Stmt").upper(),
                              "rows_affected": res.nrows()})])
 
 
 def _stream_json(select_sql: str) -> Iterator[str]:
-    cursor = plpy.cursor(f"SELECT to_jsonb(__t)::text AS j FROM ({select_sql}) AS __t")
+    # The newline ends a trailing -- comment of the statement before it can hide ")".
+    cursor = plpy.cursor(f"SELECT to_jsonb(__t)::text AS j FROM ({select_sql}\n) AS __t")
     # The first batch is fetched now, inside the entry point's error handling:
     # errors raised while PostgreSQL iterates come out wrapped by PL/Python.
     first = cursor.fetch(500)

@@ -44,18 +44,26 @@ def default_dsn() -> str:
     )
 
 
+def standard_conforming_strings(conn: Any) -> bool:
+    """The connection's setting, as the server last reported it: the text is lexed as
+    the server will lex it (backslashes in '' strings)."""
+    info = getattr(conn, "info", None)
+    return info is None or info.parameter_status("standard_conforming_strings") != "off"
+
+
 def rewrite_query(query: Any, context: Any) -> Any:
     """The query with its ThanoSQL statements rewritten; anything else unchanged."""
+    scs = standard_conforming_strings(getattr(context, "connection", context))
     if isinstance(query, bytes):
         text = query.decode()
-        out = rewrite(text)
+        out = rewrite(text, standard_conforming_strings=scs)
         return query if out is text else out
     if isinstance(query, pgsql.Composable):
         text = query.as_string(context)
-        out = rewrite(text)
+        out = rewrite(text, standard_conforming_strings=scs)
         return query if out is text else out
     if isinstance(query, str):
-        return rewrite(query)
+        return rewrite(query, standard_conforming_strings=scs)
     return query
 
 

@@ -24,23 +24,25 @@ from typing import Any
 import psycopg
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
+from thanosql_pg.client import standard_conforming_strings
 from thanosql_pg.errors import ThanoSQLError
 
 # A connection string rather than a statement: a URI, or libpq's key=value form.
 _DSN = re.compile(r"^(postgres(ql)?://|\w+\s*=\s*\S)", re.IGNORECASE)
 
 
-def split_with_offsets(text: str) -> list[tuple[int, str]]:
+def split_with_offsets(text: str, *, standard_conforming_strings: bool = True) -> list[tuple[int, str]]:
     """The statements of ``text`` with the 0-based offset of each, split by the
     preprocessor's own splitter (PostgreSQL's lexer: ``;`` in strings, comments
     and dollar quotes does not split)."""
     from thanosql_pg.preprocessor import split_statements
     from thanosql_pg.preprocessor.lexer import tokenize
 
-    starts = {t.start for t in tokenize(text)}
+    scs = standard_conforming_strings
+    starts = {t.start for t in tokenize(text, standard_conforming_strings=scs)}
     out: list[tuple[int, str]] = []
     pos = 0
-    for stmt in split_statements(text):
+    for stmt in split_statements(text, standard_conforming_strings=scs):
         at = text.find(stmt, pos)
         # The same text inside a comment is not a token start: look further.
         while at >= 0 and at not in starts:
@@ -232,13 +234,14 @@ def run_text(conn: psycopg.Connection, text: str) -> Any:  # type: ignore[type-a
     from thanosql_pg.preprocessor import rewrite
 
     try:
-        statements = split_with_offsets(text)
+        scs = standard_conforming_strings(conn)
+        statements = split_with_offsets(text, standard_conforming_strings=scs)
     except ThanoSQLError as e:  # unterminated string or comment, ...
         raise _from_thanosql(e, text, 0, text) from None
     result: Any = None
     for offset, stmt in statements:
         try:
-            sql = rewrite(stmt)
+            sql = rewrite(stmt, standard_conforming_strings=scs)
         except ThanoSQLError as e:
             raise _from_thanosql(e, text, offset, stmt) from None
         notices = NoticeStream()

@@ -498,7 +498,7 @@ def test_cancel_leaves_nothing(conn: psycopg.Connection, en: dict[str, Any]) -> 
     try:
         start = time.monotonic()
         fails(conn, "57014", f"""BUILD MODEL {model} USING Wav2Vec2En
-                                 OPTIONS (base_model='{en['ckpt']}', epochs=100000, batch_size=8)
+                                 OPTIONS (base_model='{en['ckpt']}', epochs=10000, batch_size=8)
                                  AS SELECT audio_path, text FROM {en['table']}""")
         assert time.monotonic() - start < 20
     finally:

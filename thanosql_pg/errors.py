@@ -77,12 +77,28 @@ class DataError(ThanoSQLError):
     sqlstate = "22000"
 
 
+class LimitExceeded(DataError):
+    """An input over a resource limit (a thanosql.max_* setting, or a fixed bound
+    of the model family), found from its header before it is decoded. A DataError,
+    so on_error='skip' skips such rows like unreadable ones."""
+
+    sqlstate = "54000"  # program_limit_exceeded
+
+
 class NullValue(DataError):
     sqlstate = "22004"  # null_value_not_allowed
 
 
 class FileError(DataError):
     sqlstate = "58P01"  # undefined_file
+
+
+class DataCorrupted(ThanoSQLError):
+    """A stored model that this version cannot or will not load: an unknown
+    format, or catalog options that are not what BUILD writes (the owner can
+    edit them, so they are checked like input)."""
+
+    sqlstate = "XX001"  # data_corrupted
 
 
 class WeightsUnavailable(ThanoSQLError):

@@ -12,6 +12,8 @@ import io
 import math
 import os
 import random
+import re
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import closing
@@ -27,14 +29,21 @@ import torch.nn.functional as F
 from PIL import Image
 
 from thanosql_pg.algorithms import base as fam
-from thanosql_pg.algorithms import weights
-from thanosql_pg.algorithms.base import Reader, Row, RowSource, Trained
+from thanosql_pg.algorithms import registry, weights
+from thanosql_pg.algorithms.base import DEFAULT_LIMITS, MediaLimits, Reader, Row, RowSource, Trained
 from thanosql_pg.algorithms.weights import CHECKPOINT_EXTENSIONS, WEIGHT_FILES  # noqa: F401 (re-exported)
 from thanosql_pg.algorithms.weights import hf_cached as _hf_cached
 from thanosql_pg.algorithms.weights import hub_reachable as _hub_reachable
 from thanosql_pg.algorithms.weights import local_hub_dir as _local_hub_dir
 from thanosql_pg.algorithms.weights import weights_in_dir as _weights_in_dir
-from thanosql_pg.errors import DataError, FileError, InvalidOption, ThanoSQLError, WeightsUnavailable
+from thanosql_pg.errors import (
+    DataCorrupted,
+    DataError,
+    FileError,
+    InvalidOption,
+    ThanoSQLError,
+    WeightsUnavailable,
+)
 
 FORMAT = "timm-safetensors-v1"
 # Horizontal flips help natural photos but change the meaning of digits, letters
@@ -55,13 +64,42 @@ def evaluation_columns(opts: dict[str, Any]) -> tuple[str, str]:
 
 
 # --- decoding (runs in pool threads: no plpy, no torch) -----------------------------------
-def open_image(data: bytes, *, draft: int | None = None) -> Image.Image:
-    """Decode any PIL format to RGB. Transparency is composited on white so
-    that transparent pixels do not turn black."""
-    img = Image.open(io.BytesIO(data))
-    if draft and img.format == "JPEG":
-        img.draft("RGB", (draft, draft))  # decode at a reduced scale that still covers ``draft``
-    img.load()
+# PIL checks every image size it reads from a header against Image.MAX_IMAGE_PIXELS
+# before allocating: the file's own size in Image.open, and the parts some formats
+# decode while opening (an ICO's embedded PNG, GIF frames). open_image sets that
+# limit to thanosql.max_image_pixels; PIL only warns between 1x and 2x the limit,
+# and in this process that warning is an error, so the setting is the limit, exactly.
+warnings.simplefilter("error", Image.DecompressionBombWarning)
+_PIL_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def _formats() -> list[str]:
+    """Every format PIL opens except EPS, which PIL decodes by running Ghostscript
+    on the file: a PostScript program from any user with a bytea."""
+    Image.init()
+    return [f for f in Image.OPEN if f != "EPS"]
+
+
+IMAGE_FORMATS = _formats()
+
+
+def open_image(data: bytes, *, draft: int | None = None, limits: MediaLimits = DEFAULT_LIMITS,
+               what: str = "image") -> Image.Image:
+    """Decode any PIL format to RGB, after checking its size from the header
+    (``limits``, 54000). Transparency is composited on white so that
+    transparent pixels do not turn black."""
+    Image.MAX_IMAGE_PIXELS = limits.max_image_pixels  # the statement's setting (one statement per backend)
+    try:
+        img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
+        # PIL's own check in Image.open has refused it already unless something changed
+        # PIL's limit or warning filter since: the setting holds either way
+        limits.check_image(*img.size, what)
+        if draft and img.format == "JPEG":
+            img.draft("RGB", (draft, draft))  # decode at a reduced scale that still covers ``draft``
+        img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # PIL's check came first
+        m = _PIL_PIXELS.search(str(e))
+        raise limits.image_too_large(what, int(m.group(1)) if m else None) from None
     return to_rgb(img)
 
 
@@ -116,9 +154,10 @@ def decode_row(row: Row, reader: Reader, size: int, *, rng: random.Random | None
                flip: bool = False) -> np.ndarray:
     data = reader.read(row)
     try:
-        img = open_image(data, draft=size * 2 if rng is not None else size)
+        img = open_image(data, draft=size * 2 if rng is not None else size, limits=reader.limits,
+                         what=f"image {reader.describe(row)}")
         return train_view(img, size, rng, flip) if rng is not None else eval_view(img, size)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot decode image {reader.describe(row)}: {e}",
                         hint="Check the file: it must be an image format that Pillow reads.") from None
 
@@ -222,6 +261,7 @@ class ImageClassifier:
     def predict(self, rows: Sequence[Row], reader: Reader, opts: dict[str, Any]) -> tuple[list[str | None],
                                                                                               list[str]]:
         """Labels for ``rows`` (None for skipped rows) and a message per skipped row."""
+        registry.check_batch_pixels(len(rows), self.input_size)
         skip = opts.get("on_error") == "skip"
         work = partial(decode_rows, reader=reader, size=self.input_size, index=None, skip=skip)
         parts = [fam.decode_pool().submit(work, c) for c in fam.chunks(_numbered(rows), os.cpu_count() or 1)]
@@ -234,6 +274,7 @@ class ImageClassifier:
         return out, [e.message for _, e in dec.errors]
 
     def evaluate(self, source: RowSource, opts: dict[str, Any]) -> dict[str, float]:
+        registry.check_batch_pixels(opts["batch_size"], self.input_size)
         skip = opts.get("on_error") == "skip"
         work = partial(decode_rows, reader=source.reader, size=self.input_size, index=None, skip=skip)
         confusion: Counter[tuple[str, str]] = Counter()
@@ -295,22 +336,22 @@ def load(record: Any, payload: bytes, device: str) -> ImageClassifier:
     import timm
     from safetensors.torch import load as load_safetensors
 
-    if record.format != FORMAT:
-        raise DataError(f'model "{record.name}" is stored as {record.format}, which this version cannot read',
-                        sqlstate="XX001")
+    fam.check_format(record, FORMAT)
     opts = record.options
+    arch = stored_arch(record)
+    registry.check_stored(registry.IMAGE_CLASSIFICATION, record.name, opts, ("input_size",))
     labels = list(record.labels or [])
     state = load_safetensors(payload)
     # Build on the meta device and adopt the stored tensors: skips random
     # initialisation, which costs seconds for the big models.
     with torch.device("meta"):
-        net = timm.create_model(opts["arch"], pretrained=False, num_classes=len(labels))
+        net = timm.create_model(arch, pretrained=False, num_classes=len(labels))
     net.load_state_dict(state, strict=True, assign=True)
     if any(t.is_meta for t in list(net.parameters()) + list(net.buffers())):
-        net = timm.create_model(opts["arch"], pretrained=False, num_classes=len(labels))
+        net = timm.create_model(arch, pretrained=False, num_classes=len(labels))
         net.load_state_dict(state, strict=True)
     net.eval()
-    return ImageClassifier(net, arch=opts["arch"], labels=labels, input_size=int(opts["input_size"]),
+    return ImageClassifier(net, arch=arch, labels=labels, input_size=int(opts["input_size"]),
                            mean=opts["mean"], std=opts["std"], device=fam.torch_device(device))
 
 
@@ -364,7 +405,12 @@ def pretrained_network(name: str, num_classes: int, dirs: Sequence[str]) -> tupl
     """
     import timm
 
-    repo = name.removeprefix("hf-hub:") if name.startswith("hf-hub:") or "/" in name else None
+    repo = weights.hub_repo(name)
+    if repo is None and not weights.is_model_name(name):
+        # never handed to timm or the hub clients, which read "local-dir:" and paths
+        raise InvalidOption(f'"{name}" is neither a timm model name nor a Hugging Face repo id (org/name)',
+                            hint="Name a timm model (convnext_tiny) or a repo (timm/convnext_tiny.fb_in1k),"
+                            " or give a checkpoint file or folder as base_model.")
     try:
         if repo is None:
             try:
@@ -446,8 +492,23 @@ def checkpoint_network(path: str, arch: str, num_classes: int) -> tuple[str, tor
     return arch, net, f"checkpoint {p}"
 
 
-def _looks_like_path(value: str) -> bool:
-    return weights.looks_like_path(value)
+def check_arch(arch: Any) -> bool:
+    """Whether ``arch`` is a plain timm architecture (a model name timm registers):
+    what a model stores and ``load`` passes to timm.create_model, which would also
+    read "local-dir:<path>" and "hf-hub:<repo>"."""
+    import timm
+
+    return isinstance(arch, str) and weights.is_model_name(arch) and timm.models.is_model(arch)
+
+
+def stored_arch(record: Any) -> str:
+    """A stored model's architecture, refused (XX001) unless it is a plain timm name:
+    the catalog row is the owner's to edit, and timm would follow a path in it."""
+    arch = record.options.get("arch")
+    if not check_arch(arch):
+        raise DataCorrupted(f'model "{record.name}" stores {arch!r} as its architecture, which is not a timm'
+                            " model name", hint="BUILD the model again.")
+    return arch
 
 
 def new_network(algo: Any, opts: dict[str, Any], num_classes: int, reader: Reader,
@@ -457,15 +518,10 @@ def new_network(algo: Any, opts: dict[str, Any], num_classes: int, reader: Reade
     arch = algo.params["timm_name"]
     base_model = opts.get("base_model")
     if base_model:
-        if not _looks_like_path(base_model):
-            # a relative path under thanosql.data_dir also counts when it exists
-            try:
-                resolved = reader.resolve_path(base_model)
-            except ThanoSQLError:
-                resolved = None
-            if resolved is None or not os.path.exists(resolved):
-                return pretrained_network(base_model, num_classes, dirs)
-        return checkpoint_network(reader.resolve_path(os.path.expanduser(base_model)), arch, num_classes)
+        kind, where = weights.locate(base_model, reader.resolve_path)
+        if kind == "path":
+            return checkpoint_network(where, arch, num_classes)
+        return pretrained_network(base_model, num_classes, dirs)
     if opts["pretrained"]:
         return pretrained_network(arch, num_classes, dirs)
     return arch, timm.create_model(arch, pretrained=False, num_classes=num_classes), "random initialisation"
@@ -512,6 +568,8 @@ def train(algo: Any, opts: dict[str, Any], source: RowSource, base: Any = None) 
             mean, std = clf.mean_list, clf.std_list
         else:
             arch, net, origin = new_network(algo, opts, len(labels), source.reader, source.weights_dirs)
+            if not check_arch(arch):  # a model folder's config.json names it: it must load again later
+                raise DataError(f"the architecture of {origin}, {arch!r}, is not a timm model name")
             cfg = getattr(net, "pretrained_cfg", None) or {}
             mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
         model = ImageClassifier(net, arch=arch, labels=labels, input_size=opts["input_size"], mean=mean,

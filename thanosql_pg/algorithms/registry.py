@@ -12,10 +12,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from thanosql_pg.errors import FeatureNotAvailable, InvalidOption
+from thanosql_pg.errors import DataCorrupted, FeatureNotAvailable, InvalidOption
 
 # Option value kinds. "str?" / "int?" accept None too.
 KINDS = ("str", "str?", "int", "int?", "float", "bool", "any")
+
+# Upper bounds of the options that size what a statement allocates. Every model
+# runs inside a database backend, where running out of memory restarts every
+# session of the cluster, so a value that can only exhaust the server is refused
+# up front (22023) instead. The bounds stop absurd values, not every heavy one:
+# memory still grows with batch_size x input size, within them.
+MAX_EPOCHS = 10_000  # the longest recipes train for a few thousand; beyond is a typo or a denial of service
+MAX_IMAGE_BATCH = 4096  # SimCLR's own largest batch; one batch of decoded images is already gigabytes there
+MAX_INPUT_SIZE = 1024  # pixels per side: 21x the work of 224 for every image, the largest timm models use 800
+MAX_EMBEDDING_DIM = 2000  # pgvector's largest dimension for an HNSW index, which CONVERT builds
+MAX_TOP_K = 1_000_000  # rows SEARCH IMAGE returns; more is a full sort of the table (top_k=None says so)
+# Wav2Vec2 runs a whole batch at once (training: padded to its longest clip, up
+# to 60 s; inference: 20 s windows): the first convolution of wav2vec2-base
+# alone outputs 130 MB per 20 s window, so far fewer clips than images fit in a
+# batch. Fine-tuning recipes use 8-32 per device.
+MAX_SPEECH_BATCH = 64
+# batch_size x input_size^2 of one image batch: 2^28 pixels is a 3.2 GB float32
+# input tensor (4096 images of 256 px, 256 of 1024 px), before any activation.
+MAX_BATCH_PIXELS = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -26,6 +45,7 @@ class Option:
     required: bool = False
     aliases: tuple[str, ...] = ()
     choices: tuple[str, ...] = ()
+    maximum: int | None = None  # largest accepted value (int and float options)
     doc: str = ""
 
     def coerce(self, value: Any) -> Any:
@@ -66,6 +86,11 @@ class Option:
             value = value.lower()
         if base in ("int", "float") and self.name in _POSITIVE and value <= 0:
             raise InvalidOption(f'option "{self.name}" must be positive, got {value}')
+        if base in ("int", "float") and self.maximum is not None and value > self.maximum:
+            raise InvalidOption(
+                f'option "{self.name}" must be at most {self.maximum}, got {value}',
+                hint="The bound keeps one statement from exhausting the database server's memory or time.",
+            )
         return value
 
 
@@ -123,7 +148,11 @@ def _o(name: str, kind: str, default: Any = None, **kw: Any) -> Option:
     return Option(name, kind, default, **kw)
 
 
-_EPOCHS_3 = _o("epochs", "int", 3, aliases=("max_epochs",))
+def _epochs(default: int) -> Option:
+    return _o("epochs", "int", default, aliases=("max_epochs",), maximum=MAX_EPOCHS)
+
+
+_EPOCHS_3 = _epochs(3)
 _DEVICE = _o("device", "str", "auto", choices=("auto", "cpu", "cuda"))
 _OVERWRITE = _o("overwrite", "bool", False)
 _RESULT = _o("result_col", "str", "predict_result")
@@ -132,10 +161,16 @@ _ON_ERROR = _o("on_error", "str", "fail", choices=("fail", "skip"))
 
 _IMG = _o("image_col", "str", "image")
 _LABEL = _o("label_col", "str", "label")
-_BS16 = _o("batch_size", "int", 16)
+_BS16 = _o("batch_size", "int", 16, maximum=MAX_IMAGE_BATCH)
+
+
+def _input_size(default: int) -> Option:
+    return _o("input_size", "int", default, maximum=MAX_INPUT_SIZE)
+
+
 _IMG_TRAIN = (
     _IMG, _LABEL, _BS16, _EPOCHS_3, _o("learning_rate", "float", 1e-4), _OVERWRITE,
-    _o("input_size", "int", 224), _o("pretrained", "bool", True), _o("base_model", "str?", None),
+    _input_size(224), _o("pretrained", "bool", True), _o("base_model", "str?", None),
     _DEVICE, _ON_ERROR,
 )
 IMAGE_CLASSIFICATION = Family(
@@ -152,8 +187,9 @@ IMAGE_CLASSIFICATION = Family(
 
 _AUDIO = _o("audio_col", "str", "audio_path")
 _TEXT = _o("text_col", "str", "text")
+_SPEECH_BS = _o("batch_size", "int", 16, maximum=MAX_SPEECH_BATCH)
 _AUDIO_TRAIN = (
-    _AUDIO, _TEXT, _BS16, _o("epochs", "int", 5, aliases=("max_epochs",)),
+    _AUDIO, _TEXT, _SPEECH_BS, _epochs(5),
     _o("learning_rate", "float", 1e-4), _OVERWRITE, _o("pretrained", "bool", True),
     _o("base_model", "str?", None), _DEVICE, _ON_ERROR,
 )
@@ -164,17 +200,17 @@ SPEECH_RECOGNITION = Family(
     options={
         "build": _AUDIO_TRAIN,
         "fit": _AUDIO_TRAIN,
-        "predict": (_AUDIO, _BS16, _RESULT, _TABLE, _DEVICE, _ON_ERROR),
-        "evaluate": (_AUDIO, _TEXT, _BS16, _DEVICE, _ON_ERROR),
+        "predict": (_AUDIO, _SPEECH_BS, _RESULT, _TABLE, _DEVICE, _ON_ERROR),
+        "evaluate": (_AUDIO, _TEXT, _SPEECH_BS, _DEVICE, _ON_ERROR),
     },
 )
 
 _IMG_PATH = _o("image_col", "str", "image_path")
-_BS256 = _o("batch_size", "int", 256)
+_BS256 = _o("batch_size", "int", 256, maximum=MAX_IMAGE_BATCH)
 _EMB_TRAIN = (
-    _IMG_PATH, _BS256, _o("epochs", "int", 5, aliases=("max_epochs",)), _o("pretrained", "bool", False),
-    _OVERWRITE, _o("backbone", "str", "resnet18"), _o("embedding_dim", "int", 128),
-    _o("input_size", "int", 96), _o("temperature", "float", 0.5), _o("learning_rate", "float", 3e-4),
+    _IMG_PATH, _BS256, _epochs(5), _o("pretrained", "bool", False),
+    _OVERWRITE, _o("backbone", "str", "resnet18"), _o("embedding_dim", "int", 128, maximum=MAX_EMBEDDING_DIM),
+    _input_size(96), _o("temperature", "float", 0.5), _o("learning_rate", "float", 3e-4),
     _o("base_model", "str?", None), _DEVICE,
 )
 IMAGE_EMBEDDING = Family(
@@ -193,7 +229,7 @@ IMAGE_EMBEDDING = Family(
             _o("search_input", "any", None, required=True),
             _o("emb_col", "str", None, required=True),
             _o("result_col", "str", "search_result"),
-            _o("top_k", "int?", 1000),
+            _o("top_k", "int?", 1000, maximum=MAX_TOP_K),
             _DEVICE,
         ),
     },
@@ -264,6 +300,32 @@ def options_for(statement: str, family: Family | None = None) -> tuple[Option, .
     return tuple(seen.values())
 
 
+def check_batch_pixels(batch_size: int, input_size: int) -> None:
+    """Refuse an image batch whose input tensor alone would be over MAX_BATCH_PIXELS
+    pixels (22023): checked for BUILD/FIT options, and by the image families for
+    PREDICT/EVALUATE/CONVERT, whose input_size is the model's."""
+    pixels = batch_size * input_size * input_size
+    if pixels > MAX_BATCH_PIXELS:
+        raise InvalidOption(
+            f"batch_size {batch_size} at input_size {input_size} is {pixels} pixels per batch,"
+            f" over the limit of {MAX_BATCH_PIXELS}",
+            hint=f"Lower batch_size (at most {max(1, MAX_BATCH_PIXELS // (input_size * input_size))}"
+            f" at input_size {input_size}) or input_size.",
+        )
+
+
+def check_stored(family: Family, model: str, options: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Check a stored model's options ``names`` against BUILD's bounds before they size
+    anything: the catalog row is the owner's to edit, so it is input like any other."""
+    spec = {o.name: o for o in family.options.get("build", ())}
+    for key in names:
+        try:
+            spec[key].coerce(options.get(key))
+        except InvalidOption as e:
+            raise DataCorrupted(f'model "{model}" has an invalid stored option: {e.message}',
+                                hint="BUILD the model again.") from None
+
+
 def normalize_options(
     statement: str, given: dict[str, Any], family: Family | None = None, *, fill_defaults: bool = False
 ) -> dict[str, Any]:
@@ -299,4 +361,8 @@ def normalize_options(
                         hint=f"Add {opt.name}=... to OPTIONS.",
                     )
                 out[opt.name] = opt.default
+        # a bound on two options together; the server checks it (the preprocessor
+        # sees only the options written, and positions errors on one of them)
+        if isinstance(out.get("batch_size"), int) and isinstance(out.get("input_size"), int):
+            check_batch_pixels(out["batch_size"], out["input_size"])
     return out

@@ -17,7 +17,6 @@ Like every family module it sees rows only through ``RowSource``/``Reader``
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -29,18 +28,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from thanosql_pg.algorithms import base as fam
+from thanosql_pg.algorithms import registry, weights
 from thanosql_pg.algorithms.base import Reader, Row, RowSource, Trained
 from thanosql_pg.algorithms.image_classification import (
     FLIP_MIN_SIZE,
     Decoded,
     _autocast,
-    _looks_like_path,
+    check_arch,
     checkpoint_network,
     decode_rows,
     pretrained_network,
+    stored_arch,
     to_tensor,
 )
-from thanosql_pg.errors import DataError, InvalidOption, ThanoSQLError
+from thanosql_pg.errors import DataError, InvalidOption
 
 FORMAT = "simclr-safetensors-v1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -206,17 +207,13 @@ def new_backbone(name: str, opts: dict[str, Any], reader: Reader,
 
     base_model = opts.get("base_model")
     if base_model:
-        if not _looks_like_path(base_model):
-            try:
-                resolved = reader.resolve_path(base_model)
-            except ThanoSQLError:
-                resolved = None
-            if resolved is None or not os.path.exists(resolved):
-                return pretrained_network(base_model, 0, dirs)
-        return checkpoint_network(reader.resolve_path(base_model), name, 0)
+        kind, where = weights.locate(base_model, reader.resolve_path)
+        if kind == "path":
+            return checkpoint_network(where, name, 0)
+        return pretrained_network(base_model, 0, dirs)
     if opts["pretrained"]:
-        return pretrained_network(name, 0, dirs)
-    if not timm.models.is_model(name):
+        return pretrained_network(name, 0, dirs)  # a timm name or a hub repo, never a path
+    if not check_arch(name):
         raise InvalidOption(f'unknown backbone "{name}"',
                             hint="Name a timm model, e.g. backbone='resnet18' (see timm.list_models()).")
     return name, timm.create_model(name, pretrained=False, num_classes=0), "random initialisation"
@@ -288,6 +285,7 @@ class ImageEmbedder:
 
         def tracked() -> Iterator[list[tuple[int, Row]]]:
             for b in batches:
+                registry.check_batch_pixels(len(b), self.input_size)
                 sizes.append(len(b))
                 yield numbered(b)
 
@@ -304,16 +302,16 @@ def load(record: Any, payload: bytes, device: str) -> ImageEmbedder:
     import timm
     from safetensors.torch import load as load_safetensors
 
-    if record.format != FORMAT:
-        raise DataError(f'model "{record.name}" is stored as {record.format}, which this version cannot read',
-                        sqlstate="XX001")
+    fam.check_format(record, FORMAT)
     opts = record.options
+    arch = stored_arch(record)
+    registry.check_stored(registry.IMAGE_EMBEDDING, record.name, opts, ("input_size", "embedding_dim"))
     state = load_safetensors(payload)
-    backbone = timm.create_model(opts["arch"], pretrained=False, num_classes=0)
+    backbone = timm.create_model(arch, pretrained=False, num_classes=0)
     net = SimCLRNet(backbone, int(opts["embedding_dim"]))
     net.load_state_dict(state, strict=True)
     net.eval()
-    return ImageEmbedder(net, arch=opts["arch"], input_size=int(opts["input_size"]), mean=opts["mean"],
+    return ImageEmbedder(net, arch=arch, input_size=int(opts["input_size"]), mean=opts["mean"],
                          std=opts["std"], device=fam.torch_device(device))
 
 
@@ -340,6 +338,8 @@ def train(algo: Any, opts: dict[str, Any], source: RowSource, base: Any = None) 
             origin = f'model "{base.record.name}"'
         else:
             arch, backbone, origin = new_backbone(opts["backbone"], opts, source.reader, source.weights_dirs)
+            if not check_arch(arch):  # a model folder's config.json names it: it must load again later
+                raise DataError(f"the architecture of {origin}, {arch!r}, is not a timm model name")
             # pretrained weights come with their normalization; from scratch ImageNet's is as good as any
             scratch = origin == "random initialisation"
             cfg = {} if scratch else (getattr(backbone, "pretrained_cfg", None) or {})

@@ -271,29 +271,110 @@ class ErrorRates:
 
 
 # --- audio (runs in pool threads: no plpy) ------------------------------------------------------
-def decode_audio(data: bytes, where: str) -> np.ndarray:
-    """Any soundfile format → float32 mono at 16 kHz. Channels are averaged."""
+# Training runs a Wav2Vec2 over each whole clip (inference cuts long ones into
+# windows): its attention grows with the square of the length, so training clips
+# are bounded below thanosql.max_audio_seconds. ASR corpora cut speech into
+# utterances of a few seconds (LibriSpeech's longest is 35 s).
+MAX_TRAIN_SECONDS = 60
+AUDIO_BLOCK = 1 << 20  # samples (frames x channels) decoded, and resampled, at a time
+# torchaudio's sinc resampler holds a kernel of new/g x (orig/g + 2 width) floats, g
+# their gcd: for 44100 Hz 160 x 475, but for an odd rate such as 44101 Hz 16000 x
+# 44115 (2.8 GB); 383999 Hz would take 25 GB.
+MAX_RESAMPLE_KERNEL = 1 << 22
+_LOWPASS_WIDTH, _ROLLOFF = 6, 0.99  # torchaudio.functional.resample's defaults, which it is called with
+
+
+def _kernel_shape(rate: int, new: int) -> tuple[int, int, int]:
+    """(orig/g, new/g, width) of torchaudio's resampling kernel from ``rate`` to ``new``."""
+    g = math.gcd(rate, new)
+    o, n = rate // g, new // g
+    return o, n, math.ceil(_LOWPASS_WIDTH * o / (min(o, n) * _ROLLOFF))
+
+
+def resample_rate(rate: int) -> int:
+    """The rate to resample from: ``rate`` itself, unless its ratio to 16 kHz reduces
+    so little that the kernel would be over MAX_RESAMPLE_KERNEL; then the nearest
+    multiple of 100 Hz (at most 1.25 % off at 4 kHz: a change of speed that speech
+    recognition does not notice; speed perturbation trains with 10 %)."""
+    o, n, width = _kernel_shape(rate, SAMPLE_RATE)
+    return rate if n * (o + 2 * width) <= MAX_RESAMPLE_KERNEL else round(rate / 100) * 100
+
+
+class Resampler:
+    """torchaudio's sinc resampling of a stream, block by block. Each block is
+    resampled with enough input on both sides that its output is exactly that of
+    resampling the whole signal at once: memory stays at a block plus the output."""
+
+    def __init__(self, rate: int, new: int = SAMPLE_RATE, block: int = AUDIO_BLOCK) -> None:
+        self.rate, self.new = rate, new
+        self.o, self.n, width = _kernel_shape(rate, new)
+        # output step j (n samples) reads input [j*o - width, j*o + o + width): whole steps of context
+        self.ctx = math.ceil((width + self.o) / self.o) * self.o
+        self.step = max(1, block // self.o) * self.o
+        self.buf = np.zeros(0, np.float32)
+        self.start = 0  # input index of buf[0]: a multiple of o
+        self.done = 0  # input resampled so far: a multiple of o
+        self.out: list[np.ndarray] = []
+
+    def push(self, x: np.ndarray) -> None:
+        if self.rate == self.new:
+            self.out.append(x)
+            return
+        self.buf = np.concatenate((self.buf, x))
+        while self.start + len(self.buf) >= self.done + self.step + self.ctx:
+            self._emit(self.done + self.step)
+
+    def _emit(self, end: int | None) -> None:
+        """The output for input [done, end); ``end`` None: up to the end of the signal."""
+        import torchaudio.functional as AF
+
+        stop = len(self.buf) if end is None else end + self.ctx - self.start
+        y = AF.resample(torch.from_numpy(self.buf[:stop]), self.rate, self.new).numpy()
+        lo = (self.done - self.start) // self.o * self.n
+        hi = None if end is None else (end - self.start) // self.o * self.n
+        self.out.append(y[lo:hi])
+        if end is not None:
+            self.done = end
+            cut = max(0, self.done - self.ctx - self.start)
+            self.buf, self.start = self.buf[cut:], self.start + cut
+
+    def finish(self) -> np.ndarray:
+        if self.rate != self.new and self.start + len(self.buf) > self.done:
+            self._emit(None)
+        return np.concatenate(self.out) if self.out else np.zeros(0, np.float32)
+
+
+def decode_audio(data: bytes, where: str, limits: fam.MediaLimits = fam.DEFAULT_LIMITS) -> np.ndarray:
+    """Any soundfile format → float32 mono at 16 kHz, channels averaged.
+
+    The header (sample rate, length) is checked against ``limits`` before anything
+    is decoded; then the audio is decoded, mixed down and resampled in blocks, and
+    decoding stops once past the limit, for headers that hold no length (or a wrong one).
+    """
     import soundfile as sf
 
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
-            rate = f.samplerate
-            wav = f.read(dtype="float32", always_2d=True)
+            rate, channels = f.samplerate, f.channels
+            limit = limits.max_audio_frames(rate, f.frames, where)
+            resampler = Resampler(resample_rate(rate))
+            decoded = 0
+            for block in f.blocks(blocksize=max(1, AUDIO_BLOCK // channels), dtype="float32", always_2d=True):
+                decoded += len(block)
+                if decoded > limit:
+                    raise limits.audio_too_long(where)
+                mono = block.mean(axis=1) if channels > 1 else block[:, 0]
+                if not np.isfinite(mono).all():
+                    raise DataError(f"{where} holds NaN or infinite audio samples")
+                resampler.push(np.ascontiguousarray(mono, dtype=np.float32))
     except (sf.SoundFileError, RuntimeError, TypeError, ValueError, EOFError) as e:
         reason = str(e).split(": ", 1)[-1] if "Error opening" in str(e) else str(e)
         raise DataError(f"cannot decode {where}: {reason}",
                         hint="Audio must be WAV, FLAC, OGG (Vorbis/Opus) or MP3.") from None
-    if wav.shape[0] == 0:
+    if decoded == 0:
         raise DataError(f"{where} holds no audio samples",
                         hint="Leave out rows whose recording is empty.")
-    mono = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
-    if rate != SAMPLE_RATE:
-        import torchaudio.functional as AF
-
-        mono = AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, SAMPLE_RATE).numpy()
-    if not np.isfinite(mono).all():
-        raise DataError(f"{where} holds NaN or infinite audio samples")
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    return resampler.finish()
 
 
 @dataclass
@@ -316,13 +397,17 @@ class Decoded:
 
 
 def decode_rows(rows: Sequence[tuple[int, Row]], *, reader: Reader, norm: TextNorm | None,
-                skip: bool) -> Decoded:
+                skip: bool, training: bool = False) -> Decoded:
     """Decode (position, row) pairs. With ``skip`` unreadable rows are reported
-    in ``errors`` instead of failing the batch."""
+    in ``errors`` instead of failing the batch. ``training``: clips are bounded
+    by MAX_TRAIN_SECONDS too."""
+    limits = reader.limits
+    if training:
+        limits = limits.capped_audio(MAX_TRAIN_SECONDS, "the longest clip speech recognition trains on")
     out = Decoded([], [])
     for pos, row in rows:
         try:
-            audio = decode_audio(reader.read(row), reader.describe(row))
+            audio = decode_audio(reader.read(row), f"audio {reader.describe(row)}", limits)
         except DataError as e:
             if not skip:
                 raise
@@ -505,9 +590,7 @@ def load(record: Any, payload: bytes, device: str) -> SpeechRecognizer:
     from safetensors.torch import load as load_safetensors
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-    if record.format != FORMAT:
-        raise DataError(f'model "{record.name}" is stored as {record.format}, which this version cannot read',
-                        sqlstate="XX001")
+    fam.check_format(record, FORMAT)
     meta = _safetensors_metadata(payload)
     config = Wav2Vec2Config.from_dict(json.loads(meta["config"]))
     stored = json.loads(meta.get("options", "{}"))
@@ -593,7 +676,12 @@ def _weights_hint(repo: str, dirs: Sequence[str]) -> str:
             " pass base_model='/path/to/checkpoint_folder', or train from scratch with pretrained=False.")
 
 
-def _from_hub(repo: str, dirs: Sequence[str]) -> Start:
+def _from_hub(name: str, dirs: Sequence[str]) -> Start:
+    """Pretrained weights by repo id (``org/name``, or a legacy id without org): a weights
+    directory or the Hugging Face cache first, else downloaded from the hub."""
+    repo = weights.hub_repo(name) or (name if weights.is_model_name(name) else None)
+    if repo is None:  # weights.locate() lets no other name through: a path is never looked up by name
+        raise InvalidOption(f'"{name}" is not a Hugging Face repo id (org/name)')
     local = weights.local_hub_dir(repo, dirs)
     if local:
         return _load_checkpoint(local, f"pretrained {repo} ({local})", local=True)
@@ -601,10 +689,27 @@ def _from_hub(repo: str, dirs: Sequence[str]) -> Start:
         raise WeightsUnavailable(f"weights for {repo} are not on the server and the model hub is unreachable",
                                  hint=_weights_hint(repo, dirs))
     try:
-        return _load_checkpoint(repo, f"pretrained {repo} (hub)", local=False)
+        folder = _download(repo)
+        return _load_checkpoint(folder, f"pretrained {repo} (hub)", local=True)
     except DataError as e:
         raise WeightsUnavailable(f"could not load pretrained weights {repo}: {e.message}",
                                  hint=_weights_hint(repo, dirs)) from None
+
+
+def _download(repo: str) -> str:
+    """The files of hub repo ``repo`` that a checkpoint needs, in the server's Hugging Face
+    cache: its folder there. Fetched by repo id only, and loaded from that folder, because
+    transformers' from_pretrained(repo) first reads a folder of that name relative to the
+    backend's working directory (the cluster's data directory), if there is one."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(repo, allow_patterns=["*.json", "*.safetensors"])
+        if weights.weights_in_dir(Path(folder)) is None:  # an older repo: pickled weights only
+            folder = snapshot_download(repo, allow_patterns=["*.json", "pytorch_model*.bin"])
+    except Exception as e:  # network, authentication and missing-repo errors of huggingface_hub
+        raise DataError(str(e)) from None
+    return folder
 
 
 def _from_path(path: str) -> Start:
@@ -629,18 +734,8 @@ def scratch_network(vocab: Vocab) -> Any:
 def start_network(algo: Any, opts: dict[str, Any], reader: Reader, dirs: Sequence[str]) -> Start:
     base_model = opts.get("base_model")
     if base_model:
-        path = None
-        if weights.looks_like_path(base_model):
-            path = reader.resolve_path(os.path.expanduser(base_model))
-        else:
-            # a relative path under thanosql.data_dir also counts when it exists
-            try:
-                resolved = reader.resolve_path(base_model)
-            except ThanoSQLError:
-                resolved = None
-            if resolved is not None and os.path.exists(resolved):
-                path = resolved
-        return _from_path(path) if path else _from_hub(base_model, dirs)
+        kind, where = weights.locate(base_model, reader.resolve_path)
+        return _from_path(where) if kind == "path" else _from_hub(base_model, dirs)
     if opts["pretrained"]:
         return _from_hub(algo.params["hub_id"], dirs)
     return Start(None, None, True, True, "random initialisation", fine_tune=False)
@@ -780,7 +875,7 @@ def _fit(model: SpeechRecognizer, algo: Any, opts: dict[str, Any], source: RowSo
     progress = _Progress(source.notice, source.progress_interval, label=f"{algo.name} training",
                          epochs=epochs, steps_per_epoch=steps_per_epoch)
     skip = opts.get("on_error") == "skip"
-    work = partial(decode_rows, reader=source.reader, norm=model.norm, skip=skip)
+    work = partial(decode_rows, reader=source.reader, norm=model.norm, skip=skip, training=True)
     skipped, first_error = source.skipped, None
     loss_avg = float("nan")
     rates = ErrorRates()

@@ -9,8 +9,13 @@ of pg_read_server_files read anywhere the server's OS user can; everybody else
 only below ``thanosql.data_dir`` (checked on the resolved real path, so ``..``
 and symlinks cannot escape it). Relative paths resolve under thanosql.data_dir.
 
+Paths are checked before anything looks at them: a path a role may not read
+gets the same error (42501) whether or not the file exists, so the error tells
+nothing about the rest of the file system.
+
 ``MediaReader`` is built on the main thread (it asks the server for the
-settings once) and is then pure Python: decoding threads call ``read``.
+settings once per statement) and is then pure Python: decoding threads call
+``read`` and use ``limits`` (thanosql.max_image_pixels, thanosql.max_audio_seconds).
 """
 
 from __future__ import annotations
@@ -18,23 +23,30 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from thanosql_pg.algorithms.base import Row
+from thanosql_pg.algorithms.base import DEFAULT_LIMITS, MediaLimits, Row
 from thanosql_pg.errors import DataError, FileError, InsufficientPrivilege, NullValue
 
+# pg_settings' setting is in the base unit (seconds), whatever unit it was set in;
+# current_setting() would format it ('30min'). NULL when thanosql.so is not loaded.
+# Operators qualified: the limits must not depend on the caller's search_path.
+_SETTING = "(SELECT s.setting FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) '{}')"
 _SETTINGS_SQL = (
     "SELECT pg_catalog.current_setting('thanosql.data_dir') AS data_dir,"
-    " pg_catalog.pg_has_role('pg_read_server_files', 'USAGE') AS unrestricted"
+    " pg_catalog.pg_has_role('pg_read_server_files', 'USAGE') AS unrestricted,"
+    f" {_SETTING.format('thanosql.max_image_pixels')} AS max_image_pixels,"
+    f" {_SETTING.format('thanosql.max_audio_seconds')} AS max_audio_seconds"
 )
 _plan: Any = None
 
 
 class MediaReader:
     def __init__(self, data_dir: str, unrestricted: bool, *, column: str = "input",
-                 from_json: bool = False) -> None:
+                 from_json: bool = False, limits: MediaLimits = DEFAULT_LIMITS) -> None:
         self.data_dir = data_dir or ""
         self.unrestricted = unrestricted
         self.column = column
         self.from_json = from_json
+        self.limits = limits
         self._real_base = os.path.realpath(self.data_dir) if self.data_dir else ""
 
     @classmethod
@@ -45,7 +57,12 @@ class MediaReader:
         if _plan is None:
             _plan = plpy.prepare(_SETTINGS_SQL)
         row = plpy.execute(_plan)[0]
-        return cls(row["data_dir"] or "", bool(row["unrestricted"]), column=column, from_json=from_json)
+        limits = MediaLimits(
+            max_image_pixels=int(row["max_image_pixels"] or DEFAULT_LIMITS.max_image_pixels),
+            max_audio_seconds=int(row["max_audio_seconds"] or DEFAULT_LIMITS.max_audio_seconds),
+        )
+        return cls(row["data_dir"] or "", bool(row["unrestricted"]), column=column, from_json=from_json,
+                   limits=limits)
 
     # -- thread-safe from here on: no plpy -----------------------------------------
     def describe(self, row: Row) -> str:
@@ -103,9 +120,19 @@ class MediaReader:
             raise FileError(f"could not read {self.describe(row)}: {e.strerror or e}",
                             sqlstate="58030") from None
 
-    def resolve_path(self, path: str) -> str:
+    def resolve_path(self, path: str, *, expand_user: bool = False) -> str:
         """The file a path names, after the privilege check; raises when the
-        caller may not read it."""
+        caller may not read it, before and whatever the file system holds there.
+
+        A restricted caller gets the real path (symlinks and ``..`` resolved),
+        checked to lie below thanosql.data_dir. ``expand_user``: ``~`` means the
+        server's home directory, for callers who may read it; for the others it is
+        refused without being looked up (which OS users exist is none of theirs).
+        """
+        if expand_user and path.startswith("~"):
+            if not self.unrestricted:
+                raise self._denied(path)
+            path = os.path.expanduser(path)
         if not os.path.isabs(path):
             if not self.data_dir:
                 raise FileError(
@@ -117,9 +144,13 @@ class MediaReader:
             return path
         real = os.path.realpath(path)
         if not self._real_base or os.path.commonpath([real, self._real_base]) != self._real_base:
-            raise InsufficientPrivilege(
-                f'permission denied to read file "{path}"',
-                hint="Only superusers and members of pg_read_server_files may read files outside "
-                f"thanosql.data_dir ({self.data_dir or 'not set'}).",
-            )
+            raise self._denied(path)
         return real
+
+    def _denied(self, path: str) -> InsufficientPrivilege:
+        # names only what the caller wrote: nothing about what exists there
+        return InsufficientPrivilege(
+            f'permission denied to read file "{path}"',
+            hint="Only superusers and members of pg_read_server_files may read files outside "
+            f"thanosql.data_dir ({self.data_dir or 'not set'}).",
+        )

@@ -26,6 +26,7 @@ import digits
 import numpy as np
 import psycopg
 import pytest
+from catalog_rows import add_model
 from PIL import Image
 
 Conn = psycopg.Connection
@@ -389,13 +390,15 @@ def test_session_cache_sees_overwrite(conn: Conn, server_dsn: str, data: dict[st
     with psycopg.connect(server_dsn, autocommit=True) as other:
         build(other, model, "ConvNeXt_Tiny", {**SMALL, "overwrite": True}, q + " WHERE label IN (7, 8)")
     assert {r[2] for r in predict(conn, model, {"image_col": "path"}, test_q)} <= {"7", "8"}
-    # FIT in place bumps the version too, keeping the metrics history
+    # FIT in place makes a third version; the metrics history keeps every statement's
     fit(conn, model, model, {"image_col": "path", "label_col": "label"}, q + " WHERE label IN (7, 8)")
     version, statements = conn.execute(
-        "SELECT m.version, array_agg(h.statement ORDER BY h.at) FROM thanosql.models m"
+        "SELECT m.version, array_agg(h.statement || h.version ORDER BY h.at) FROM thanosql.models m"
         " JOIN thanosql.model_metrics h ON h.model_id = m.id WHERE m.name = %s GROUP BY m.version",
         [model]).fetchone()
-    assert version == 3 and statements == ["BUILD", "FIT"]
+    assert version == 3 and statements == ["BUILD1", "BUILD2", "FIT3"]
+    kept = conn.execute("SELECT version, statement FROM thanosql.model_versions(%s)", [model]).fetchall()
+    assert kept == [(3, "FIT"), (2, "BUILD"), (1, "BUILD")]
 
 
 # --- bad input: clear errors, nothing half-written ----------------------------------------------------
@@ -504,8 +507,7 @@ def test_unknown_model_algorithm_and_family(conn: Conn, data: dict[str, str]) ->
     fails(conn, "42704", lambda: build(conn, name("x"), "ResNet9000", SMALL, q))
     # a model of another family (an image-embedding model) cannot PREDICT or EVALUATE
     other = name("embedding")
-    conn.execute("INSERT INTO thanosql.models (name, algorithm, family, format) VALUES (%s, 'SimCLR',"
-                 " 'image_embedding', 'none')", [other])
+    add_model(conn, other, algorithm="SimCLR", family="image_embedding")
     err = fails(conn, "42809", lambda: predict(conn, other, {"image_col": "path"}, q))
     assert "SimCLR" in str(err)
     fails(conn, "42809", lambda: evaluate(conn, other, {"image_col": "path"}, q))

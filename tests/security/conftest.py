@@ -41,6 +41,8 @@ def make_role(direct: psycopg.Connection) -> Iterator[Callable[[str], str]]:
     yield make
     for role in reversed(made):
         direct.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
+        # models are rows, not objects DROP OWNED knows: a dropped role would leave them orphaned
+        direct.execute("DELETE FROM thanosql.models WHERE owner = %s::regrole", (f'"{role}"',))
         direct.execute(f'DROP OWNED BY "{role}" CASCADE')
         direct.execute(f'REVOKE ALL ON DATABASE "{dbname}" FROM "{role}"')
         direct.execute(f'DROP ROLE "{role}"')

@@ -18,6 +18,7 @@
 #include "utils/elog.h"
 #include "utils/guc.h"
 
+#include "preload.h"
 #include "progress.h"
 
 PG_MODULE_MAGIC;
@@ -121,6 +122,8 @@ _PG_init(void)
 							"Earlier versions of a model kept by BUILD (overwrite) and FIT, for rollback.",
 							NULL, &keep_versions, 3, 0, 1000,
 							PGC_SUSET, 0, NULL, NULL, NULL);
+	/* last: with thanosql.preload on, this imports thanosql_pg using the settings above */
+	thanosql_preload_init(python_lib_dir);
 	MarkGUCPrefixReserved("thanosql");
 
 	thanosql_progress_init();

@@ -38,6 +38,7 @@ static int	progress_interval = 10;
 static int	max_image_pixels = 40000000;
 static int	max_audio_seconds = 1800;
 static int	keep_versions = 3;
+static int	max_threads = 0;
 
 /*
  * PL/Python reports an exception raised by Python code as
@@ -121,6 +122,12 @@ _PG_init(void)
 	DefineCustomIntVariable("thanosql.keep_versions",
 							"Earlier versions of a model kept by BUILD (overwrite) and FIT, for rollback.",
 							NULL, &keep_versions, 3, 0, 1000,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("thanosql.max_threads",
+							"Threads that the sessions running models share (0: the cores the server may use).",
+							"Each session running a model takes its share of them; without "
+							"shared_preload_libraries = 'thanosql' each takes them all.",
+							&max_threads, 0, 0, 1024,
 							PGC_SUSET, 0, NULL, NULL, NULL);
 	/* last: with thanosql.preload on, this imports thanosql_pg using the settings above */
 	thanosql_preload_init(python_lib_dir);

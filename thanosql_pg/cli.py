@@ -17,7 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("start", help="start the embedded PostgreSQL cluster and the proxy")
     sp.add_argument("--foreground", action="store_true",
                     help="stay in the foreground until SIGTERM/SIGINT, then stop (for containers)")
-    sub.add_parser("stop", help="stop the proxy and the cluster")
+    sp.add_argument("--replica", action="store_true",
+                    help="also run a hot standby streaming from the cluster, with its own proxy")
+    stop = sub.add_parser("stop", help="stop the proxy and the cluster (and the standby)")
+    stop.add_argument("--replica", action="store_true", help="stop only the standby and its proxy")
     st = sub.add_parser("status", help="show where the cluster and the proxy listen")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("psql", help="run psql through the proxy (extra arguments go to psql)")
@@ -30,13 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     cluster = Cluster()
     try:
         if args.command == "start":
-            state = cluster.start()
+            state = cluster.start_replica() if args.replica else cluster.start()
             print(f"server: {state.server_uri}\nproxy:  {state.proxy_uri}", flush=True)
+            if args.replica:
+                print(f"replica server: {state.replica_uri}\nreplica proxy:  {state.replica_proxy_uri}",
+                      flush=True)
             if args.foreground:
                 _wait_for_signal()
                 cluster.stop()
         elif args.command == "stop":
-            cluster.stop()
+            if args.replica:
+                cluster.stop_replica()
+            else:
+                cluster.stop()
             print("stopped")
         elif args.command == "status":
             info = cluster.status()

@@ -30,7 +30,8 @@ _PRELOAD = "shared_preload_libraries = 'thanosql'  # thanosql.progress, shared C
 FIRST_PORT = 54320
 # pg_hba with THANOSQL_PASSWORD: SCRAM for every TCP connection (the proxy's included);
 # the Unix socket only for OS users logging in as their own role (`peer`, see pg_ident).
-_PASSWORD_HBA = "local all all peer map=thanosql\nhost all all all scram-sha-256\n"
+_PASSWORD_HBA = ("local all all peer map=thanosql\nhost all all all scram-sha-256\n"
+                 "host replication all all scram-sha-256\n")
 # What clusters made before had: a trusted socket, which the proxy used to connect through.
 _OLD_PASSWORD_HBA = "local all all trust\nhost all all all scram-sha-256\n"
 
@@ -62,6 +63,17 @@ class State:
     proxy_port: int
     superuser: str
     listen: str = "127.0.0.1"
+    # a hot standby of the cluster (`thanosql start --replica`), when made
+    replica_port: int | None = None
+    replica_proxy_port: int | None = None
+
+    @property
+    def replica_uri(self) -> str | None:
+        return _uri(self.superuser, self.replica_port)
+
+    @property
+    def replica_proxy_uri(self) -> str | None:
+        return _uri(self.superuser, self.replica_proxy_port)
 
     @property
     def server_uri(self) -> str:
@@ -82,6 +94,10 @@ class Cluster:
         self.server_log = self.home / "server.log"
         self.proxy_log = self.home / "proxy.log"
         self.proxy_pid = self.run_dir / "proxy.pid"
+        self.replica = self.home / "replica"
+        self.replica_log = self.home / "replica.log"
+        self.replica_proxy_pid = self.run_dir / "replica-proxy.pid"
+        self.replica_proxy_log = self.home / "replica-proxy.log"
         self.as_root = os.geteuid() == 0
 
     # -- helpers --------------------------------------------------------------
@@ -103,23 +119,26 @@ class Cluster:
     def _save_state(self, state: State) -> None:
         self.state_file.write_text(json.dumps(asdict(state)))
 
-    def server_running(self) -> bool:
-        if not (self.data / "postmaster.pid").exists():
+    def server_running(self, data: Path | None = None) -> bool:
+        data = data or self.data
+        if not (data / "postmaster.pid").exists():
             return False
         res = subprocess.run(
-            self._server_cmd([str(pg_bindir() / "pg_ctl"), "status", "-D", str(self.data)]),
+            self._server_cmd([str(pg_bindir() / "pg_ctl"), "status", "-D", str(data)]),
             capture_output=True, check=False,
         )
         return res.returncode == 0
 
-    def proxy_running(self) -> bool:
+    def proxy_running(self, pid_file: Path | None = None, port: int | None = None) -> bool:
         try:
-            pid = int(self.proxy_pid.read_text())
+            pid = int((pid_file or self.proxy_pid).read_text())
             os.kill(pid, 0)
         except (OSError, ValueError):
             return False
-        state = self.state()
-        return state is not None and _port_open(state.proxy_port)
+        if port is None:
+            state = self.state()
+            port = state.proxy_port if state is not None else None
+        return port is not None and _port_open(port)
 
     # -- lifecycle --------------------------------------------------------------
     def init(self) -> State:
@@ -264,29 +283,100 @@ thanosql.data_dir = '{self.files}'
                    "CREATE EXTENSION IF NOT EXISTS thanosql CASCADE; ALTER EXTENSION thanosql UPDATE")
 
     def _start_proxy(self, state: State) -> None:
+        self._spawn_proxy(state, listen_port=state.proxy_port, upstream_port=state.port,
+                          pid_file=self.proxy_pid, log_file=self.proxy_log)
+
+    def _spawn_proxy(self, state: State, *, listen_port: int, upstream_port: int, pid_file: Path,
+                     log_file: Path) -> None:
         exe = Path(sys.executable).parent / "thanosql-proxy"
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "thanosql_pg.proxy.server"]
         listen = "0.0.0.0" if state.listen != "127.0.0.1" else "127.0.0.1"
         # Upstream over TCP, never the Unix socket: the server must authenticate each proxy
         # client by the rules for TCP connections (a password when there is one), not
         # trust the proxy's OS user.
-        cmd += ["--listen-host", listen, "--listen-port", str(state.proxy_port),
-                "--upstream-host", "127.0.0.1", "--upstream-port", str(state.port),
-                "--pid-file", str(self.proxy_pid)]
-        with open(self.proxy_log, "ab") as log:
+        cmd += ["--listen-host", listen, "--listen-port", str(listen_port),
+                "--upstream-host", "127.0.0.1", "--upstream-port", str(upstream_port),
+                "--pid-file", str(pid_file)]
+        with open(log_file, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
-        self.proxy_pid.write_text(str(proc.pid))
+        pid_file.write_text(str(proc.pid))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if _port_open(state.proxy_port):
+            if _port_open(listen_port):
                 return
             if proc.poll() is not None:
                 break
             time.sleep(0.05)
-        raise ConfigurationError("the proxy did not start", hint=f"See {self.proxy_log}.")
+        raise ConfigurationError("the proxy did not start", hint=f"See {log_file}.")
+
+    # -- the hot standby --------------------------------------------------------
+    def start_replica(self) -> State:
+        """The cluster, plus a hot standby streaming from it (its own port and proxy).
+
+        Models are table data, so WAL brings them to the standby: PREDICT, SEARCH IMAGE,
+        LIST/DESCRIBE MODEL, EVALUATE and CONVERT's inline form run there; statements
+        that write (BUILD, FIT, CONVERT into a table) get PostgreSQL's read-only error.
+        """
+        state = self.start()
+        if state.replica_port is None or state.replica_proxy_port is None:
+            state.replica_port = _free_port(state.proxy_port + 1)
+            state.replica_proxy_port = _free_port(state.replica_port + 1)
+            self._save_state(state)
+        assert state.replica_port is not None and state.replica_proxy_port is not None
+        if not (self.replica / "PG_VERSION").exists():
+            self._base_backup(state)
+        if not self.server_running(self.replica):
+            self.replica_log.touch()
+            self._chown(self.replica_log)
+            subprocess.run(
+                self._server_cmd([str(pg_bindir() / "pg_ctl"), "start", "-w", "-t", "120", "-D",
+                                  str(self.replica), "-l", str(self.replica_log)]),
+                check=True, stdout=subprocess.DEVNULL,
+            )
+        if not self.proxy_running(self.replica_proxy_pid, state.replica_proxy_port):
+            self._spawn_proxy(state, listen_port=state.replica_proxy_port, upstream_port=state.replica_port,
+                              pid_file=self.replica_proxy_pid, log_file=self.replica_proxy_log)
+        return state
+
+    def _base_backup(self, state: State) -> None:
+        """A copy of the running cluster that follows it (pg_basebackup -R: standby.signal
+        and primary_conninfo), on its own port."""
+        if self.replica.exists():
+            shutil.rmtree(self.replica)  # a half-made copy from an interrupted backup
+        self.replica.mkdir()
+        self._chown(self.replica)
+        os.chmod(self.replica, 0o700)
+        env = dict(os.environ)
+        if os.environ.get("THANOSQL_PASSWORD"):
+            env["PGPASSWORD"] = os.environ["THANOSQL_PASSWORD"]
+        subprocess.run(
+            self._server_cmd([str(pg_bindir() / "pg_basebackup"), "-D", str(self.replica), "-h", "127.0.0.1",
+                              "-p", str(state.port), "-U", state.superuser, "-X", "stream", "-R",
+                              "--checkpoint=fast"]),
+            check=True, stdout=subprocess.DEVNULL, env=env,
+        )
+        with open(self.replica / "postgresql.conf", "a") as f:
+            f.write(f"""
+# --- thanosql hot standby of {self.data} ---
+port = {state.replica_port}
+hot_standby = on
+# A long PREDICT on the standby must not be cancelled because the primary vacuumed
+# the rows it reads (the primary keeps them a little longer instead).
+hot_standby_feedback = on
+""")
+
+    def stop_replica(self) -> None:
+        self._stop_proxy(self.replica_proxy_pid)
+        if self.server_running(self.replica):
+            subprocess.run(
+                self._server_cmd([str(pg_bindir() / "pg_ctl"), "stop", "-w", "-m", "fast", "-D",
+                                  str(self.replica)]),
+                check=True, stdout=subprocess.DEVNULL,
+            )
 
     def stop(self) -> None:
+        self.stop_replica()
         self._stop_proxy()
         if self.server_running():
             subprocess.run(
@@ -295,16 +385,17 @@ thanosql.data_dir = '{self.files}'
                 check=True, stdout=subprocess.DEVNULL,
             )
 
-    def _stop_proxy(self) -> None:
+    def _stop_proxy(self, pid_file: Path | None = None) -> None:
+        pid_file = pid_file or self.proxy_pid
         try:
-            pid = int(self.proxy_pid.read_text())
+            pid = int(pid_file.read_text())
             os.kill(pid, signal.SIGTERM)
             for _ in range(100):
                 os.kill(pid, 0)
                 time.sleep(0.05)
         except (OSError, ValueError):
             pass
-        self.proxy_pid.unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
 
     def status(self) -> dict[str, object]:
         state = self.state()
@@ -319,7 +410,17 @@ thanosql.data_dir = '{self.files}'
         if state:
             info.update(server=state.server_uri, proxy=state.proxy_uri, port=state.port,
                         proxy_port=state.proxy_port, superuser=state.superuser, database=DATABASE)
+            if state.replica_port is not None:
+                info.update(replica=state.replica_uri, replica_proxy=state.replica_proxy_uri,
+                            replica_port=state.replica_port, replica_proxy_port=state.replica_proxy_port,
+                            replica_running=self.server_running(self.replica),
+                            replica_proxy_running=self.proxy_running(self.replica_proxy_pid,
+                                                                     state.replica_proxy_port))
         return info
+
+
+def _uri(user: str, port: int | None) -> str | None:
+    return None if port is None else f"postgresql://{user}@127.0.0.1:{port}/{DATABASE}"
 
 
 def _server_listen_addresses(listen: str) -> str:

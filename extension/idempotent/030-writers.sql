@@ -3,6 +3,19 @@
 -- they run as the extension's owner). Each takes the caller's role last; see
 -- 010-privileges.sql for why and how it is checked.
 
+-- Models are changed on the primary only: on a hot standby every writer says so
+-- (PostgreSQL's own read-only error, 25006, with a hint) before doing anything.
+CREATE OR REPLACE FUNCTION thanosql._writable() RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_catalog.pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'cannot change models on a read-only standby' USING ERRCODE = 'read_only_sql_transaction',
+            HINT = 'Run BUILD, FIT, DELETE, grants and rollbacks on the primary server: models reach the standbys '
+                   'by replication. PREDICT, SEARCH IMAGE, EVALUATE and CONVERT''s inline form run here.';
+    END IF;
+    RETURN true;
+END $$;
+
 -- A model for role ``who`` needing ``privilege``. A model that ``who`` may not
 -- even USE "does not exist", as it does for LIST MODEL.
 CREATE OR REPLACE FUNCTION thanosql._model_for(p_model text, who pg_catalog.regrole, privilege text)
@@ -92,6 +105,7 @@ CREATE OR REPLACE FUNCTION thanosql._model_claim(p_name text, overwrite boolean,
                                                  OUT model_id bigint, OUT existed boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    writable boolean := thanosql._writable();
     who pg_catalog.regrole := thanosql._acting_role(caller);
     m thanosql.models;
     saved_timeout text := pg_catalog.current_setting('lock_timeout');
@@ -147,6 +161,7 @@ CREATE OR REPLACE FUNCTION thanosql._model_write(
     p_format text, p_size_bytes bigint, p_statement text, p_rows bigint, caller pg_catalog.regrole)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    writable boolean := thanosql._writable();
     who pg_catalog.regrole := thanosql._acting_role(caller);
     m thanosql.models;
     v integer;
@@ -187,6 +202,7 @@ CREATE OR REPLACE FUNCTION thanosql._model_put_chunk(p_model_id bigint, p_seq in
                                                      caller pg_catalog.regrole)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    writable boolean := thanosql._writable();
     m thanosql.models := thanosql._model_by_id(p_model_id, caller, 'MODIFY', 'write the weights');
 BEGIN
     INSERT INTO thanosql.model_chunks (model_id, version, seq, data) VALUES (p_model_id, m.version, p_seq, p_data);
@@ -197,6 +213,7 @@ END $$;
 CREATE OR REPLACE FUNCTION thanosql._record_epochs(p_model_id bigint, p_epochs jsonb, caller pg_catalog.regrole)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    writable boolean := thanosql._writable();
     m thanosql.models := thanosql._model_by_id(p_model_id, caller, 'MODIFY', 'write the history');
 BEGIN
     INSERT INTO thanosql.model_epochs (model_id, version, epoch, metric, train_loss, train_metric, validation_loss,
@@ -212,6 +229,7 @@ END $$;
 CREATE OR REPLACE FUNCTION thanosql._rollback_model(p_model text, p_version integer, caller pg_catalog.regrole)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    writable boolean := thanosql._writable();
     who pg_catalog.regrole := thanosql._acting_role(caller);
     m thanosql.models := thanosql._model_for(p_model, who, 'MODIFY');
     v thanosql.model_versions;
@@ -251,6 +269,7 @@ END $$;
 CREATE OR REPLACE FUNCTION thanosql._delete_model(p_model text, if_exists boolean, caller pg_catalog.regrole)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    writable boolean := thanosql._writable();
     who pg_catalog.regrole := thanosql._acting_role(caller);
     m thanosql.models;
 BEGIN
@@ -317,6 +336,7 @@ CREATE OR REPLACE FUNCTION thanosql._grant_model(p_model text, p_grantee text, p
                                                  caller pg_catalog.regrole)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    writable boolean := thanosql._writable();
     who pg_catalog.regrole := thanosql._acting_role(caller);
     priv text := thanosql._model_privilege_name(p_privilege);
     m thanosql.models := thanosql._owned_model(p_model, who, 'grant privileges on it');
@@ -329,6 +349,7 @@ CREATE OR REPLACE FUNCTION thanosql._revoke_model(p_model text, p_grantee text, 
                                                   caller pg_catalog.regrole)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    writable boolean := thanosql._writable();
     who pg_catalog.regrole := thanosql._acting_role(caller);
     priv text := thanosql._model_privilege_name(p_privilege);
     m thanosql.models := thanosql._owned_model(p_model, who, 'revoke privileges on it');
@@ -344,6 +365,7 @@ END $$;
 CREATE OR REPLACE FUNCTION thanosql._alter_model_owner(p_model text, p_new_owner text, caller pg_catalog.regrole)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    writable boolean := thanosql._writable();
     who pg_catalog.regrole := thanosql._acting_role(caller);
     m thanosql.models := thanosql._owned_model(p_model, who, 'change its owner');
     new_owner pg_catalog.regrole := thanosql._grantee(p_new_owner);

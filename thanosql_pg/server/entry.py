@@ -99,10 +99,18 @@ def _wrap(fn: F, *, caller_sql: str | None) -> F:
             # spidata = (sqlerrcode, detail, hint, query, position, ...)
             spidata = getattr(e, "spidata", None) or (None, None, None)
             message = str(e.args[0]) if e.args else str(e)
-            _raise_clean(message, sqlstate=getattr(e, "sqlstate", None) or "XX000",
-                         detail=spidata[1], hint=spidata[2])
+            sqlstate = getattr(e, "sqlstate", None) or "XX000"
+            hint = spidata[2]
+            if sqlstate == "25006" and not hint:  # read_only_sql_transaction: a hot standby, say
+                hint = _READ_ONLY_HINT
+            _raise_clean(message, sqlstate=sqlstate, detail=spidata[1], hint=hint)
 
     return wrapper  # type: ignore[return-value]
+
+
+_READ_ONLY_HINT = ("On a read-only standby (or transaction) PREDICT, SEARCH IMAGE, EVALUATE and CONVERT's"
+                   " inline form run; BUILD, FIT and CONVERT into a table run on the primary server, whose"
+                   " models reach the standbys by replication.")
 
 
 def _guard_iter(it: Iterator[Any]) -> Iterator[Any]:

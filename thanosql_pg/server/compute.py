@@ -1,0 +1,85 @@
+"""Sharing the CPU cores between the sessions that run models.
+
+Every backend used to give torch all the cores: N sessions running models ran
+N x cores threads on the same cores, and four PREDICT sessions together got a
+fifth of what one got alone. Now a session that starts running a model tells
+the server (thanosql._work, a slot in shared memory) and gets back how many
+sessions are running models right now; it takes its share of
+thanosql.max_threads for this call. Without shared memory (the library not in
+shared_preload_libraries) nobody can count, and each session takes them all,
+as before.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import plpy
+
+_plans: dict[str, Any] = {}
+_depth = 0  # nested entry points (CONVERT's CREATE TABLE AS calls convert_batch) count once
+
+
+def _plan(key: str, sql: str, types: list[str] | None = None) -> Any:
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plans[key] = plpy.prepare(sql, types or [])
+    return plan
+
+
+def cores() -> int:
+    """The cores this backend may run on (its CPU affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def share(budget: int, busy: int) -> int:
+    """Threads for one of ``busy`` sessions sharing ``budget`` threads (0 busy: nobody
+    counts, take the budget)."""
+    if busy <= 0:
+        return max(1, budget)
+    return max(1, budget // busy)
+
+
+@contextmanager
+def running_model() -> Iterator[int]:
+    """Around a call that runs a model: register the session as busy, size torch's
+    thread pool to its share, and unregister when done (an error or cancel clears
+    the slot too: the C module does it at transaction abort). Yields the threads."""
+    global _depth
+    if _depth:
+        _depth += 1
+        try:
+            yield -1
+        finally:
+            _depth -= 1
+        return
+    busy = int(plpy.execute(_plan("busy", "SELECT thanosql._work(true) AS n"))[0]["n"])
+    rows = plpy.execute(_plan(
+        "max", "SELECT setting FROM pg_catalog.pg_settings WHERE name OPERATOR(pg_catalog.=)"
+               " 'thanosql.max_threads'"))
+    budget = int(rows[0]["setting"]) if rows.nrows() else 0
+    threads = share(budget or cores(), busy)
+    set_threads(threads)
+    _depth = 1
+    try:
+        yield threads
+    finally:
+        _depth = 0
+        try:
+            plpy.execute(_plan("idle", "SELECT thanosql._work(false)"))
+        except plpy.SPIError:
+            pass  # the statement is failing: the abort clears the slot
+
+
+def set_threads(n: int) -> None:
+    """torch's intra-op threads (the call is about to run a model: torch is needed anyway)."""
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)

@@ -257,7 +257,37 @@ def run_text(conn: psycopg.Connection, text: str) -> Any:  # type: ignore[type-a
         finally:
             conn.remove_notice_handler(notices)
         result = to_dataframe(cur) if cur.description is not None else CommandStatus(cur.statusmessage or "")
+    show_pictures(conn, result)
     return result
+
+
+_TRAINED_COLUMNS = ["model", "algorithm", "rows", "epochs", "seconds", "metrics"]  # BUILD/FIT's result
+
+
+def show_pictures(conn: psycopg.Connection, result: Any) -> list[bytes]:  # type: ignore[type-arg]
+    """Beside the DataFrame: the training curve of a finished BUILD/FIT, and the heatmap
+    of a confusion-matrix EVALUATE, as inline PNG images. Returns the images shown."""
+    columns = list(getattr(result, "columns", []))
+    pictures: list[bytes] = []
+    try:
+        from thanosql_pg import plots
+
+        if columns == _TRAINED_COLUMNS and len(result):
+            for model in dict.fromkeys(result["model"]):
+                cur = conn.execute("SELECT * FROM thanosql.training_info(%s)", (model,))
+                rows = [dict(zip([c.name for c in cur.description or ()], r, strict=True)) for r in cur]
+                if rows:
+                    pictures.append(plots.training_curve(rows, title=str(model)))
+        elif columns == list(plots.CONFUSION_COLUMNS) and len(result):
+            pictures.append(plots.confusion_heatmap(result.to_dict("records")))
+    except ImportError:  # matplotlib is optional for the magic: the DataFrame is the result
+        return []
+    if pictures:
+        from IPython.display import Image, display
+
+        for png in pictures:
+            display(Image(data=png, format="png"))
+    return pictures
 
 
 @magics_class

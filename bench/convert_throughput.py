@@ -45,7 +45,7 @@ def parse_args() -> argparse.Namespace:
 def simclr_net(options: dict[str, Any], _labels: Any) -> Any:
     import timm
 
-    from thanosql_pg.algorithms.simclr import SimCLRNet
+    from thanosql_pg.algorithms.simclr.model import SimCLRNet
 
     backbone = timm.create_model(options["arch"], pretrained=False, num_classes=0)
     return SimCLRNet(backbone, int(options["embedding_dim"]))

@@ -85,8 +85,8 @@ def set_up(conn: Any, files_dir: str, args: argparse.Namespace) -> list[Statemen
         return (f"SEARCH IMAGE USING {EMBEDDER} OPTIONS (search_by='image', search_input='{path}',"
                 f" emb_col='emb', top_k=10) AS SELECT id, emb FROM {SEARCH_TABLE}")
 
-    return [Statement("predict", predict, ("torch", "timm", family + "image_classification")),
-            Statement("search_image", search, ("torch", "timm", family + "simclr"))]
+    return [Statement("predict", predict, ("torch", "timm", family + "image_classification.model")),
+            Statement("search_image", search, ("torch", "timm", family + "simclr.model"))]
 
 
 def import_sql(module: str) -> str:

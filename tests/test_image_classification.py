@@ -354,7 +354,7 @@ def test_pretrained_weights_unavailable(conn: Conn, data: dict[str, str]) -> Non
     assert "pretrained=False" in (err.diag.message_hint or "")
     assert time.monotonic() - start < 30
     assert not model_exists(conn, model)
-    from thanosql_pg.algorithms import weights
+    from thanosql_pg.algorithms.shared import weights
 
     if weights.hub_reachable(weights.hub_endpoint()):
         return  # plain pretrained=True would download the real weights here
@@ -619,7 +619,7 @@ def _encode(img: Image.Image, fmt: str, **kw: Any) -> bytes:
 
 
 def test_image_modes_become_rgb() -> None:
-    from thanosql_pg.algorithms.image_classification import open_image
+    from thanosql_pg.algorithms.shared.images import open_image
 
     base = Image.fromarray((np.arange(64, dtype=np.uint8).reshape(8, 8) * 4), mode="L")
     rgba = base.convert("RGBA")
@@ -662,7 +662,7 @@ def test_metrics_match_scikit_learn() -> None:
 
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-    from thanosql_pg.algorithms.image_classification import classification_metrics
+    from thanosql_pg.algorithms.shared.metrics import classification_metrics
 
     rng = np.random.default_rng(0)
     truth = [str(v) for v in rng.integers(0, 5, 300)]

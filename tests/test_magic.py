@@ -174,7 +174,7 @@ def test_unavailable_algorithm_is_a_clean_0A000(kernel: Kernel) -> None:
 
 
 def test_build_streams_progress(kernel: Kernel, cluster: dict) -> None:
-    if "image_classification" not in registry.IMPLEMENTED_FAMILIES:
+    if "image_classification" not in registry.FAMILIES:
         pytest.skip("image classification is not implemented yet")
     with psycopg.connect(cluster["server"], autocommit=True) as conn:
         rows = digits_data.per_class(digits_data.digits(cluster["files_dir"]), 8)

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from thanosql_pg import scanner
-from thanosql_pg.errors import FileError, InvalidOption
+from thanosql_pg.errors import FileError, InvalidOption, WrongObjectType
 
 
 def make_tree(root: Path) -> Path:
@@ -161,7 +161,7 @@ def test_root_errors(tmp_path: Path) -> None:
         list(scanner.scan(str(tmp_path / "nope")))
     assert e.value.sqlstate == "58P01"
     (tmp_path / "f.png").write_bytes(b"x")
-    with pytest.raises(FileError, match="is not a folder") as e:
+    with pytest.raises(WrongObjectType, match="is not a folder") as e:
         list(scanner.scan(str(tmp_path / "f.png")))
     assert e.value.sqlstate == "42809"
 

@@ -1,16 +1,42 @@
 """Errors raised by thanosql_pg, each carrying a PostgreSQL SQLSTATE.
 
-The hierarchy mirrors psycopg's: catch ``ThanoSQLError`` for everything, or a
-subclass for one condition. Every error says what to do in ``hint`` where
-there is something the user can do. ``position`` is a 1-based character offset
-into the user's original statement text (PostgreSQL's convention), or None.
+The hierarchy mirrors psycopg's ``errors`` module: every class states its
+SQLSTATE once, in its definition (``class UndefinedTable(ThanoSQLError,
+code="42P01")``), and a constructor cannot change it, so a class and its code
+cannot disagree: ``except DataError`` catches bad input data, never an
+undefined table. A subclass that states no code has its parent's. Catch
+``ThanoSQLError`` for everything, or a subclass for one condition;
+``lookup(code)`` gives the class of a SQLSTATE.
+
+Every error says what to do in ``hint`` where there is something the user can
+do. ``position`` is a 1-based character offset into the user's original
+statement text (PostgreSQL's convention), or None.
+
+This is the one module of error classes in thanosql_pg.
 """
 
 from __future__ import annotations
 
+import re
+from typing import Any, ClassVar
+
+_SQLSTATE = re.compile(r"[0-9A-Z]{5}")
+_BY_CODE: dict[str, type[ThanoSQLError]] = {}
+
 
 class ThanoSQLError(Exception):
-    sqlstate: str = "XX000"
+    sqlstate: ClassVar[str] = "XX000"
+
+    def __init_subclass__(cls, code: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "sqlstate" in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: state the SQLSTATE as a class keyword: class {cls.__name__}"
+                            f"(..., code='{cls.__dict__['sqlstate']}')")
+        if code is not None:
+            if not _SQLSTATE.fullmatch(code):
+                raise TypeError(f"{cls.__name__}: {code!r} is not a SQLSTATE")
+            cls.sqlstate = code
+            _BY_CODE.setdefault(code, cls)
 
     def __init__(
         self,
@@ -19,93 +45,180 @@ class ThanoSQLError(Exception):
         hint: str | None = None,
         detail: str | None = None,
         position: int | None = None,
-        sqlstate: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.detail = detail
         self.position = position
-        if sqlstate is not None:
-            self.sqlstate = sqlstate
 
     def __str__(self) -> str:
         return self.message
 
 
-class SyntaxError(ThanoSQLError):
-    sqlstate = "42601"
+def lookup(code: str) -> type[ThanoSQLError]:
+    """The class of SQLSTATE ``code`` (the first one defined with it); KeyError for none."""
+    return _BY_CODE[code]
 
 
-class InvalidOption(ThanoSQLError):
-    """Unknown option, or an option value of the wrong type or range."""
-
-    sqlstate = "22023"  # invalid_parameter_value
+class InternalError(ThanoSQLError, code="XX000"):
+    """A bug in thanosql_pg (never the user's doing)."""
 
 
-class UndefinedModel(ThanoSQLError):
-    sqlstate = "42704"  # undefined_object
-
-
-class DuplicateModel(ThanoSQLError):
-    sqlstate = "42710"  # duplicate_object
-
-
-class UndefinedColumn(ThanoSQLError):
-    sqlstate = "42703"
-
-
-class WrongModelType(ThanoSQLError):
-    """A model of one algorithm family used where another is needed."""
-
-    sqlstate = "42809"  # wrong_object_type
-
-
-class FeatureNotAvailable(ThanoSQLError):
+# --- class 0A, 42: what the statement asks for ----------------------------------------------
+class FeatureNotAvailable(ThanoSQLError, code="0A000"):  # feature_not_supported
     """An algorithm or statement that this version does not implement yet."""
 
-    sqlstate = "0A000"  # feature_not_supported
+
+class SyntaxError(ThanoSQLError, code="42601"):  # psycopg's name too
+    pass
 
 
-class InsufficientPrivilege(ThanoSQLError):
-    sqlstate = "42501"
+class InsufficientPrivilege(ThanoSQLError, code="42501"):
+    pass
 
 
-class DataError(ThanoSQLError):
-    """Bad input data: a NULL where a value is needed, a corrupt file, ..."""
-
-    sqlstate = "22000"
+class UndefinedColumn(ThanoSQLError, code="42703"):
+    pass
 
 
-class LimitExceeded(DataError):
+class UndefinedTable(ThanoSQLError, code="42P01"):
+    pass
+
+
+class UndefinedObject(ThanoSQLError, code="42704"):
+    pass
+
+
+class UndefinedModel(UndefinedObject):
+    pass
+
+
+class UndefinedAlgorithm(UndefinedObject):
+    """An algorithm name that no registered family has."""
+
+
+class DuplicateModel(ThanoSQLError, code="42710"):  # duplicate_object
+    pass
+
+
+class DatatypeMismatch(ThanoSQLError, code="42804"):
+    pass
+
+
+class WrongObjectType(ThanoSQLError, code="42809"):
+    pass
+
+
+class WrongModelType(WrongObjectType):
+    """A model of one algorithm family used where another is needed."""
+
+
+# --- class 22: data -------------------------------------------------------------------------
+class InvalidParameterValue(ThanoSQLError, code="22023"):
+    """A value the statement passes that cannot be used (a label FIT cannot learn, ...)."""
+
+
+class InvalidOption(InvalidParameterValue):
+    """Unknown option, or an option value of the wrong type or range."""
+
+
+class NumericValueOutOfRange(ThanoSQLError, code="22003"):
+    pass
+
+
+class CharacterNotInRepertoire(ThanoSQLError, code="22021"):  # e.g. invalid UTF-8
+    pass
+
+
+class InvalidEscapeSequence(ThanoSQLError, code="22025"):
+    pass
+
+
+class DataError(ThanoSQLError, code="22000"):
+    """Bad input data: a NULL where a value is needed, a corrupt file, ...
+
+    In this hierarchy a DataError is a problem of one input row: on_error='skip'
+    skips the rows that raise one (its subclasses included, whatever their code)."""
+
+
+class NullValue(DataError, code="22004"):  # null_value_not_allowed
+    pass
+
+
+class ValueTypeMismatch(DatatypeMismatch, DataError, code="42804"):
+    """An input value of a type the model cannot read (a number where a path or
+    bytea is needed): a DatatypeMismatch, and a DataError of its row."""
+
+
+class LimitExceeded(DataError, code="54000"):  # program_limit_exceeded
     """An input over a resource limit (a thanosql.max_* setting, or a fixed bound
     of the model family), found from its header before it is decoded. A DataError,
     so on_error='skip' skips such rows like unreadable ones."""
 
-    sqlstate = "54000"  # program_limit_exceeded
+
+class FileError(DataError, code="58P01"):  # undefined_file
+    """A file that does not exist (a DataError of its row)."""
 
 
-class NullValue(DataError):
-    sqlstate = "22004"  # null_value_not_allowed
+class IoError(FileError, code="58030"):  # io_error
+    """A file that exists but cannot be read (permission denied, an I/O error)."""
 
 
-class FileError(DataError):
-    sqlstate = "58P01"  # undefined_file
+# --- classes 54, 55, 58, F0, XX: the server -------------------------------------------------
+class StatementTooComplex(ThanoSQLError, code="54001"):
+    """A statement too deep to parse safely (PostgreSQL's answer for one too deep for its stack)."""
 
 
-class DataCorrupted(ThanoSQLError):
+class ObjectNotInPrerequisiteState(ThanoSQLError, code="55000"):
+    """Something to do first: update the extension, reconnect, ..."""
+
+
+class WeightsUnavailable(ThanoSQLError, code="58000"):  # system_error
+    """Pretrained weights are neither cached nor downloadable."""
+
+
+class ConfigurationError(ThanoSQLError, code="F0000"):  # config_file_error
+    pass
+
+
+class DataCorrupted(ThanoSQLError, code="XX001"):
     """A stored model that this version cannot or will not load: an unknown
     format, or catalog options that are not what BUILD writes (the owner can
     edit them, so they are checked like input)."""
 
-    sqlstate = "XX001"  # data_corrupted
+
+# --- the preprocessor's lexer ---------------------------------------------------------------
+class LexicalError(ThanoSQLError):
+    """The text is not lexically valid SQL (unterminated string or comment, ...): the
+    base of the lexer's errors, one subclass per SQLSTATE (LexicalSyntaxError 42601
+    mostly). Not raised itself.
+
+    ``index`` (0-based) is where PostgreSQL's lexer stops, ``start`` where the token it
+    stops in starts (a string constant, for a bad escape in it); ``position`` is None for
+    errors PostgreSQL reports without one (an escape spelling invalid UTF-8)."""
+
+    def __init__(self, message: str, index: int | None, text_length: int, *, hint: str | None = None,
+                 detail: str | None = None, has_position: bool = True) -> None:
+        if type(self) is LexicalError:
+            raise TypeError("LexicalError is abstract: raise the subclass of its SQLSTATE")
+        self.index = index if index is not None else text_length
+        self.start = self.index
+        super().__init__(message, position=self.index + 1 if has_position else None, hint=hint,
+                         detail=detail)
 
 
-class WeightsUnavailable(ThanoSQLError):
-    """Pretrained weights are neither cached nor downloadable."""
-
-    sqlstate = "58000"  # system_error
+class LexicalSyntaxError(LexicalError, SyntaxError):
+    pass
 
 
-class ConfigurationError(ThanoSQLError):
-    sqlstate = "F0000"  # config_file_error
+class LexicalFeatureNotAvailable(LexicalError, FeatureNotAvailable):  # U&'' with escape strings
+    pass
+
+
+class LexicalCharacterNotInRepertoire(LexicalError, CharacterNotInRepertoire):
+    pass
+
+
+class LexicalInvalidEscape(LexicalError, InvalidEscapeSequence):
+    pass

@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from thanosql_pg.errors import FileError, InvalidOption
+from thanosql_pg.errors import FileError, InvalidOption, IoError, WrongObjectType
 
 COLUMNS = ("path", "file_name", "size_bytes", "label", "split", "media_type")
 MEDIA_TYPES = ("image", "audio", "video", "other")
@@ -90,16 +90,16 @@ def check_media_filter(media_type: str | None) -> str | None:
 
 
 def check_root(root: str) -> None:
-    """Raise FileError when ``root`` is not a folder we can list."""
+    """Raise FileError (or WrongObjectType, IoError) when ``root`` is not a folder we can list."""
     if not os.path.exists(root):
         raise FileError(f'folder "{root}" does not exist',
                         hint="Give a folder on the database server's file system.")
     if not os.path.isdir(root):
-        raise FileError(f'"{root}" is not a folder', sqlstate="42809",
-                        hint="scan_folder lists the files of a folder; give the folder that holds it.")
+        raise WrongObjectType(f'"{root}" is not a folder',
+                              hint="scan_folder lists the files of a folder; give the folder that holds it.")
     if not os.access(root, os.R_OK | os.X_OK):
-        raise FileError(f'could not open folder "{root}": permission denied', sqlstate="58030",
-                        hint="The folder must be readable by the operating-system user the server runs as.")
+        raise IoError(f'could not open folder "{root}": permission denied',
+                      hint="The folder must be readable by the operating-system user the server runs as.")
 
 
 def _inside(real: str, base: str) -> bool:

@@ -185,8 +185,8 @@ def test_a_role_cannot_lift_its_limits(limited: Conn, mallory: str, connect_as: 
 def test_pil_checks_embedded_images_against_the_setting() -> None:
     """Formats that decode parts while opening (an ICO's embedded PNG) meet the same limit:
     PIL's own bomb check is set to the setting, and its error is ours."""
-    from thanosql_pg.algorithms.base import MediaLimits
-    from thanosql_pg.algorithms.image_classification import open_image
+    from thanosql_pg.algorithms.shared.images import open_image
+    from thanosql_pg.algorithms.shared.limits import MediaLimits
     from thanosql_pg.errors import LimitExceeded
 
     buf = io.BytesIO()
@@ -236,12 +236,12 @@ def test_training_clips_are_bounded(mallory: str, connect_as: Callable[..., Conn
 def test_odd_sample_rates_resample_with_a_small_kernel() -> None:
     """torchaudio's kernel for 44101 Hz -> 16 kHz would be 16000 x 44115 floats (2.8 GB):
     such rates are resampled from the nearest multiple of 100 Hz instead."""
-    from thanosql_pg.algorithms import speech_recognition as sr
+    from thanosql_pg.algorithms.shared import audio as sr
 
     assert sr.resample_rate(44100) == 44100 and sr.resample_rate(8000) == 8000
     assert sr.resample_rate(44101) == 44100 and sr.resample_rate(383999) == 384000
     for rate in (44101, 383999, 4001, 12345):
-        o, n, width = sr._kernel_shape(sr.resample_rate(rate), sr.SAMPLE_RATE)
+        o, n, width = sr.kernel_shape(sr.resample_rate(rate), sr.SAMPLE_RATE)
         assert n * (o + 2 * width) <= sr.MAX_RESAMPLE_KERNEL, rate
 
 
@@ -251,7 +251,7 @@ def test_block_resampling_equals_resampling_at_once() -> None:
     import torch
     import torchaudio.functional as AF
 
-    from thanosql_pg.algorithms.speech_recognition import Resampler
+    from thanosql_pg.algorithms.shared.audio import Resampler
 
     x = np.random.default_rng(0).standard_normal(44100 * 3 + 77).astype(np.float32)
     for rate in (8000, 22050, 44100, 48000):

@@ -168,7 +168,7 @@ def test_base_model_outside_data_dir(conn: Conn, algo: str, data_dir: Path, outs
 def test_hub_names_are_strict() -> None:
     """Only strictly spelled names are looked up by name; anything else is a path, checked
     (resolve) before anything tests whether it exists."""
-    from thanosql_pg.algorithms import weights
+    from thanosql_pg.algorithms.shared import weights
     from thanosql_pg.errors import InsufficientPrivilege
 
     calls: list[tuple[str, bool]] = []

@@ -1,18 +1,41 @@
-"""Maps ThanoSQL algorithm names to families, option sets and builders.
+"""The family registry: algorithm names → families, and the options of every statement.
 
-This module is pure Python (no torch import) so that the preprocessor can
-validate BUILD MODEL options without a database or an ML stack. The family
-modules named in ``Family.module`` are imported lazily by the server.
+Pure Python (no torch import) so that the preprocessor validates options without
+a database or an ML stack. A family is a package (``thanosql_pg/algorithms/<family>/``,
+or a plug-in: see ``thanosql_pg.algorithms``) whose ``__init__`` builds a ``Family``
+spec and calls ``register``; the server imports the spec's ``model`` module, which
+implements ``contract.FamilyModule``, only when it runs a model.
 
-Adding an algorithm to an existing family is one ``_register`` line.
+Options come in two layers. ``STATEMENT_OPTIONS`` belong to a statement's shape
+(where PREDICT writes its result, what SEARCH IMAGE searches with): the same for
+every family, and the preprocessor and server may name them. Everything else is
+the family's (``Family.options``), with its own defaults; the server learns what
+they mean from the spec: which name the input and target columns
+(``Family.columns``), what FIT keeps from the base model (``Family.carry_over``),
+what the family can embed and search by (``Family.modalities``). Every family's
+option sets also follow a few conventions the server relies on: ``device``
+everywhere, ``overwrite`` and ``epochs`` in BUILD/FIT, ``batch_size`` (rows per
+model call) in PREDICT/EVALUATE/CONVERT, optionally ``on_error`` (the helpers below
+make them).
+
+Adding an algorithm to a family is one line of its spec; adding a family is one
+package and one registration.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from thanosql_pg.errors import DataCorrupted, FeatureNotAvailable, InvalidOption
+from thanosql_pg.errors import (
+    ConfigurationError,
+    DataCorrupted,
+    FeatureNotAvailable,
+    InvalidOption,
+    UndefinedAlgorithm,
+    WrongModelType,
+)
 
 # Option value kinds. "str?" / "int?" accept None too.
 KINDS = ("str", "str?", "int", "int?", "float", "bool", "any")
@@ -20,21 +43,9 @@ KINDS = ("str", "str?", "int", "int?", "float", "bool", "any")
 # Upper bounds of the options that size what a statement allocates. Every model
 # runs inside a database backend, where running out of memory restarts every
 # session of the cluster, so a value that can only exhaust the server is refused
-# up front (22023) instead. The bounds stop absurd values, not every heavy one:
-# memory still grows with batch_size x input size, within them.
+# up front (22023) instead. The bounds stop absurd values, not every heavy one.
 MAX_EPOCHS = 10_000  # the longest recipes train for a few thousand; beyond is a typo or a denial of service
-MAX_IMAGE_BATCH = 4096  # SimCLR's own largest batch; one batch of decoded images is already gigabytes there
-MAX_INPUT_SIZE = 1024  # pixels per side: 21x the work of 224 for every image, the largest timm models use 800
-MAX_EMBEDDING_DIM = 2000  # pgvector's largest dimension for an HNSW index, which CONVERT builds
 MAX_TOP_K = 1_000_000  # rows SEARCH IMAGE returns; more is a full sort of the table (top_k=None says so)
-# Wav2Vec2 runs a whole batch at once (training: padded to its longest clip, up
-# to 60 s; inference: 20 s windows): the first convolution of wav2vec2-base
-# alone outputs 130 MB per 20 s window, so far fewer clips than images fit in a
-# batch. Fine-tuning recipes use 8-32 per device.
-MAX_SPEECH_BATCH = 64
-# batch_size x input_size^2 of one image batch: 2^28 pixels is a 3.2 GB float32
-# input tensor (4096 images of 256 px, 256 of 1024 px), before any activation.
-MAX_BATCH_PIXELS = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,7 @@ class Option:
     aliases: tuple[str, ...] = ()
     choices: tuple[str, ...] = ()
     maximum: int | None = None  # largest accepted value (int and float options)
+    positive: bool = False  # numbers must be > 0
     doc: str = ""
 
     def coerce(self, value: Any) -> Any:
@@ -84,7 +96,7 @@ class Option:
             )
         if self.choices:
             value = value.lower()
-        if base in ("int", "float") and self.name in _POSITIVE and value <= 0:
+        if base in ("int", "float") and self.positive and value <= 0:
             raise InvalidOption(f'option "{self.name}" must be positive, got {value}')
         if base in ("int", "float") and self.maximum is not None and value > self.maximum:
             raise InvalidOption(
@@ -92,9 +104,6 @@ class Option:
                 hint="The bound keeps one statement from exhausting the database server's memory or time.",
             )
         return value
-
-
-_POSITIVE = {"batch_size", "epochs", "learning_rate", "input_size", "top_k", "embedding_dim", "temperature"}
 
 
 def _article(word: str) -> str:
@@ -113,175 +122,226 @@ def _example(kind: str) -> str:
     return {"str": "'name'", "int": "8", "float": "0.001", "bool": "True"}.get(kind, "...")
 
 
+# --- options every family spells the same way (the conventions above) ------------------------
+def option(name: str, kind: str, default: Any = None, **kw: Any) -> Option:
+    return Option(name, kind, default, **kw)
+
+
+def epochs(default: int) -> Option:
+    return option("epochs", "int", default, aliases=("max_epochs",), maximum=MAX_EPOCHS, positive=True)
+
+
+def batch_size(default: int, maximum: int) -> Option:
+    return option("batch_size", "int", default, maximum=maximum, positive=True)
+
+
+def learning_rate(default: float) -> Option:
+    return option("learning_rate", "float", default, positive=True)
+
+
+DEVICE = option("device", "str", "auto", choices=("auto", "cpu", "cuda"))
+OVERWRITE = option("overwrite", "bool", False)
+ON_ERROR = option("on_error", "str", "fail", choices=("fail", "skip"))
+PRETRAINED = option("pretrained", "bool", True)
+BASE_MODEL = option("base_model", "str?", None)
+
 STATEMENTS = ("build", "fit", "predict", "evaluate", "convert", "search")
+
+
+
+@dataclass(frozen=True)
+class Modality:
+    """What SEARCH IMAGE's search_by names, and CONVERT may embed."""
+
+    plural: str  # for messages: "SimCLR models embed images only"
+    search_input: str  # what search_input holds to search by it
+
+
+MODALITIES = {
+    "image": Modality("images", "an image (a server path, or the image as bytea)"),
+    "text": Modality("texts", "a text"),
+    "audio": Modality("audio", "a recording (a server path, or the audio as bytea)"),
+    "video": Modality("videos", "a video (a server path, or the video as bytea)"),
+}
+
+_TABLE = option("table_name", "str?", None)
+STATEMENT_OPTIONS: dict[str, tuple[Option, ...]] = {
+    "predict": (option("result_col", "str", "predict_result"), _TABLE),
+    "convert": (option("result_col", "str", "convert_result"), _TABLE),
+    "search": (
+        option("search_by", "str", None, required=True, choices=tuple(MODALITIES)),
+        option("search_input", "any", None, required=True),
+        option("emb_col", "str", None, required=True),
+        option("result_col", "str", "search_result"),
+        option("top_k", "int?", 1000, maximum=MAX_TOP_K, positive=True),
+    ),
+}
+
+
+# --- the spec of a family -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Columns:
+    """The options naming a statement's columns: the input (an image, a recording, a
+    text) and the target the model learns or is scored against (labels, transcripts),
+    None for none; ``modality``: what the input holds, for CONVERT (``MODALITIES``)."""
+
+    input: str
+    target: str | None = None
+    modality: str | None = None
+
+
+# Columns per statement: fixed, or chosen from the statement's options (CONVERT of
+# images or of texts, say).
+ColumnRule = Columns | Callable[[Mapping[str, Any]], Columns]
 
 
 @dataclass(frozen=True)
 class Family:
-    """An algorithm family: one module, one option set per statement."""
+    """An algorithm family's spec: everything the preprocessor and the server know of it."""
 
-    name: str
-    module: str  # imported by the server only
-    options: dict[str, tuple[Option, ...]]  # statement -> options
-    input_option: str  # the option naming the input column (image_col, ...)
+    name: str  # as stored in the catalog (thanosql.models.family)
+    model: str | None  # the module implementing contract.FamilyModule; None: not implemented yet
+    algorithms: Mapping[str, Mapping[str, Any]]  # algorithm name -> its parameters (the model reads them)
+    options: Mapping[str, tuple[Option, ...]]  # statement -> the family's options (a statement it supports)
+    columns: Mapping[str, ColumnRule] = field(default_factory=dict)  # statement -> its columns
+    carry_over: tuple[str, ...] = ()  # FIT: options the model keeps from its base model unless given
+    modalities: tuple[str, ...] = ()  # what CONVERT embeds and SEARCH IMAGE searches by
+    check: Callable[[str, dict[str, Any]], None] | None = None  # options checked together (all filled in)
 
-    def option_set(self, statement: str) -> tuple[Option, ...]:
-        opts = self.options.get(statement)
-        if opts is None:
-            raise FeatureNotAvailable(
-                f"{statement.upper()} is not supported by {self.name} models",
-                hint=f"{self.name} models support: "
-                + ", ".join(s.upper() for s in self.options),
-            )
-        return opts
+    def supports(self, statement: str) -> bool:
+        return statement in self.options
+
+    def statement_columns(self, statement: str, opts: Mapping[str, Any]) -> Columns:
+        rule = self.columns.get(statement)
+        if rule is None:
+            raise FeatureNotAvailable(f"{statement.upper()} reads no columns of {self.name} models")
+        return rule if isinstance(rule, Columns) else rule(opts)
+
+    def column_options(self, statement: str, opts: Mapping[str, Any]) -> tuple[str, str | None]:
+        """The names of the (input, target) column options of ``statement``."""
+        cols = self.statement_columns(statement, opts)
+        return cols.input, cols.target
+
+    def column_names(self, statement: str, opts: Mapping[str, Any]) -> tuple[str, str | None]:
+        """The (input, target) column names that ``opts`` give for ``statement``."""
+        inp, target = self.column_options(statement, opts)
+        return opts[inp], (opts[target] if target else None)
+
+    def embeds(self, modality: str) -> bool:
+        return modality in self.modalities
+
+
+def supervised(input: Option, target: Option, batch: Option, training: tuple[Option, ...]) -> dict[str, Any]:
+    """``options`` and ``columns`` of a family whose models learn a target column from an
+    input column: BUILD/FIT take ``input``, ``target``, ``batch`` and ``training``; PREDICT
+    gives the target of each input; EVALUATE scores the predictions against the target."""
+    labelled = Columns(input.name, target.name)
+    train = (input, target, batch, *training)
+    return {
+        "options": {"build": train, "fit": train, "predict": (input, batch, DEVICE, ON_ERROR),
+                    "evaluate": (input, target, batch, DEVICE, ON_ERROR)},
+        "columns": {"build": labelled, "fit": labelled, "predict": Columns(input.name), "evaluate": labelled},
+    }
 
 
 @dataclass(frozen=True)
 class Algorithm:
     name: str  # canonical spelling, e.g. "ConvNeXt_Tiny"
     family: Family
-    params: dict[str, Any] = field(default_factory=dict)  # family-specific, e.g. timm name
-    available: bool = False  # False until its family module is implemented
+    params: Mapping[str, Any] = field(default_factory=dict)  # the family's, e.g. a timm name
+
+    @property
+    def available(self) -> bool:
+        return self.family.model is not None
 
 
-def _o(name: str, kind: str, default: Any = None, **kw: Any) -> Option:
-    return Option(name, kind, default, **kw)
-
-
-def _epochs(default: int) -> Option:
-    return _o("epochs", "int", default, aliases=("max_epochs",), maximum=MAX_EPOCHS)
-
-
-_EPOCHS_3 = _epochs(3)
-_DEVICE = _o("device", "str", "auto", choices=("auto", "cpu", "cuda"))
-_OVERWRITE = _o("overwrite", "bool", False)
-_RESULT = _o("result_col", "str", "predict_result")
-_TABLE = _o("table_name", "str?", None)
-_ON_ERROR = _o("on_error", "str", "fail", choices=("fail", "skip"))
-
-_IMG = _o("image_col", "str", "image")
-_LABEL = _o("label_col", "str", "label")
-_BS16 = _o("batch_size", "int", 16, maximum=MAX_IMAGE_BATCH)
-
-
-def _input_size(default: int) -> Option:
-    return _o("input_size", "int", default, maximum=MAX_INPUT_SIZE)
-
-
-_IMG_TRAIN = (
-    _IMG, _LABEL, _BS16, _EPOCHS_3, _o("learning_rate", "float", 1e-4), _OVERWRITE,
-    _input_size(224), _o("pretrained", "bool", True), _o("base_model", "str?", None),
-    _DEVICE, _ON_ERROR,
-)
-IMAGE_CLASSIFICATION = Family(
-    name="image_classification",
-    module="thanosql_pg.algorithms.image_classification",
-    input_option="image_col",
-    options={
-        "build": _IMG_TRAIN,
-        "fit": _IMG_TRAIN,
-        "predict": (_IMG, _BS16, _RESULT, _TABLE, _DEVICE, _ON_ERROR),
-        "evaluate": (_IMG, _LABEL, _BS16, _DEVICE, _ON_ERROR),
-    },
-)
-
-_AUDIO = _o("audio_col", "str", "audio_path")
-_TEXT = _o("text_col", "str", "text")
-_SPEECH_BS = _o("batch_size", "int", 16, maximum=MAX_SPEECH_BATCH)
-_AUDIO_TRAIN = (
-    _AUDIO, _TEXT, _SPEECH_BS, _epochs(5),
-    _o("learning_rate", "float", 1e-4), _OVERWRITE, _o("pretrained", "bool", True),
-    _o("base_model", "str?", None), _DEVICE, _ON_ERROR,
-)
-SPEECH_RECOGNITION = Family(
-    name="speech_recognition",
-    module="thanosql_pg.algorithms.speech_recognition",
-    input_option="audio_col",
-    options={
-        "build": _AUDIO_TRAIN,
-        "fit": _AUDIO_TRAIN,
-        "predict": (_AUDIO, _SPEECH_BS, _RESULT, _TABLE, _DEVICE, _ON_ERROR),
-        "evaluate": (_AUDIO, _TEXT, _SPEECH_BS, _DEVICE, _ON_ERROR),
-    },
-)
-
-_IMG_PATH = _o("image_col", "str", "image_path")
-_BS256 = _o("batch_size", "int", 256, maximum=MAX_IMAGE_BATCH)
-_EMB_TRAIN = (
-    _IMG_PATH, _BS256, _epochs(5), _o("pretrained", "bool", False),
-    _OVERWRITE, _o("backbone", "str", "resnet18"), _o("embedding_dim", "int", 128, maximum=MAX_EMBEDDING_DIM),
-    _input_size(96), _o("temperature", "float", 0.5), _o("learning_rate", "float", 3e-4),
-    _o("base_model", "str?", None), _DEVICE,
-)
-IMAGE_EMBEDDING = Family(
-    name="image_embedding",
-    module="thanosql_pg.algorithms.simclr",
-    input_option="image_col",
-    options={
-        "build": _EMB_TRAIN,
-        "fit": _EMB_TRAIN,
-        "convert": (
-            _IMG_PATH, _o("result_col", "str", "convert_result"), _BS256, _TABLE,
-            _o("create_index", "bool", True), _DEVICE,
-        ),
-        "search": (
-            _o("search_by", "str", None, required=True, choices=("image", "text", "audio", "video")),
-            _o("search_input", "any", None, required=True),
-            _o("emb_col", "str", None, required=True),
-            _o("result_col", "str", "search_result"),
-            _o("top_k", "int?", 1000, maximum=MAX_TOP_K),
-            _DEVICE,
-        ),
-    },
-)
-
-FAMILIES: dict[str, Family] = {
-    f.name: f for f in (IMAGE_CLASSIFICATION, SPEECH_RECOGNITION, IMAGE_EMBEDDING)
-}
-
+FAMILIES: dict[str, Family] = {}
 ALGORITHMS: dict[str, Algorithm] = {}
 
 
-def _register(name: str, family: Family, **params: Any) -> None:
-    ALGORITHMS[name.lower()] = Algorithm(name, family, params)
-
-
-_register("ConvNeXt_Tiny", IMAGE_CLASSIFICATION, timm_name="convnext_tiny")
-_register("ConvNeXt_Base", IMAGE_CLASSIFICATION, timm_name="convnext_base")
-_register("EfficientNetV2S", IMAGE_CLASSIFICATION, timm_name="tf_efficientnetv2_s")
-_register("EfficientNetV2M", IMAGE_CLASSIFICATION, timm_name="tf_efficientnetv2_m")
-_register("Wav2Vec2En", SPEECH_RECOGNITION, hub_id="facebook/wav2vec2-base-960h", language="en")
-_register("Wav2Vec2Ko", SPEECH_RECOGNITION, hub_id="kresnik/wav2vec2-large-xlsr-korean", language="ko")
-_register("SimCLR", IMAGE_EMBEDDING)
-
-# Families whose module is implemented. An algorithm of any other family gets
-# FeatureNotAvailable: never a fake result.
-IMPLEMENTED_FAMILIES: set[str] = {"image_classification", "speech_recognition", "image_embedding"}
+def register(family: Family) -> Family:
+    """Add a family and its algorithms (each spec package calls this once, on import).
+    Registering the same spec again does nothing; another family under a taken family
+    or algorithm name is refused."""
+    known = FAMILIES.get(family.name)
+    if known == family:
+        return known
+    if known is not None:
+        raise ConfigurationError(f'two algorithm families are named "{family.name}"',
+                                 hint="Give the plug-in family a name of its own.")
+    for statement in family.options:
+        if statement not in STATEMENTS:
+            raise ConfigurationError(f'family "{family.name}" has options for an unknown statement'
+                                     f' "{statement}"')
+    fit = {o.name for o in family.options.get("fit", ())}
+    if not set(family.carry_over) <= fit:
+        raise ConfigurationError(f'family "{family.name}" carries over options FIT does not take:'
+                                 f' {", ".join(sorted(set(family.carry_over) - fit))}')
+    for name in family.algorithms:
+        taken = ALGORITHMS.get(name.lower())
+        if taken is not None:
+            raise ConfigurationError(f'algorithm "{name}" of family "{family.name}" is already one of'
+                                     f' "{taken.family.name}"')
+    FAMILIES[family.name] = family
+    for name, params in family.algorithms.items():
+        ALGORITHMS[name.lower()] = Algorithm(name, family, dict(params))
+    return family
 
 
 def lookup(name: str) -> Algorithm:
     """Find an algorithm by name, case-insensitively."""
     algo = ALGORITHMS.get(name.lower())
     if algo is None:
-        raise InvalidOption(
+        raise UndefinedAlgorithm(
             f'unknown algorithm "{name}"',
             hint="Available algorithms: " + ", ".join(a.name for a in ALGORITHMS.values()),
-            sqlstate="42704",
         )
     return algo
 
 
+def family(name: str) -> Family:
+    """The family of a stored model (its catalog name)."""
+    fam = FAMILIES.get(name)
+    if fam is None:
+        raise FeatureNotAvailable(
+            f"{name} models are not available in this version of thanosql_pg",
+            hint="A plug-in family must be installed where the server finds it (see thanosql_pg.algorithms).")
+    return fam
+
+
 def is_available(algo: Algorithm) -> bool:
-    return algo.family.name in IMPLEMENTED_FAMILIES
+    return algo.available
 
 
 def require_available(algo: Algorithm) -> None:
-    if not is_available(algo):
+    if not algo.available:
         raise FeatureNotAvailable(
             f"algorithm {algo.name} is not available in this version of thanosql_pg",
             hint="Available now: "
-            + (", ".join(a.name for a in ALGORITHMS.values() if is_available(a)) or "none yet"),
+            + (", ".join(a.name for a in ALGORITHMS.values() if a.available) or "none yet"),
         )
+
+
+def embedding_algorithms(modality: str) -> list[str]:
+    """The available algorithms whose models embed ``modality`` (SEARCH IMAGE's search_by)."""
+    return [a.name for a in ALGORITHMS.values() if a.available and a.family.embeds(modality)]
+
+
+def check_search_by(family: Family, model: str, algorithm: str, by: str) -> None:
+    """Whether model ``model`` (of ``algorithm``, in ``family``) can search by ``by``:
+    42809 when another algorithm could, 0A000 when none in this version can."""
+    if family.embeds(by):
+        return
+    own = " and ".join(MODALITIES[m].plural for m in family.modalities) or "nothing"
+    usable = "".join(f" Use search_by='{m}', with {MODALITIES[m].search_input} as search_input."
+                     for m in family.modalities)
+    able = embedding_algorithms(by)
+    if not able:
+        raise FeatureNotAvailable(f"no algorithm in this version searches by {by}",
+                                  hint=f"{algorithm} models embed {own} only.{usable}")
+    raise WrongModelType(f'model "{model}" ({algorithm}) cannot search by {by}',
+                         hint=f"Algorithms that search by {by}: {', '.join(able)}. {algorithm} models"
+                         f" embed {own} only.{usable}")
 
 
 def options_for(statement: str, family: Family | None = None) -> tuple[Option, ...]:
@@ -291,30 +351,39 @@ def options_for(statement: str, family: Family | None = None) -> tuple[Option, .
     preprocessor checks them against the union and the server re-checks them
     against the model's own family.
     """
+    shape = STATEMENT_OPTIONS.get(statement, ())
     if family is not None:
-        return family.option_set(statement)
-    seen: dict[str, Option] = {}
+        own = family.options.get(statement)
+        if own is None:
+            raise FeatureNotAvailable(
+                f"{statement.upper()} is not supported by {family.name} models",
+                hint=f"{family.name} models support: " + ", ".join(s.upper() for s in family.options),
+            )
+        return shape + own
+    seen: dict[str, Option] = {o.name: o for o in shape}
     for fam in FAMILIES.values():
         for opt in fam.options.get(statement, ()):
             seen.setdefault(opt.name, opt)
     return tuple(seen.values())
 
 
-def check_batch_pixels(batch_size: int, input_size: int) -> None:
-    """Refuse an image batch whose input tensor alone would be over MAX_BATCH_PIXELS
-    pixels (22023): checked for BUILD/FIT options, and by the image families for
-    PREDICT/EVALUATE/CONVERT, whose input_size is the model's."""
-    pixels = batch_size * input_size * input_size
-    if pixels > MAX_BATCH_PIXELS:
-        raise InvalidOption(
-            f"batch_size {batch_size} at input_size {input_size} is {pixels} pixels per batch,"
-            f" over the limit of {MAX_BATCH_PIXELS}",
-            hint=f"Lower batch_size (at most {max(1, MAX_BATCH_PIXELS // (input_size * input_size))}"
-            f" at input_size {input_size}) or input_size.",
-        )
+def statement_default(statement: str, name: str) -> Any:
+    """The default of option ``name`` of ``statement`` when no family is known (the
+    preprocessor's: a statement-level option's, else the first family's)."""
+    for opt in options_for(statement):
+        if opt.name == name:
+            return opt.default
+    raise KeyError(name)
 
 
-def check_stored(family: Family, model: str, options: dict[str, Any], names: tuple[str, ...]) -> None:
+def rows_per_call(statement: str, opts: Mapping[str, Any]) -> int:
+    """Rows per call of ``thanosql.<statement>_batch`` in the PREDICT-shaped rewrite:
+    the statement's ``batch_size`` (the convention every family follows), or its default
+    when no family is known (the first family's)."""
+    return int(opts.get("batch_size", statement_default(statement, "batch_size")))
+
+
+def check_stored(family: Family, model: str, options: Mapping[str, Any], names: tuple[str, ...]) -> None:
     """Check a stored model's options ``names`` against BUILD's bounds before they size
     anything: the catalog row is the owner's to edit, so it is input like any other."""
     spec = {o.name: o for o in family.options.get("build", ())}
@@ -327,12 +396,13 @@ def check_stored(family: Family, model: str, options: dict[str, Any], names: tup
 
 
 def normalize_options(
-    statement: str, given: dict[str, Any], family: Family | None = None, *, fill_defaults: bool = False
+    statement: str, given: Mapping[str, Any], family: Family | None = None, *, fill_defaults: bool = False
 ) -> dict[str, Any]:
     """Validate option names and types; map aliases to canonical names.
 
     Raises InvalidOption naming the option, listing the valid ones for an
-    unknown name. With ``fill_defaults`` the result holds every option.
+    unknown name. With ``fill_defaults`` the result holds every option, and the
+    family's ``check`` has seen them together.
     """
     spec = options_for(statement, family)
     by_name: dict[str, Option] = {}
@@ -361,8 +431,8 @@ def normalize_options(
                         hint=f"Add {opt.name}=... to OPTIONS.",
                     )
                 out[opt.name] = opt.default
-        # a bound on two options together; the server checks it (the preprocessor
-        # sees only the options written, and positions errors on one of them)
-        if isinstance(out.get("batch_size"), int) and isinstance(out.get("input_size"), int):
-            check_batch_pixels(out["batch_size"], out["input_size"])
+        # checks on options together: the server runs them (the preprocessor sees only
+        # the options written, and positions errors on one of them)
+        if family is not None and family.check is not None:
+            family.check(statement, out)
     return out

@@ -34,8 +34,14 @@ from typing import Any, NamedTuple
 
 from pglast import parser as pg
 
-from thanosql_pg.errors import SyntaxError as SQLSyntaxError
-from thanosql_pg.errors import ThanoSQLError
+from thanosql_pg.errors import (
+    CharacterNotInRepertoire,
+    InternalError,
+    LexicalCharacterNotInRepertoire,
+    LexicalError,
+    LexicalFeatureNotAvailable,
+    LexicalSyntaxError,
+)
 from thanosql_pg.preprocessor.literals import ASCII_LOWER as _ASCII_LOWER
 from thanosql_pg.preprocessor.literals import (
     CONTINUATION,
@@ -85,28 +91,11 @@ class Lexed(NamedTuple):
     shadow: str  # the ASCII text pglast scanned: same length, literals' content replaced
 
 
-class LexicalError(SQLSyntaxError):
-    """The text is not lexically valid SQL (unterminated string or comment, ...).
-
-    ``index`` (0-based) is where PostgreSQL's lexer stops, ``start`` where the token it
-    stops in starts (a string constant, for a bad escape in it); ``position`` is None for
-    errors PostgreSQL reports without one (an escape spelling invalid UTF-8)."""
-
-    def __init__(self, message: str, index: int | None, text_length: int, *, sqlstate: str = "42601",
-                 hint: str | None = None, detail: str | None = None, has_position: bool = True) -> None:
-        self.index = index if index is not None else text_length
-        self.start = self.index
-        super().__init__(message, position=self.index + 1 if has_position else None, sqlstate=sqlstate,
-                         hint=hint, detail=detail)
-
-
 def check_text(sql: str) -> None:
     """Reject what the wire protocol could never carry."""
     nul = sql.find("\x00")
     if nul >= 0:
-        raise ThanoSQLError(
-            'invalid byte sequence for encoding "UTF8": 0x00', sqlstate="22021", position=nul + 1
-        )
+        raise CharacterNotInRepertoire('invalid byte sequence for encoding "UTF8": 0x00', position=nul + 1)
 
 
 # --- pass 1: the structure ------------------------------------------------------------
@@ -208,8 +197,8 @@ def _structure(sql: str, scs: bool, subs: list[tuple[int, int, str]], spans: dic
         elif nxt == "&" and c in "uU" and i + 2 < n and sql[i + 2] in "'\"":
             if sql[i + 2] == "'":
                 if not scs:
-                    raise LexicalError(
-                        "unsafe use of string constant with Unicode escapes", i, n, sqlstate="0A000",
+                    raise LexicalFeatureNotAvailable(
+                        "unsafe use of string constant with Unicode escapes", i, n,
                         detail="String constants with Unicode escapes cannot be used when "
                         "standard_conforming_strings is off.")
                 end = _string(sql, i, i + 2, escapes=False)
@@ -229,8 +218,8 @@ def _structure(sql: str, scs: bool, subs: list[tuple[int, int, str]], spans: dic
 
 
 def _lexical(exc: LiteralError, n: int) -> LexicalError:
-    return LexicalError(exc.message, exc.index, n, sqlstate=exc.sqlstate, hint=exc.hint, detail=exc.detail,
-                        has_position=exc.sqlstate != "22021")
+    return exc.error(exc.message, exc.index, n, hint=exc.hint, detail=exc.detail,
+                     has_position=exc.error is not LexicalCharacterNotInRepertoire)
 
 
 _UNTERMINATED = {"b": "unterminated bit string literal", "x": "unterminated hexadecimal string literal"}
@@ -404,7 +393,8 @@ def _scan(sql: str, shadow: str) -> list[Any]:
         return pg.scan(shadow)
     except pg.ParseError as exc:
         # What pass 1 let through and pglast's lexer does not (junk after a number).
-        raise LexicalError(unshadow_message(exc.args[0], exc.args[1], sql), exc.args[1], len(sql)) from None
+        message = unshadow_message(exc.args[0], exc.args[1], sql)
+        raise LexicalSyntaxError(message, exc.args[1], len(sql)) from None
 
 
 def tokenize(sql: str, *, standard_conforming_strings: bool = True) -> list[Token]:
@@ -417,7 +407,7 @@ def tokenize(sql: str, *, standard_conforming_strings: bool = True) -> list[Toke
 
 def _disagree(index: int) -> None:
     # Never expected: pglast saw a literal end elsewhere than scan.l's rules say. Fail closed.
-    raise ThanoSQLError(
+    raise InternalError(
         "internal error in the ThanoSQL preprocessor: its lexer and pglast's disagree",
         hint="Please report this with the statement that caused it.",
         position=index + 1,

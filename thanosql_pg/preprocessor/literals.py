@@ -19,6 +19,13 @@ from pglast.keywords import (
     UNRESERVED_KEYWORDS,
 )
 
+from thanosql_pg.errors import (
+    LexicalCharacterNotInRepertoire,
+    LexicalError,
+    LexicalInvalidEscape,
+    LexicalSyntaxError,
+)
+
 ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _SAFE_IDENT = re.compile(r"[a-z_][a-z0-9_]*\Z")
 _KEYWORDS = frozenset(RESERVED_KEYWORDS | COL_NAME_KEYWORDS | TYPE_FUNC_NAME_KEYWORDS | UNRESERVED_KEYWORDS)
@@ -91,14 +98,15 @@ _ESCAPE_HINT = "Unicode escapes must be \\uXXXX or \\UXXXXXXXX."
 
 class LiteralError(ValueError):
     """What PostgreSQL's lexer says about a string constant it rejects: the message as
-    the server words it, ``index`` (0-based, None for none), the SQLSTATE and hint."""
+    the server words it, ``index`` (0-based, None for none), the error class (of its
+    SQLSTATE) the lexer raises for it, and the hint."""
 
-    def __init__(self, message: str, index: int | None, *, sqlstate: str = "42601",
+    def __init__(self, message: str, index: int | None, *, error: type[LexicalError] = LexicalSyntaxError,
                  hint: str | None = None, detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.index = index
-        self.sqlstate = sqlstate
+        self.error = error
         self.hint = hint
         self.detail = detail
 
@@ -204,7 +212,7 @@ def _unicode_escape(text: str, i: int) -> tuple[int, int]:
     width = 4 if text[i + 1] == "u" else 8
     digits = text[i + 2 : i + 2 + width]
     if len(digits) != width or not all(d in _HEX_DIGITS for d in digits):  # {xeunicodefail}
-        raise LiteralError("invalid Unicode escape", i, sqlstate="22025", hint=_ESCAPE_HINT)
+        raise LiteralError("invalid Unicode escape", i, error=LexicalInvalidEscape, hint=_ESCAPE_HINT)
     return int(digits, 16), i + 2 + width
 
 
@@ -225,7 +233,8 @@ def _verify_utf8(value: bytes, start: int) -> None:
         4 if lead & 0xF8 == 0xF0 else 1)
     shown = " ".join(f"0x{b:02x}" for b in value[bad : bad + min(length, 8)])
     # PostgreSQL reports this without a position; the index is where the constant starts.
-    raise LiteralError(f'invalid byte sequence for encoding "UTF8": {shown}', start, sqlstate="22021")
+    raise LiteralError(f'invalid byte sequence for encoding "UTF8": {shown}', start,
+                       error=LexicalCharacterNotInRepertoire)
 
 
 def decode_string(text: str, *, standard_conforming_strings: bool = True) -> str:

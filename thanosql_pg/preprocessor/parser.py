@@ -23,7 +23,7 @@ from typing import Any
 from pglast import parser as pg
 
 from thanosql_pg.algorithms import registry
-from thanosql_pg.errors import FeatureNotAvailable, InvalidOption, ThanoSQLError
+from thanosql_pg.errors import FeatureNotAvailable, InvalidOption, NumericValueOutOfRange, ThanoSQLError
 from thanosql_pg.errors import SyntaxError as SQLSyntaxError
 from thanosql_pg.preprocessor import ast
 from thanosql_pg.preprocessor.lexer import (
@@ -286,6 +286,7 @@ class Parser:
         if kind == "build":
             try:
                 algo = registry.lookup(using if using_tok.word is None else using_tok.text)
+                registry.require_available(algo)
             except ThanoSQLError as exc:
                 exc.position = using_tok.position
                 raise
@@ -393,11 +394,8 @@ class Parser:
         elif t.name == "FCONST":
             value = parse_number(t.text)
             if isinstance(value, float) and not math.isfinite(value):
-                raise ThanoSQLError(
-                    f'value "{t.text}" is out of range for type double precision',
-                    sqlstate="22003",
-                    position=t.position,
-                )
+                raise NumericValueOutOfRange(
+                    f'value "{t.text}" is out of range for type double precision', position=t.position)
         elif t.name == "SCONST" or (t.name == "NCHAR" and cur.at_punct("SCONST")):
             if t.name == "NCHAR":
                 t = cur.next("a string")

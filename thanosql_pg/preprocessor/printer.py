@@ -19,10 +19,8 @@ from thanosql_pg.preprocessor.literals import dollar_quote, quote_ident, quote_l
 
 
 def _default(statement: str, name: str) -> Any:
-    for opt in registry.options_for(statement):
-        if opt.name == name:
-            return opt.default
-    raise KeyError(name)
+    """The default of a statement-level option (the registry's STATEMENT_OPTIONS)."""
+    return registry.statement_default(statement, name)
 
 
 def jsonb(options: dict[str, Any]) -> str:
@@ -114,7 +112,7 @@ def inline(statement: str, model: str, opts: dict[str, Any], query: str, *,
     """The one-statement shape that returns the query's rows plus a result column
     computed by ``thanosql.<statement>_batch`` (PREDICT, CONVERT). ``columns`` names
     the query's columns to keep (default all), ``result_type`` casts the result."""
-    batch_size = int(opts.get("batch_size", _default(statement, "batch_size")))
+    batch_size = registry.rows_per_call(statement, opts)
     result_col = str(opts.get("result_col", _default(statement, "result_col")))
     cols = "(i.__thanosql_q).*" if columns is None else ", ".join(
         f"(i.__thanosql_q).{quote_ident(c)}" for c in columns)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from thanosql_pg.errors import ThanoSQLError
+from thanosql_pg.errors import InternalError, ThanoSQLError
 from thanosql_pg.preprocessor import ast
 from thanosql_pg.preprocessor.lexer import might_contain_ml
 from thanosql_pg.preprocessor.parser import parse
@@ -40,7 +40,7 @@ def rewrite_for_wire(sql: str, n_params: int = 0, *, standard_conforming_strings
     except ThanoSQLError as exc:
         return error_statement(exc, n_params)
     except Exception as exc:  # a bug here must not take the connection down
-        error = ThanoSQLError(
+        error = InternalError(
             f"internal error in the ThanoSQL preprocessor: {type(exc).__name__}: {exc}",
             hint="Please report this with the statement that caused it.",
         )

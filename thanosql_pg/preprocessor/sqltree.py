@@ -22,7 +22,7 @@ from typing import Any
 
 from pglast import parser as pg
 
-from thanosql_pg.errors import ThanoSQLError
+from thanosql_pg.errors import StatementTooComplex
 from thanosql_pg.preprocessor.lexer import Token
 
 # The bound on depth_bound(). Measured on pglast 7.21 and 8.7 with a small stack (see
@@ -38,10 +38,6 @@ _OPEN = frozenset({"ASCII_40", "ASCII_91"})  # ( [
 _CLOSE = frozenset({"ASCII_41", "ASCII_93"})  # ) ]
 _COMMA = "ASCII_44"
 _SET_OPS = frozenset({"union", "intersect", "except"})
-
-
-class StatementTooComplex(ThanoSQLError):
-    sqlstate = "54001"  # statement_too_complex
 
 
 def depth_bound(tokens: Sequence[Token]) -> int:

@@ -78,8 +78,8 @@ def running_model() -> Iterator[int]:
 
 
 def set_threads(n: int) -> None:
-    """torch's intra-op threads (the call is about to run a model: torch is needed anyway)."""
-    import torch
+    """torch's intra-op threads (the call is about to run a model: torch is needed anyway),
+    through the one hook that sets them."""
+    from thanosql_pg.algorithms.shared import devices
 
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+    devices.set_threads(n)

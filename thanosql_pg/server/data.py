@@ -19,8 +19,9 @@ from typing import Any
 
 import plpy
 
-from thanosql_pg.algorithms.base import Row
+from thanosql_pg.algorithms.contract import Row
 from thanosql_pg.errors import DataError, NullValue, UndefinedColumn
+from thanosql_pg.errors import SyntaxError as SQLSyntaxError
 from thanosql_pg.server.media import MediaReader
 
 _counter = itertools.count(1)
@@ -88,7 +89,7 @@ def clean_query(query: str) -> str:
     while q.endswith(";"):
         q = q[:-1].rstrip()
     if not q:
-        raise DataError("the query after AS is empty", sqlstate="42601")
+        raise SQLSyntaxError("the query after AS is empty")
     return q + "\n"
 
 
@@ -135,8 +136,9 @@ class TrainingData:
     @classmethod
     @contextmanager
     def from_query(cls, query: str, columns: tuple[str, str | None], *, on_error: str = "fail",
-                   options: tuple[str, str] = ("image_col", "label_col")) -> Iterator[TrainingData]:
+                   options: tuple[str, str | None]) -> Iterator[TrainingData]:
         """Materialize ``columns`` (input, label) of ``query``; label may be None.
+        ``options`` are the names of the options that named them, for messages.
 
         Raises: 42703 for a column the query does not have (listing those it
         has), 22000 for no rows, 22004 for a NULL label (or a NULL input unless
@@ -249,7 +251,7 @@ def check_interrupts() -> None:
 
 
 def _materialize(table: str, query: str, input_col: str, target_col: str | None,
-                 options: tuple[str, str]) -> int:
+                 options: tuple[str, str | None]) -> int:
     def create(inp: str, tgt: str | None) -> int:
         y = f"q.{plpy.quote_ident(tgt)}" if tgt is not None else "NULL::text"
         with as_caller():
@@ -273,7 +275,7 @@ def _materialize(table: str, query: str, input_col: str, target_col: str | None,
     except plpy.SPIError:
         raise original from None
     inp = resolve_column(input_col, available, option=options[0])
-    tgt = resolve_column(target_col, available, option=options[1]) if target_col is not None else None
+    tgt = resolve_column(target_col, available, option=options[1] or "") if target_col is not None else None
     if (inp, tgt) == (input_col, target_col):
         raise original
     return create(inp, tgt)

@@ -28,20 +28,20 @@ from typing import Any
 
 import plpy
 
-from thanosql_pg.algorithms.base import Row
-from thanosql_pg.errors import DataError, FeatureNotAvailable, NullValue, ThanoSQLError
+from thanosql_pg.algorithms import registry
+from thanosql_pg.algorithms.contract import Row
+from thanosql_pg.errors import (
+    DatatypeMismatch,
+    FeatureNotAvailable,
+    InvalidOption,
+    NullValue,
+    UndefinedTable,
+    WrongObjectType,
+)
 from thanosql_pg.server import data, models
 from thanosql_pg.server.media import MediaReader
 
 _vector_schema: str | None = None
-
-
-class DatatypeMismatch(ThanoSQLError):
-    sqlstate = "42804"
-
-
-class WrongObjectType(ThanoSQLError):
-    sqlstate = "42809"
 
 
 def vector_schema() -> str:
@@ -72,21 +72,17 @@ def _embedder(rec: Any, device: str) -> Any:
 
 # --- SEARCH IMAGE -----------------------------------------------------------------------------
 def embed_query(rec: Any, opts: dict[str, Any]) -> str:
-    """The query image's embedding, as pgvector text."""
-    if opts["search_by"] != "image":
-        raise FeatureNotAvailable(
-            f"{rec.algorithm} models embed images only: search_by='{opts['search_by']}' is not supported",
-            hint="Use search_by='image', with an image (a server path, or the image as bytea)"
-            " as search_input.",
-        )
+    """The query's embedding (of search_input, as search_by says), as pgvector text."""
+    by = opts["search_by"]
+    registry.check_search_by(registry.family(rec.family), rec.name, rec.algorithm, by)
     value = opts["search_input"]
+    what = registry.MODALITIES[by].search_input
     if value is None:
-        raise NullValue('search_input is NULL', hint="Pass an image path (text) or the image itself (bytea).")
+        raise NullValue('search_input is NULL', hint=f"Pass {what}.")
     if not isinstance(value, (str, bytes)):
-        raise DataError(f"search_input must be an image path (text) or an image (bytea), got {value!r}",
-                        sqlstate="42804")
+        raise DatatypeMismatch(f"search_input must be {what}, got {value!r}")
     reader = MediaReader.for_session(column="search_input", from_json=True)
-    (vec,) = _embedder(rec, opts["device"]).embed([Row(0, value)], reader)
+    (vec,) = _embedder(rec, opts["device"]).embed([Row(0, value)], reader, by)
     _iterative_hnsw_scans()
     return vector_literal(vec)  # type: ignore[return-value]
 
@@ -105,9 +101,10 @@ def _iterative_hnsw_scans() -> None:
 def embed_values(opts: dict[str, Any], values: list[Any]) -> list[str | None]:
     """convert_batch: jsonb-decoded values (a path, or bytea as "\\x..." hex; None for
     NULL) → embeddings as pgvector text (NULL for NULL)."""
-    reader = MediaReader.for_session(column=opts.get("input_col", "image"), from_json=True)
+    reader = MediaReader.for_session(column=opts["input_col"], from_json=True)
     embedder = models.cached(opts).model
-    return [vector_literal(v) for v in embedder.embed([Row(0, v) for v in values], reader)]
+    rows = [Row(0, v) for v in values]
+    return [vector_literal(v) for v in embedder.embed(rows, reader, opts["modality"])]
 
 
 # --- CONVERT into a table -------------------------------------------------------------------------
@@ -120,14 +117,15 @@ def convert(rec: Any, opts: dict[str, Any], query: str, source_table: str | None
     dim = int(embedder.dim)
     query = data.clean_query(query)
     columns = data.query_columns(query)
-    image_col = data.resolve_column(opts["image_col"], columns, option="image_col")
+    spec = registry.family(rec.family).statement_columns("convert", opts)  # which option names the input
+    input_col = data.resolve_column(opts[spec.input], columns, option=spec.input)
     result_col = opts["result_col"]
     if not result_col:
-        raise DataError('option "result_col" cannot be an empty string', sqlstate="22023")
+        raise InvalidOption('option "result_col" cannot be an empty string')
     vtype = f"{vector_schema()}.vector"
     if table_ident is not None:
         inline_opts = {k: v for k, v in opts.items() if k not in ("table_name", "device")}
-        inline_opts.update(image_col=image_col, device=opts["device"])
+        inline_opts.update({spec.input: input_col, "device": opts["device"]})
         sql = printer.inline("convert", rec.name, inline_opts, query,
                              columns=[c for c in columns if c != result_col], result_type=f"{vtype}({dim})")
         plpy.execute(f"DROP TABLE IF EXISTS {table_ident}")
@@ -159,7 +157,7 @@ def convert(rec: Any, opts: dict[str, Any], query: str, source_table: str | None
     else:
         _check_column(column, source_table, result_col, dim)
     plpy.execute(f"LOCK TABLE {ident} IN SHARE ROW EXCLUSIVE MODE")
-    rows = _update_rows(embedder, opts, query, image_col, ident, result_col, vtype)
+    rows = _update_rows(embedder, opts, query, input_col, spec.modality, ident, result_col, vtype)
     if opts["create_index"]:
         _ensure_index(oid, ident, result_col, column)
     return [(source_table, rows)]
@@ -172,7 +170,7 @@ def _relation(name: str) -> tuple[int, str, str]:
         " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
         " WHERE c.oid = pg_catalog.to_regclass($1)", ["text"]), [name])
     if not rows.nrows():
-        raise DataError(f'relation "{name}" does not exist', sqlstate="42P01")
+        raise UndefinedTable(f'relation "{name}" does not exist')
     return int(rows[0]["oid"]), str(rows[0]["ident"]), str(rows[0]["relkind"])
 
 
@@ -214,16 +212,16 @@ def _with_row_ids(query: str) -> str:
                                  standard_conforming_strings=scs)
 
 
-def _update_rows(embedder: Any, opts: dict[str, Any], query: str, image_col: str, ident: str,
-                 result_col: str, vtype: str) -> int:
+def _update_rows(embedder: Any, opts: dict[str, Any], query: str, input_col: str, modality: str | None,
+                 ident: str, result_col: str, vtype: str) -> int:
     capture = (f"SELECT q.__thanosql_toid AS toid, q.__thanosql_tid AS tid,"
-               f" q.{plpy.quote_ident(image_col)} AS x FROM ({_with_row_ids(query)}) AS q")
+               f" q.{plpy.quote_ident(input_col)} AS x FROM ({_with_row_ids(query)}) AS q")
     update = plpy.prepare(
         f"UPDATE {ident} AS __thanosql_t SET {plpy.quote_ident(result_col)} = v.e"
         f" FROM unnest($1::oid[], $2::tid[], $3::{vtype}[]) AS v(toid, tid, e)"
         " WHERE __thanosql_t.tableoid = v.toid AND __thanosql_t.ctid = v.tid",
         ["oid[]", "tid[]", "text[]"])
-    reader = MediaReader.for_session(column=image_col)
+    reader = MediaReader.for_session(column=input_col)
     interval = float(plpy.execute(  # in seconds, whatever unit it was set in
         "SELECT setting FROM pg_catalog.pg_settings WHERE name = 'thanosql.progress_interval'")[0]["setting"])
     ids: collections.deque[tuple[list[int], list[str]]] = collections.deque()
@@ -242,7 +240,7 @@ def _update_rows(embedder: Any, opts: dict[str, Any], query: str, image_col: str
 
     start = last = time.monotonic()
     try:
-        for vecs in embedder.embed_batches(batches(), reader):
+        for vecs in embedder.embed_batches(batches(), reader, modality):
             data.check_interrupts()
             toids, tids = ids.popleft()
             plpy.execute(update, [toids, tids, [vector_literal(v) for v in vecs]])
@@ -254,7 +252,7 @@ def _update_rows(embedder: Any, opts: dict[str, Any], query: str, image_col: str
     finally:
         cursor.close()
     if nulls:
-        plpy.notice(f"CONVERT: {nulls} of {done} rows have a NULL {image_col}; their {result_col} is NULL")
+        plpy.notice(f"CONVERT: {nulls} of {done} rows have a NULL {input_col}; their {result_col} is NULL")
     return done
 
 

@@ -9,7 +9,6 @@ propagates unchanged, keeping its own SQLSTATE.
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +17,13 @@ from typing import Any, TypeVar
 import plpy
 
 from thanosql_pg.algorithms import registry
-from thanosql_pg.errors import FeatureNotAvailable, InvalidOption, ThanoSQLError, UndefinedColumn
+from thanosql_pg.errors import (
+    InvalidOption,
+    ObjectNotInPrerequisiteState,
+    ThanoSQLError,
+    UndefinedColumn,
+    WrongModelType,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,9 +37,9 @@ def on_load(sql_version: str | None = None) -> None:
 
         rows = plpy.execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'thanosql'")
         found = rows[0]["extversion"] if rows.nrows() else "unknown"
-        _raise_clean(f"this database's extension thanosql is {found}, but the installed thanosql_pg is"
-                     f" {__version__}", sqlstate="55000",
-                     hint="Run ALTER EXTENSION thanosql UPDATE (as the extension's owner), then reconnect.")
+        _raise_pg(ObjectNotInPrerequisiteState(
+            f"this database's extension thanosql is {found}, but the installed thanosql_pg is {__version__}",
+            hint="Run ALTER EXTENSION thanosql UPDATE (as the extension's owner), then reconnect."))
     _session_setup()
 
 
@@ -122,9 +127,10 @@ def _guard_iter(it: Iterator[Any]) -> Iterator[Any]:
 
 
 def family_module(family: registry.Family) -> Any:
-    if family.name not in registry.IMPLEMENTED_FAMILIES:
-        raise FeatureNotAvailable(f"{family.name} models are not available in this version of thanosql_pg")
-    return importlib.import_module(family.module)
+    """The family's model module (contract.FamilyModule), imported on first use."""
+    from thanosql_pg.server import models
+
+    return models.family_module(family)
 
 
 # --- text ----------------------------------------------------------------------
@@ -189,23 +195,18 @@ def _stream_json(select_sql: str) -> Iterator[str]:
 
 
 # --- training -------------------------------------------------------------------
-def _column_options(module: Any) -> tuple[str, str]:
-    """The option names of a family's (input, target) columns, for error messages."""
-    return getattr(module, "COLUMN_OPTIONS", ("image_col", "label_col"))
-
-
 def _train(statement: str, name: str, algo: registry.Algorithm, given: dict[str, Any], query: str,
            base: Any = None) -> list[tuple[Any, ...]]:
-    opts = registry.normalize_options(statement, given, algo.family, fill_defaults=True)
     registry.require_available(algo)
+    opts = registry.normalize_options(statement, given, algo.family, fill_defaults=True)
     module = family_module(algo.family)
     from thanosql_pg.server import catalog, data, models
 
     claimed = catalog.claim(name, overwrite=opts["overwrite"], wait=bool(opts.get("wait", False)))
     start = time.monotonic()
-    with data.TrainingData.from_query(query, module.training_columns(opts),
+    with data.TrainingData.from_query(query, algo.family.column_names(statement, opts),
                                       on_error=opts.get("on_error", "fail"),
-                                      options=_column_options(module)) as source:
+                                      options=algo.family.column_options(statement, opts)) as source:
         # 'auto' defers to the thanosql.device setting; the stored options keep 'auto'
         run_opts = {**opts, "device": models.resolve_device(opts.get("device"))}
         trained = module.train(algo, run_opts, source, base)
@@ -219,7 +220,7 @@ def _train(statement: str, name: str, algo: registry.Algorithm, given: dict[str,
     )
     catalog.record_metrics(rec, statement.upper(), rows, trained.metrics)
     catalog.record_epochs(rec, getattr(trained, "epochs", []))
-    return [(rec.name, algo.name, rows, opts["epochs"], round(time.monotonic() - start, 3),
+    return [(rec.name, algo.name, rows, opts.get("epochs"), round(time.monotonic() - start, 3),
              json.dumps(trained.metrics))]
 
 
@@ -238,10 +239,9 @@ def fit_model(name: str, base_model: str, options: str, query: str) -> list[tupl
     given = json.loads(options)
     if name == base_model and "overwrite" not in given:
         given["overwrite"] = True  # FIT MODEL m USING m trains m further in place
-    fit_options = {o.name for o in algo.family.options.get("fit", ())}
-    # properties of the trained model: FIT keeps them unless told otherwise
-    for key in ("input_size", "backbone", "embedding_dim"):
-        if key in fit_options and key not in given and key in base_rec.options:
+    # properties of the trained model (the family's spec says which): FIT keeps them unless told otherwise
+    for key in algo.family.carry_over:
+        if key not in given and key in base_rec.options:
             given[key] = base_rec.options[key]
     base = models.load(base_rec, family_module(algo.family), device=given.get("device", "auto"))
     return _train("fit", name, algo, given, query, base=base)
@@ -252,12 +252,11 @@ def _resolve(statement: str, model: str, options: dict[str, Any]) -> tuple[Any, 
     from thanosql_pg.server import catalog
 
     rec = catalog.get(model, "USE")
-    family = registry.FAMILIES[rec.family]
-    if statement not in family.options:
-        raise FeatureNotAvailable(
+    family = registry.family(rec.family)
+    if not family.supports(statement):
+        raise WrongModelType(
             f'{statement.upper()} does not apply to model "{rec.name}" ({rec.algorithm}, {family.name})',
             hint=f"{rec.algorithm} models support: " + ", ".join(s.upper() for s in family.options),
-            sqlstate="42809",
         )
     opts = registry.normalize_options(statement, options, family, fill_defaults=True)
     return rec, opts
@@ -266,10 +265,11 @@ def _resolve(statement: str, model: str, options: dict[str, Any]) -> tuple[Any, 
 @entry_point
 def prepare(statement: str, model: str, options: str) -> str:
     rec, opts = _resolve(statement, model, json.loads(options))
-    family = registry.FAMILIES[rec.family]
+    family = registry.family(rec.family)
     family_module(family)
+    columns = family.statement_columns(statement, opts)
     opts.update(model=rec.name, model_id=rec.id, version=rec.version, statement=statement,
-                input_col=opts[family.input_option], input_option=family.input_option)
+                input_col=opts[columns.input], input_option=columns.input, modality=columns.modality)
     return json.dumps(opts)
 
 
@@ -294,11 +294,12 @@ def evaluate(model: str, options: str, query: str) -> list[tuple[str, float]]:
     from thanosql_pg.server import catalog, data, models
 
     rec, opts = _resolve("evaluate", model, json.loads(options))
-    module = family_module(registry.FAMILIES[rec.family])
+    family = registry.family(rec.family)
+    family_module(family)
     predictor = models.cached({**opts, "model": rec.name, "model_id": rec.id, "version": rec.version})
-    with data.TrainingData.from_query(query, module.evaluation_columns(opts),
+    with data.TrainingData.from_query(query, family.column_names("evaluate", opts),
                                       on_error=opts.get("on_error", "fail"),
-                                      options=_column_options(module)) as source:
+                                      options=family.column_options("evaluate", opts)) as source:
         metrics = predictor.evaluate(source, opts)
         rows = source.count
     catalog.record_metrics(rec, "EVALUATE", rows, metrics)
@@ -326,7 +327,7 @@ def convert(model: str, options: str, query: str, source_table: str | None) -> l
     from thanosql_pg.server import embeddings
 
     rec, opts = _resolve("convert", model, json.loads(options))
-    family_module(registry.FAMILIES[rec.family])
+    family_module(registry.family(rec.family))
     opts["device"] = _device(opts)
     table = opts.get("table_name")
     target = None
@@ -365,7 +366,7 @@ def embed_query(model: str, options: str, search_input: Any = _NO_INPUT) -> str:
     if search_input is not _NO_INPUT:
         given["search_input"] = search_input
     rec, opts = _resolve("search", model, given)
-    family_module(registry.FAMILIES[rec.family])
+    family_module(registry.family(rec.family))
     opts["device"] = _device(opts)
     return embeddings.embed_query(rec, opts)
 

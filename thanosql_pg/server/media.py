@@ -23,8 +23,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from thanosql_pg.algorithms.base import DEFAULT_LIMITS, MediaLimits, Row
-from thanosql_pg.errors import DataError, FileError, InsufficientPrivilege, NullValue
+from thanosql_pg.algorithms.contract import Row
+from thanosql_pg.algorithms.shared.limits import DEFAULT_LIMITS, MediaLimits
+from thanosql_pg.errors import FileError, InsufficientPrivilege, IoError, NullValue, ValueTypeMismatch
 
 # pg_settings' setting is in the base unit (seconds), whatever unit it was set in;
 # current_setting() would format it ('30min'). NULL when thanosql.so is not loaded.
@@ -87,10 +88,9 @@ class MediaReader:
         if isinstance(v, (bytes, bytearray, memoryview)):
             return bytes(v)
         if not isinstance(v, str):
-            raise DataError(
+            raise ValueTypeMismatch(
                 f'column "{self.column}" must hold a file path (text) or the content (bytea);'
                 f" got {type(v).__name__}{where}",
-                sqlstate="42804",  # datatype_mismatch
             )
         if self._is_hex(v):
             try:
@@ -111,14 +111,12 @@ class MediaReader:
         except IsADirectoryError:
             raise FileError(f"{self.describe(row)} is a directory, not a file") from None
         except PermissionError:
-            raise FileError(
+            raise IoError(
                 f"could not read {self.describe(row)}: permission denied",
                 hint="The file must be readable by the operating-system user the PostgreSQL server runs as.",
-                sqlstate="58030",  # io_error
             ) from None
         except OSError as e:
-            raise FileError(f"could not read {self.describe(row)}: {e.strerror or e}",
-                            sqlstate="58030") from None
+            raise IoError(f"could not read {self.describe(row)}: {e.strerror or e}") from None
 
     def resolve_path(self, path: str, *, expand_user: bool = False) -> str:
         """The file a path names, after the privilege check; raises when the

@@ -17,8 +17,8 @@ from typing import Any
 import plpy
 
 from thanosql_pg.algorithms import registry
-from thanosql_pg.algorithms.base import Row
-from thanosql_pg.errors import UndefinedModel
+from thanosql_pg.algorithms.contract import Row
+from thanosql_pg.errors import FeatureNotAvailable, UndefinedModel
 from thanosql_pg.server import catalog
 from thanosql_pg.server.media import MediaReader
 
@@ -67,8 +67,16 @@ def resolve_device(requested: str | None) -> str:
     return requested
 
 
+def family_module(family: registry.Family) -> Any:
+    """A family's model module (contract.FamilyModule), imported on first use."""
+    if family.model is None:
+        raise FeatureNotAvailable(f"{family.name} models are not available in this version of thanosql_pg")
+    return importlib.import_module(family.model)
+
+
 def module_for(record: catalog.ModelRecord) -> Any:
-    return importlib.import_module(registry.FAMILIES[record.family].module)
+    """The model module of a stored model's family."""
+    return family_module(registry.family(record.family))
 
 
 def load(record: catalog.ModelRecord, module: Any, device: str | None = "auto") -> Predictor:

@@ -26,7 +26,7 @@ def run() -> list[str]:
     failed = []
     modules = [*LIBRARIES, "thanosql_pg.server.entry", "thanosql_pg.server.models",
                "thanosql_pg.server.embeddings", "thanosql_pg.preprocessor"]
-    modules += sorted({family.module for family in registry.FAMILIES.values()})
+    modules += sorted({family.model for family in registry.FAMILIES.values() if family.model})
     for name in modules:
         try:
             importlib.import_module(name)

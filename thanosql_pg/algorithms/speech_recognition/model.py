@@ -1,19 +1,11 @@
 """Speech recognition with Wav2Vec2 (transformers ``Wav2Vec2ForCTC``): Wav2Vec2En, Wav2Vec2Ko.
 
-The family sees rows through ``RowSource``/``Reader`` (base.py) and knows
-nothing about SQL. Audio (WAV, FLAC, OGG, MP3; any rate, any channel count)
-is decoded with soundfile in the decode pool and turned into 16 kHz mono.
-Long recordings are transcribed in overlapping windows whose frame-level
+The family sees rows through ``RowSource``/``Reader`` (contract.py) and knows
+nothing about SQL. Audio is decoded by shared.audio in the decode pool (16 kHz
+mono). Long recordings are transcribed in overlapping windows whose frame-level
 predictions are stitched before CTC decoding, so nothing is truncated and
-memory stays bounded by the window length.
-
-Text: a base checkpoint with a CTC tokenizer keeps its vocabulary (extended by
-BUILD when the training texts hold characters it lacks); otherwise the
-vocabulary is built from the training texts, one token per character, with
-Hangul syllables decomposed into conjoining jamo (67 symbols instead of
-11,172 syllables) and recomposed on output. The same normalization (NFKC,
-case, punctuation, spaces) is applied to training texts and to EVALUATE's
-references; it is stored with the model.
+memory stays bounded by the window length. Transcripts and the vocabulary are
+``text``'s.
 
 Weights are stored as safetensors (no pickle on load), with the transformers
 config in the safetensors metadata and the vocabulary in the catalog's labels.
@@ -21,16 +13,13 @@ config in the safetensors metadata and the vocabulary in the catalog's labels.
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import math
-import os
 import random
-import struct
 import time
-import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -40,13 +29,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from thanosql_pg.algorithms import base as fam
-from thanosql_pg.algorithms import weights
-from thanosql_pg.algorithms.base import Reader, Row, RowSource, Trained
-from thanosql_pg.errors import DataError, FileError, InvalidOption, ThanoSQLError, WeightsUnavailable
+from thanosql_pg.algorithms import registry
+from thanosql_pg.algorithms.contract import Base, Reader, Row, RowSource, StoredModel, Trained, check_format
+from thanosql_pg.algorithms.shared import devices, training, weights
+from thanosql_pg.algorithms.shared.audio import SAMPLE_RATE, decode_audio
+from thanosql_pg.algorithms.shared.metrics import ErrorRates
+from thanosql_pg.algorithms.speech_recognition.text import TextNorm, Vocab, norm_for_vocab
+from thanosql_pg.errors import (
+    DataError,
+    FileError,
+    InvalidOption,
+    InvalidParameterValue,
+    ThanoSQLError,
+    WeightsUnavailable,
+)
 
 FORMAT = "wav2vec2-ctc-safetensors-v1"
-SAMPLE_RATE = 16_000
 # Long audio: 20 s windows that overlap by 2 s of context on each side. Both
 # are multiples of the 320-sample (20 ms) frame of the standard feature
 # encoder, so the kept frames of neighbouring windows line up exactly.
@@ -56,7 +54,7 @@ LENGTH_WINDOW = 8  # training: rows are grouped by length within windows of this
 WARMUP_FRACTION = 0.1
 WEIGHT_DECAY = 0.005
 MAX_GRAD_NORM = 1.0
-COLUMN_OPTIONS = ("audio_col", "text_col")  # names used in errors about the input columns
+
 
 # pretrained=False with no base_model: a 4 M parameter Wav2Vec2 (wav2vec2-base
 # has 95 M) that trains from scratch on a CPU. The convolutions widen as the
@@ -77,306 +75,14 @@ SCRATCH_CONFIG: dict[str, Any] = {
 }
 
 
-def training_columns(opts: dict[str, Any]) -> tuple[str, str]:
-    return opts["audio_col"], opts["text_col"]
-
-
-def evaluation_columns(opts: dict[str, Any]) -> tuple[str, str]:
-    return opts["audio_col"], opts["text_col"]
-
-
-# --- text -------------------------------------------------------------------------------------
-_WORD_SEPARATORS = frozenset("-‐‑‒–—―/\\|_~")
-_APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "`": "'", "ʼ": "'", "´": "'"})
-
-
-def _is_syllable(ch: str) -> bool:
-    return 0xAC00 <= ord(ch) <= 0xD7A3
-
-
-def _is_jamo(ch: str) -> bool:
-    return 0x1100 <= ord(ch) <= 0x11FF
-
-
-def _compatibility_jamo() -> dict[int, str]:
-    """Conjoining jamo → the compatibility jamo of the same letter (U+1100 ᄀ and U+11A8 ᆨ → ㄱ).
-    A jamo that does not compose into a syllable displays as a letter of its own this way."""
-    table = {}
-    for code in range(0x1100, 0x1200):
-        try:
-            letter = unicodedata.name(chr(code)).split(" ", 2)[2]  # "HANGUL CHOSEONG KIYEOK" → "KIYEOK"
-            table[code] = unicodedata.lookup(f"HANGUL LETTER {letter}")
-        except (KeyError, ValueError, IndexError):
-            continue  # archaic jamo without a compatibility form
-    return table
-
-
-_COMPATIBILITY_JAMO = _compatibility_jamo()
-
-
-@dataclass(frozen=True)
-class TextNorm:
-    """How transcripts are normalized, identically for training and evaluation.
-
-    NFKC (full-width forms, compatibility characters); typographic apostrophes
-    to ``'``; dashes, slashes and underscores to spaces; other punctuation
-    dropped (an apostrophe only survives inside a word: "don't"); case mapped
-    (``upper``/``lower``/``keep``); runs of white space to one space. With
-    ``jamo`` Hangul syllables are decomposed into conjoining jamo.
-    """
-
-    case: str = "lower"
-    jamo: bool = False
-
-    def __call__(self, text: str) -> str:
-        t = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
-        out = []
-        for ch in t:
-            cat = unicodedata.category(ch)
-            if ch in _WORD_SEPARATORS or cat[0] == "Z" or ch.isspace():
-                out.append(" ")
-            elif ch == "'" or cat[0] not in "PC":
-                out.append(ch)
-        t = "".join(out)
-        if self.case == "upper":
-            t = t.upper()
-        elif self.case == "lower":
-            t = t.lower()
-        words = [w.strip("'") for w in t.split()]
-        t = " ".join(w for w in words if w)
-        if self.jamo:
-            t = "".join(unicodedata.normalize("NFD", c) if _is_syllable(c) else c for c in t)
-        return t
-
-    def finish(self, text: str) -> str:
-        """Model output (normalized form) → display text: jamo recomposed into
-        syllables; a jamo left over (a vowel with no consonant before it, say)
-        becomes its compatibility form, which displays on its own."""
-        if not self.jamo:
-            return text
-        return unicodedata.normalize("NFC", text).translate(_COMPATIBILITY_JAMO)
-
-    def display(self, text: str) -> str:
-        """A reference transcript as EVALUATE compares it."""
-        return self.finish(self(text))
-
-
-def norm_for_vocab(tokens: Iterable[str]) -> TextNorm:
-    """The normalization that fits a tokenizer's vocabulary: its letter case,
-    and jamo when it spells Korean with jamo rather than syllables."""
-    chars = [t for t in tokens if len(t) == 1]
-    cased = [c for c in chars if c.lower() != c.upper()]
-    upper = sum(c.isupper() for c in cased)
-    lower = sum(c.islower() for c in cased)
-    case = "keep" if upper and lower else "upper" if upper else "lower" if lower else "keep"
-    jamo = any(_is_jamo(c) for c in chars) and not any(_is_syllable(c) for c in chars)
-    return TextNorm(case=case, jamo=jamo)
-
-
-class Vocab:
-    """CTC output symbols: one character per token, ``blank`` the CTC blank
-    (the tokenizer's pad token), ``delimiter`` the token for a space. Tokens
-    longer than one character (<s>, </s>, <unk>, <pad>) never appear in text."""
-
-    def __init__(self, tokens: Sequence[str], blank: int, delimiter: str = "|") -> None:
-        self.tokens = list(tokens)
-        self.blank = blank
-        self.delimiter = delimiter
-        self.index = {t: i for i, t in enumerate(self.tokens)}
-        self._space = self.index.get(delimiter)
-        self._silent = {i for i, t in enumerate(self.tokens) if len(t) != 1 or i == blank}
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    @classmethod
-    def from_texts(cls, texts: Iterable[str]) -> Vocab:
-        chars = sorted({c for t in texts for c in t if c != " "})
-        return cls(["<pad>", "|", *chars], blank=0)
-
-    def unknown(self, texts: Iterable[str]) -> list[str]:
-        """Characters of (normalized) texts that have no token, in order of first use."""
-        texts = list(texts)
-        seen: dict[str, None] = {}
-        for t in texts:
-            for c in t:
-                if c != " " and c not in self.index:
-                    seen.setdefault(c, None)
-        if self._space is None and any(" " in t for t in texts):
-            seen.setdefault(" ", None)
-        return list(seen)
-
-    def extend(self, chars: Iterable[str]) -> Vocab:
-        """This vocabulary plus ``chars`` (a space adds the word delimiter)."""
-        new = dict.fromkeys(self.delimiter if c == " " else c for c in chars)
-        return Vocab(self.tokens + [c for c in new if c not in self.index], self.blank, self.delimiter)
-
-    def encode(self, text: str) -> list[int]:
-        return [self._space if c == " " else self.index[c] for c in text]  # type: ignore[misc]
-
-    def collapse(self, ids: Iterable[int]) -> list[int]:
-        """Greedy CTC: merge repeats, drop blanks and special tokens."""
-        out: list[int] = []
-        prev = -1
-        for k in ids:
-            if k != prev and k not in self._silent:
-                out.append(k)
-            prev = k
-        return out
-
-    def decode(self, ids: Iterable[int]) -> str:
-        text = "".join(" " if k == self._space else self.tokens[k] for k in self.collapse(ids))
-        return " ".join(text.split())
-
-
-def edit_distance(a: Sequence[Any], b: Sequence[Any]) -> int:
-    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
-
-
-@dataclass
-class ErrorRates:
-    """Corpus-level WER and CER: total edits over total reference length (as
-    jiwer computes them); CER counts spaces as characters."""
-
-    word_edits: int = 0
-    words: int = 0
-    char_edits: int = 0
-    chars: int = 0
-
-    def add(self, reference: str, hypothesis: str) -> None:
-        ref_words, hyp_words = reference.split(), hypothesis.split()
-        self.word_edits += edit_distance(ref_words, hyp_words)
-        self.words += len(ref_words)
-        self.char_edits += edit_distance(reference, hypothesis)
-        self.chars += len(reference)
-
-    @staticmethod
-    def _rate(edits: int, total: int) -> float:
-        return edits / total if total else float(edits > 0)
-
-    def wer(self) -> float:
-        return self._rate(self.word_edits, self.words)
-
-    def cer(self) -> float:
-        return self._rate(self.char_edits, self.chars)
-
-
-# --- audio (runs in pool threads: no plpy) ------------------------------------------------------
 # Training runs a Wav2Vec2 over each whole clip (inference cuts long ones into
 # windows): its attention grows with the square of the length, so training clips
 # are bounded below thanosql.max_audio_seconds. ASR corpora cut speech into
 # utterances of a few seconds (LibriSpeech's longest is 35 s).
 MAX_TRAIN_SECONDS = 60
-AUDIO_BLOCK = 1 << 20  # samples (frames x channels) decoded, and resampled, at a time
-# torchaudio's sinc resampler holds a kernel of new/g x (orig/g + 2 width) floats, g
-# their gcd: for 44100 Hz 160 x 475, but for an odd rate such as 44101 Hz 16000 x
-# 44115 (2.8 GB); 383999 Hz would take 25 GB.
-MAX_RESAMPLE_KERNEL = 1 << 22
-_LOWPASS_WIDTH, _ROLLOFF = 6, 0.99  # torchaudio.functional.resample's defaults, which it is called with
 
 
-def _kernel_shape(rate: int, new: int) -> tuple[int, int, int]:
-    """(orig/g, new/g, width) of torchaudio's resampling kernel from ``rate`` to ``new``."""
-    g = math.gcd(rate, new)
-    o, n = rate // g, new // g
-    return o, n, math.ceil(_LOWPASS_WIDTH * o / (min(o, n) * _ROLLOFF))
-
-
-def resample_rate(rate: int) -> int:
-    """The rate to resample from: ``rate`` itself, unless its ratio to 16 kHz reduces
-    so little that the kernel would be over MAX_RESAMPLE_KERNEL; then the nearest
-    multiple of 100 Hz (at most 1.25 % off at 4 kHz: a change of speed that speech
-    recognition does not notice; speed perturbation trains with 10 %)."""
-    o, n, width = _kernel_shape(rate, SAMPLE_RATE)
-    return rate if n * (o + 2 * width) <= MAX_RESAMPLE_KERNEL else round(rate / 100) * 100
-
-
-class Resampler:
-    """torchaudio's sinc resampling of a stream, block by block. Each block is
-    resampled with enough input on both sides that its output is exactly that of
-    resampling the whole signal at once: memory stays at a block plus the output."""
-
-    def __init__(self, rate: int, new: int = SAMPLE_RATE, block: int = AUDIO_BLOCK) -> None:
-        self.rate, self.new = rate, new
-        self.o, self.n, width = _kernel_shape(rate, new)
-        # output step j (n samples) reads input [j*o - width, j*o + o + width): whole steps of context
-        self.ctx = math.ceil((width + self.o) / self.o) * self.o
-        self.step = max(1, block // self.o) * self.o
-        self.buf = np.zeros(0, np.float32)
-        self.start = 0  # input index of buf[0]: a multiple of o
-        self.done = 0  # input resampled so far: a multiple of o
-        self.out: list[np.ndarray] = []
-
-    def push(self, x: np.ndarray) -> None:
-        if self.rate == self.new:
-            self.out.append(x)
-            return
-        self.buf = np.concatenate((self.buf, x))
-        while self.start + len(self.buf) >= self.done + self.step + self.ctx:
-            self._emit(self.done + self.step)
-
-    def _emit(self, end: int | None) -> None:
-        """The output for input [done, end); ``end`` None: up to the end of the signal."""
-        import torchaudio.functional as AF
-
-        stop = len(self.buf) if end is None else end + self.ctx - self.start
-        y = AF.resample(torch.from_numpy(self.buf[:stop]), self.rate, self.new).numpy()
-        lo = (self.done - self.start) // self.o * self.n
-        hi = None if end is None else (end - self.start) // self.o * self.n
-        self.out.append(y[lo:hi])
-        if end is not None:
-            self.done = end
-            cut = max(0, self.done - self.ctx - self.start)
-            self.buf, self.start = self.buf[cut:], self.start + cut
-
-    def finish(self) -> np.ndarray:
-        if self.rate != self.new and self.start + len(self.buf) > self.done:
-            self._emit(None)
-        return np.concatenate(self.out) if self.out else np.zeros(0, np.float32)
-
-
-def decode_audio(data: bytes, where: str, limits: fam.MediaLimits = fam.DEFAULT_LIMITS) -> np.ndarray:
-    """Any soundfile format → float32 mono at 16 kHz, channels averaged.
-
-    The header (sample rate, length) is checked against ``limits`` before anything
-    is decoded; then the audio is decoded, mixed down and resampled in blocks, and
-    decoding stops once past the limit, for headers that hold no length (or a wrong one).
-    """
-    import soundfile as sf
-
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            rate, channels = f.samplerate, f.channels
-            limit = limits.max_audio_frames(rate, f.frames, where)
-            resampler = Resampler(resample_rate(rate))
-            decoded = 0
-            for block in f.blocks(blocksize=max(1, AUDIO_BLOCK // channels), dtype="float32", always_2d=True):
-                decoded += len(block)
-                if decoded > limit:
-                    raise limits.audio_too_long(where)
-                mono = block.mean(axis=1) if channels > 1 else block[:, 0]
-                if not np.isfinite(mono).all():
-                    raise DataError(f"{where} holds NaN or infinite audio samples")
-                resampler.push(np.ascontiguousarray(mono, dtype=np.float32))
-    except (sf.SoundFileError, RuntimeError, TypeError, ValueError, EOFError) as e:
-        reason = str(e).split(": ", 1)[-1] if "Error opening" in str(e) else str(e)
-        raise DataError(f"cannot decode {where}: {reason}",
-                        hint="Audio must be WAV, FLAC, OGG (Vorbis/Opus) or MP3.") from None
-    if decoded == 0:
-        raise DataError(f"{where} holds no audio samples",
-                        hint="Leave out rows whose recording is empty.")
-    return resampler.finish()
-
-
+# --- decoding (runs in pool threads: no plpy) -----------------------------------------------------
 @dataclass
 class Clip:
     pos: int  # index of the row in its batch
@@ -397,12 +103,12 @@ class Decoded:
 
 
 def decode_rows(rows: Sequence[tuple[int, Row]], *, reader: Reader, norm: TextNorm | None,
-                skip: bool, training: bool = False) -> Decoded:
+                skip: bool, for_training: bool = False) -> Decoded:
     """Decode (position, row) pairs. With ``skip`` unreadable rows are reported
-    in ``errors`` instead of failing the batch. ``training``: clips are bounded
+    in ``errors`` instead of failing the batch. ``for_training``: clips are bounded
     by MAX_TRAIN_SECONDS too."""
     limits = reader.limits
-    if training:
+    if for_training:
         limits = limits.capped_audio(MAX_TRAIN_SECONDS, "the longest clip speech recognition trains on")
     out = Decoded([], [])
     for pos, row in rows:
@@ -418,18 +124,8 @@ def decode_rows(rows: Sequence[tuple[int, Row]], *, reader: Reader, norm: TextNo
     return out
 
 
-def _numbered(rows: Sequence[Row]) -> list[tuple[int, Row]]:
-    return list(enumerate(rows))
-
 
 # --- the model --------------------------------------------------------------------------------
-def _autocast(device: torch.device) -> Any:
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
-
-
 @dataclass
 class _Piece:
     wave: int  # index of the recording
@@ -479,7 +175,7 @@ class SpeechRecognizer:
                 torch.tensor(lengths, device=self.device))
 
     def logits(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        with _autocast(self.device):
+        with devices.autocast(self.device):
             return self.net(x, attention_mask=mask if self.use_mask else None).logits
 
     # -- inference ----------------------------------------------------------------------------
@@ -525,43 +221,37 @@ class SpeechRecognizer:
             per_wave[p.wave].append(frames)  # type: ignore[arg-type]
         return [self.norm.finish(self.vocab.decode(np.concatenate(f).tolist())) for f in per_wave]
 
-    def predict(self, rows: Sequence[Row], reader: Reader, opts: dict[str, Any]) -> tuple[list[str | None],
-                                                                                              list[str]]:
+    def predict(self, rows: Sequence[Row], reader: Reader,
+                opts: Mapping[str, Any]) -> tuple[list[str | None], list[str]]:
         """Transcripts for ``rows`` (None for rows skipped as unreadable with
         on_error='skip') and a message per skipped row."""
         skip = opts.get("on_error") == "skip"
         work = partial(decode_rows, reader=reader, norm=None, skip=skip)
-        parts = [fam.decode_pool().submit(work, c) for c in fam.chunks(_numbered(rows), os.cpu_count() or 1)]
-        dec = Decoded.combine([f.result() for f in parts])
+        dec = devices.decode_now(rows, work, Decoded.combine)
         out: list[str | None] = [None] * len(rows)
         texts = self.transcribe([c.audio for c in dec.clips], opts.get("batch_size", 16))
         for clip, text in zip(dec.clips, texts, strict=True):
             out[clip.pos] = text
         return out, [e.message for _, e in dec.errors]
 
-    def evaluate(self, source: RowSource, opts: dict[str, Any]) -> dict[str, float]:
+    def evaluate(self, source: RowSource, opts: Mapping[str, Any]) -> dict[str, float]:
         """Corpus WER and CER of greedy transcripts against the normalized texts."""
         skip = opts.get("on_error") == "skip"
         rates = ErrorRates()
-        skipped, first_error = source.skipped, None
+        skipped = devices.Skipped(source.skipped)
         work = partial(decode_rows, reader=source.reader, norm=self.norm, skip=skip)
-        batches = (_numbered(b) for b in source.batches(opts["batch_size"], shuffle=False))
-        for dec in fam.prefetch(batches, work, Decoded.combine):
-            source.check_interrupts()
-            if dec.errors:
-                skipped += len(dec.errors)
-                first_error = first_error or dec.errors[0][1].message
-            hyps = self.transcribe([c.audio for c in dec.clips], opts["batch_size"])
-            for clip, hyp in zip(dec.clips, hyps, strict=True):
-                rates.add(self.norm.finish(clip.text or ""), hyp)
-        if skipped:
-            source.notice(f"EVALUATE skipped {skipped} unreadable rows"
-                          + (f"; first: {first_error}" if first_error else ""))
-        if not rates.chars and not rates.words and skipped:
+        with closing(devices.evaluation_batches(source, opts["batch_size"], work, Decoded.combine,
+                                                skipped)) as decoded:
+            for dec in decoded:
+                hyps = self.transcribe([c.audio for c in dec.clips], opts["batch_size"])
+                for clip, hyp in zip(dec.clips, hyps, strict=True):
+                    rates.add(self.norm.finish(clip.text or ""), hyp)
+        skipped.notice(source.notice, "EVALUATE")
+        if not rates.chars and not rates.words and skipped.count:
             raise DataError("no readable audio to evaluate", hint="Every row was skipped as unreadable.")
         metrics = {"WER": rates.wer(), "CER": rates.cer()}
         if skip:
-            metrics["Skipped"] = float(skipped)
+            metrics["Skipped"] = float(skipped.count)
         return metrics
 
     # -- storage -------------------------------------------------------------------------------
@@ -571,44 +261,28 @@ class SpeechRecognizer:
                 "sample_rate": SAMPLE_RATE}
 
     def payload(self) -> bytes:
-        from safetensors.torch import save
-
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.net.state_dict().items()}
         meta = {"format": FORMAT, "config": self.net.config.to_json_string(use_diff=False),
                 "tokens": json.dumps(self.vocab.tokens, ensure_ascii=False),
                 "options": json.dumps(self.options())}
-        return save(state, metadata=meta)
+        return weights.state_payload(self.net, meta)
 
 
 # --- loading stored models ----------------------------------------------------------------------
-def _safetensors_metadata(payload: bytes) -> dict[str, str]:
-    (n,) = struct.unpack("<Q", payload[:8])
-    return json.loads(payload[8:8 + n]).get("__metadata__") or {}
-
-
-def load(record: Any, payload: bytes, device: str) -> SpeechRecognizer:
+def load(record: StoredModel, payload: bytes, device: str) -> SpeechRecognizer:
     from safetensors.torch import load as load_safetensors
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-    fam.check_format(record, FORMAT)
-    meta = _safetensors_metadata(payload)
+    check_format(record, FORMAT)
+    meta = weights.safetensors_metadata(payload)
     config = Wav2Vec2Config.from_dict(json.loads(meta["config"]))
     stored = json.loads(meta.get("options", "{}"))
     opts = {**stored, **record.options}
     tokens = list(record.labels) if record.labels else json.loads(meta["tokens"])
-    state = load_safetensors(payload)
-    # Build on the meta device and adopt the stored tensors: no random initialisation.
-    with torch.device("meta"):
-        net = Wav2Vec2ForCTC(config)
-    net.load_state_dict(state, strict=True, assign=True)
-    if any(t.is_meta for t in list(net.parameters()) + list(net.buffers())):
-        net = Wav2Vec2ForCTC(config)
-        net.load_state_dict(state, strict=True)
-    net.eval()
+    net = weights.adopt_state(lambda: Wav2Vec2ForCTC(config), load_safetensors(payload))
     return SpeechRecognizer(
         net, vocab=Vocab(tokens, int(opts["blank"]), opts["delimiter"]),
         norm=TextNorm(opts["text_case"], bool(opts["jamo"])), do_normalize=bool(opts["do_normalize"]),
-        use_mask=bool(opts["attention_mask"]), device=fam.torch_device(device))
+        use_mask=bool(opts["attention_mask"]), device=devices.torch_device(device))
 
 
 # --- starting points: a checkpoint, pretrained weights, or scratch --------------------------------
@@ -669,11 +343,9 @@ def _load_checkpoint(src: str, origin: str, *, local: bool) -> Start:
 
 
 def _weights_hint(repo: str, dirs: Sequence[str]) -> str:
-    folder = repo.replace("/", "--")
-    where = f"{dirs[0]}/{folder}" if dirs else f"$THANOSQL_WEIGHTS_DIR/{folder}"
-    return (f"Put the checkpoint folder (config.json, model.safetensors, vocab.json,"
-            f" preprocessor_config.json) at {where} or in the server's Hugging Face cache,"
-            " pass base_model='/path/to/checkpoint_folder', or train from scratch with pretrained=False.")
+    files = "config.json, model.safetensors, vocab.json, preprocessor_config.json"
+    return weights.folder_hint(repo, dirs, files, alternatives="pass base_model='/path/to/checkpoint_folder',"
+                               " or train from scratch with pretrained=False.")
 
 
 def _from_hub(name: str, dirs: Sequence[str]) -> Start:
@@ -731,7 +403,8 @@ def scratch_network(vocab: Vocab) -> Any:
     return Wav2Vec2ForCTC(config)
 
 
-def start_network(algo: Any, opts: dict[str, Any], reader: Reader, dirs: Sequence[str]) -> Start:
+def start_network(algo: registry.Algorithm, opts: dict[str, Any], reader: Reader,
+                  dirs: Sequence[str]) -> Start:
     base_model = opts.get("base_model")
     if base_model:
         kind, where = weights.locate(base_model, reader.resolve_path)
@@ -758,8 +431,10 @@ def _resize_head(net: Any, vocab: Vocab) -> None:
 
 
 # --- training ---------------------------------------------------------------------------------
-class _Progress(fam.Progress):
-    """Progress NOTICEs in speech units: clips and seconds of audio."""
+class _Progress(training.Progress):
+    """Progress NOTICEs in speech units: clips and seconds of audio, and the batch's CER."""
+
+    score_name = "CER"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -769,46 +444,33 @@ class _Progress(fam.Progress):
         self.step(clips)
         self.audio_seconds += seconds
 
+    def speed(self, elapsed: float) -> str:
+        return f"{self.audio_seconds / max(elapsed, 1e-9):.1f} s of audio/s"
+
     def audio_rate(self) -> float:
         """Seconds of audio trained on per second of wall time."""
         return self.audio_seconds / max(1e-9, time.monotonic() - self.start)
 
-    def report(self, epoch: int, step: int, loss: float, cer: float) -> None:  # type: ignore[override]
-        now = time.monotonic()
-        self.last = now
-        elapsed = now - self.start
-        total = self.epochs * self.steps_per_epoch
-        eta = elapsed / self.steps_done * max(0, total - self.steps_done) if self.steps_done else float("nan")
-        self.notice(
-            f"{self.label}: epoch {epoch + 1}/{self.epochs}, step {step}/{self.steps_per_epoch},"
-            f" loss {loss:.4f}, CER {cer:.4f}, {self.audio_seconds / max(elapsed, 1e-9):.1f} s of audio/s,"
-            f" ETA {fam._duration(eta)}"
-        )
 
-
-def train(algo: Any, opts: dict[str, Any], source: RowSource, base: Any = None) -> Trained:
-    """BUILD (base None) or FIT (base: a loaded Predictor whose .model is a SpeechRecognizer)."""
-    device = fam.torch_device(opts["device"])
+def train(algo: registry.Algorithm, opts: dict[str, Any], source: RowSource,
+          base: Base | None = None) -> Trained:
+    """BUILD (base None) or FIT (base: a loaded model whose .model is a SpeechRecognizer)."""
+    device = devices.torch_device(opts["device"])
     texts = source.labels()  # distinct transcripts: the vocabulary is settled before any audio is read
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(0)  # same data, same options → same model, without disturbing the session's RNG
+    with training.seeded(device):
         if base is not None:
-            if opts.get("base_model"):
-                raise InvalidOption('option "base_model" does not apply to FIT MODEL',
-                                    hint="FIT MODEL starts from the model named after USING.")
+            training.refuse_base_model(opts)
             model: SpeechRecognizer = base.model
             model.net.to(device)
             model.device = device
             unknown = model.vocab.unknown(model.norm(t) for t in texts)
             if unknown:
-                raise DataError(
+                raise InvalidParameterValue(
                     f'the texts hold {len(unknown)} character(s) that model "{base.record.name}"'
                     " cannot write: "
                     + " ".join(_show(c) for c in unknown[:40]) + (" ..." if len(unknown) > 40 else ""),
                     hint="FIT MODEL keeps the base model's vocabulary; BUILD a new model to add characters,"
                     " or remove them from the texts.",
-                    sqlstate="22023",
                 )
             origin, fine_tune = f'model "{base.record.name}"', bool(
                 base.record.options.get("freeze_feature_encoder", True))
@@ -856,27 +518,19 @@ def _length_batches(clips: list[Clip], bs: int, rng: random.Random) -> list[list
     return batches
 
 
-def _param_groups(net: Any) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for p in net.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _fit(model: SpeechRecognizer, algo: Any, opts: dict[str, Any], source: RowSource) -> dict[str, float]:
+def _fit(model: SpeechRecognizer, algo: registry.Algorithm, opts: dict[str, Any],
+         source: RowSource) -> dict[str, float]:
     net, device, vocab = model.net, model.device, model.vocab
     bs, epochs = opts["batch_size"], opts["epochs"]
-    steps_per_epoch = math.ceil(max(1, source.count) / bs)
-    total_steps = max(1, epochs * steps_per_epoch)
-    opt, sched, scaler = fam.optimizer_schedule(_param_groups(net), opts["learning_rate"], total_steps,
-                                                WARMUP_FRACTION, device)
-    params = [p for p in net.parameters() if p.requires_grad]
+    per_epoch = training.steps_per_epoch(source.count, bs)
+    stepper = training.Stepper(net, learning_rate=opts["learning_rate"], weight_decay=WEIGHT_DECAY,
+                               total_steps=epochs * per_epoch, warmup_fraction=WARMUP_FRACTION, device=device,
+                               max_grad_norm=MAX_GRAD_NORM)
     progress = _Progress(source.notice, source.progress_interval, label=f"{algo.name} training",
-                         epochs=epochs, steps_per_epoch=steps_per_epoch)
+                         epochs=epochs, steps_per_epoch=per_epoch)
     skip = opts.get("on_error") == "skip"
-    work = partial(decode_rows, reader=source.reader, norm=model.norm, skip=skip, training=True)
-    skipped, first_error = source.skipped, None
+    work = partial(decode_rows, reader=source.reader, norm=model.norm, skip=skip, for_training=True)
+    skipped = devices.Skipped(source.skipped)
     loss_avg = float("nan")
     rates = ErrorRates()
     too_short = trained = 0
@@ -886,11 +540,10 @@ def _fit(model: SpeechRecognizer, algo: Any, opts: dict[str, Any], source: RowSo
         loss_sum = torch.zeros((), device=device)
         seen = step = 0
         last_epoch = epoch == epochs - 1
-        windows = (_numbered(w) for w in source.batches(bs * LENGTH_WINDOW, shuffle=True, seed=epoch))
-        for window in fam.prefetch(windows, work, Decoded.combine):
-            if window.errors and epoch == 0:
-                skipped += len(window.errors)
-                first_error = first_error or window.errors[0][1].message
+        windows = (devices.numbered(w) for w in source.batches(bs * LENGTH_WINDOW, shuffle=True, seed=epoch))
+        for window in _closing_iter(devices.prefetch(windows, work, Decoded.combine)):
+            if epoch == 0:
+                skipped.add(window.errors)
             for batch in _length_batches(window.clips, bs, rng):
                 source.check_interrupts()  # a pending cancel stops training here, within one batch
                 targets = [vocab.encode(c.text or "") for c in batch]
@@ -903,18 +556,7 @@ def _fit(model: SpeechRecognizer, algo: Any, opts: dict[str, Any], source: RowSo
                 # zero_infinity: a clip too short for its transcript adds no gradient instead of inf
                 loss = F.ctc_loss(log_probs, flat, frames, target_lengths, blank=vocab.blank,
                                   reduction="mean", zero_infinity=True)
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
-                    opt.step()
-                sched.step()
+                stepper.step(loss)
                 loss_sum += loss.detach() * len(batch)
                 seen += len(batch)
                 step += 1
@@ -925,8 +567,7 @@ def _fit(model: SpeechRecognizer, algo: Any, opts: dict[str, Any], source: RowSo
                     pred = logits.detach().argmax(-1).cpu().numpy()
                     for row, n, t in zip(pred, frames.tolist(), targets, strict=True):
                         hyp = vocab.collapse(row[:n].tolist())
-                        batch_rates.char_edits += edit_distance(t, hyp)
-                        batch_rates.chars += len(t)
+                        batch_rates.add_chars(t, hyp)
                         if last_epoch:
                             too_short += n < _min_frames(t)
                     if last_epoch:
@@ -941,9 +582,7 @@ def _fit(model: SpeechRecognizer, algo: Any, opts: dict[str, Any], source: RowSo
         raise DataError("no readable audio to train on", hint="Every row was skipped as unreadable.")
     net.eval()
     audio_rate = progress.audio_rate()
-    if skipped:
-        source.notice(f"{algo.name} training skipped {skipped} unreadable rows"
-                      + (f"; first: {first_error}" if first_error else ""))
+    skipped.notice(source.notice, f"{algo.name} training")
     if too_short:
         source.notice(f"{too_short} clip(s) are too short for their transcripts (a 20 ms frame per character"
                       " and between repeated characters is needed); they taught the model nothing")
@@ -952,8 +591,15 @@ def _fit(model: SpeechRecognizer, algo: Any, opts: dict[str, Any], source: RowSo
     metrics = {"train_loss": round(loss_avg, 6), "train_cer": round(rates.cer(), 6),
                "audio_seconds_per_second": round(audio_rate, 2)}
     if skip:
-        metrics["skipped_rows"] = float(skipped)
+        metrics["skipped_rows"] = float(skipped.count)
     return metrics
+
+
+def _closing_iter(it: Iterator[Any]) -> Iterator[Any]:
+    """``it``'s items; ``it`` closed when done, and on an error or cancel (no decoding
+    outlives the statement)."""
+    with closing(it):  # type: ignore[type-var]
+        yield from it
 
 
 def _min_frames(target: Sequence[int]) -> int:

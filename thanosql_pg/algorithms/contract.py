@@ -1,0 +1,151 @@
+"""The family contract: what a family's model module gives the server, and what it gets.
+
+A family's ``model`` module (``Family.model`` in its spec) is a ``FamilyModule``: two
+functions, ``train`` for BUILD/FIT and ``load`` for a stored model. The model objects
+``load`` returns are ``Predictor``s (PREDICT, EVALUATE) or ``Embedder``s (CONVERT,
+SEARCH IMAGE), as the family's spec says (the statements it supports, its modalities).
+
+Models see rows only through ``RowSource`` and ``Reader``: they never learn whether
+rows came from SQL, a file list or a test fixture. The server side
+(thanosql_pg.server.data / media) implements both with SPI cursors and checked file
+access. Pure Python: no torch import (type annotations name no torch types).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from thanosql_pg.algorithms.registry import Algorithm
+from thanosql_pg.algorithms.shared.limits import MediaLimits
+from thanosql_pg.errors import DataCorrupted
+
+
+@dataclass
+class Trained:
+    """The result of BUILD/FIT, ready for the catalog."""
+
+    payload: bytes  # serialized weights (model_chunks)
+    format: str  # how ``payload`` is serialized, checked on load
+    labels: list[Any] | None  # ordered label set; class index i predicts labels[i]
+    label_type: str | None  # SQL type of the label column
+    options: dict[str, Any] = field(default_factory=dict)  # extra options to store (resolved input_size ...)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input row. ``rn`` is its 1-based position in the query result (or in
+    the PREDICT batch) and names it in error messages."""
+
+    rn: int
+    value: Any  # a path (str) or the content itself (bytes); a text for text inputs
+    target: str | None = None  # the label as SQL text; None when predicting
+
+
+class Reader(Protocol):
+    """Turns a row's input value into bytes. ``read`` and ``describe`` must be
+    thread-safe: decoding threads call them, and use ``limits``."""
+
+    limits: MediaLimits
+
+    def read(self, row: Row) -> bytes: ...
+
+    def describe(self, row: Row) -> str: ...
+
+    def resolve_path(self, path: str, *, expand_user: bool = False) -> str: ...
+
+
+class RowSource(Protocol):
+    """Labelled rows to train on or evaluate against.
+
+    ``batches`` and ``notice``/``check_interrupts`` belong to the calling
+    thread only (on the server they use SPI); ``reader`` may be used from any
+    thread.
+    """
+
+    count: int  # rows in the source, NULL inputs included
+    label_type: str | None
+    skipped: int  # rows dropped before reaching the model (NULL input with on_error='skip')
+    progress_interval: float  # seconds between progress notices
+    reader: Reader
+    weights_dirs: list[str]  # where pretrained weights may be found locally, first match wins
+
+    def labels(self) -> list[str]: ...
+
+    def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0) -> Iterator[list[Row]]: ...
+
+    def notice(self, message: str) -> None: ...
+
+    def check_interrupts(self) -> None: ...
+
+
+class StoredModel(Protocol):
+    """A catalog row, as ``load`` and FIT's ``base`` see it (server.catalog.ModelRecord):
+    its name, the options BUILD/FIT stored, its label set and type, its payload's format."""
+
+    name: str
+    options: dict[str, Any]
+    labels: list[Any] | None
+    label_type: str | None
+    format: str
+
+
+class Base(Protocol):
+    """FIT's starting point: a stored model, loaded (server.models.Predictor)."""
+
+    record: StoredModel
+    model: Any  # what the family's ``load`` returned
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """A loaded model that PREDICT and EVALUATE use."""
+
+    def predict(self, rows: Sequence[Row], reader: Reader,
+                opts: Mapping[str, Any]) -> tuple[list[str | None], list[str]]:
+        """One result per row (None for a row skipped with on_error='skip') and a
+        message per skipped row."""
+        ...
+
+    def evaluate(self, source: RowSource, opts: Mapping[str, Any]) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """A loaded model that CONVERT and SEARCH IMAGE use: unit vectors of ``dim`` floats
+    (numpy arrays), None for a row whose value is None. ``modality`` is one of the
+    family's ``modalities`` (the spec's; "image" for SimCLR)."""
+
+    dim: int
+
+    def embed(self, rows: Sequence[Row], reader: Reader, modality: str = "image") -> list[Any]: ...
+
+    def embed_batches(self, batches: Iterable[Sequence[Row]], reader: Reader,
+                      modality: str = "image") -> Iterator[list[Any]]:
+        """``embed`` for each batch (the next one decoded meanwhile); ``batches`` is
+        pulled on the calling thread."""
+        ...
+
+
+class FamilyModule(Protocol):
+    """A family's model module."""
+
+    def train(self, algo: Algorithm, opts: dict[str, Any], source: RowSource,
+              base: Base | None = None) -> Trained:
+        """BUILD (``base`` None) or FIT (from ``base``), with the options the spec
+        declares for the statement, all filled in."""
+        ...
+
+    def load(self, record: StoredModel, payload: bytes, device: str) -> Any:
+        """A stored model, on ``device`` ('cpu' or 'cuda'): a Predictor or an Embedder.
+        The record is input like any other (its owner can edit it): check it."""
+        ...
+
+
+def check_format(record: StoredModel, expected: str) -> None:
+    """A stored model's payload format must be the family's (XX001 otherwise)."""
+    if record.format != expected:
+        raise DataCorrupted(
+            f'model "{record.name}" is stored as {record.format}, which this version cannot read')

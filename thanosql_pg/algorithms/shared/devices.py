@@ -1,0 +1,170 @@
+"""Devices, threads, mixed precision, and the decode pool that prefetches inputs.
+
+Threads are the server's business: it calls ``set_threads`` (the one place that sets
+torch's intra-op thread count) before a statement runs a model. A process in which
+nobody has called it uses every core, as PostgreSQL backends always did.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
+from typing import Any, TypeVar
+
+from thanosql_pg.errors import InvalidOption
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+_threads: int | None = None  # what set_threads last set
+
+
+def set_threads(n: int) -> None:
+    """torch's intra-op threads for what this process runs next (the server's hook,
+    called per statement). Imports torch: call it when a model is about to run."""
+    global _threads
+    import torch
+
+    n = max(1, int(n))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    _threads = n
+
+
+def torch_device(name: str) -> Any:
+    """``cpu``, ``cuda`` or ``auto`` (cuda when available) → torch.device."""
+    import torch
+
+    if _threads is None:
+        set_threads(os.cpu_count() or 1)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InvalidOption(
+            "device 'cuda' was requested but no CUDA device is available to the server",
+            hint="Use device='cpu' or device='auto' (or SET thanosql.device = 'auto').",
+        )
+    return torch.device(name)
+
+
+def autocast(device: Any) -> Any:
+    """Mixed precision on CUDA (bf16 where supported, else fp16); full precision on CPU."""
+    import torch
+
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+def cuda_indices(device: Any) -> list[int]:
+    """The CUDA devices whose random state a statement on ``device`` uses."""
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+# --- the decode pool -----------------------------------------------------------------------
+_pool: ThreadPoolExecutor | None = None
+
+
+def decode_pool() -> ThreadPoolExecutor:
+    """One pool per process for decoding inputs. Its threads never call plpy:
+    they only get bytes via a thread-safe Reader and run pure-Python/C code."""
+    global _pool
+    if _pool is None:
+        workers = max(2, os.cpu_count() or 1)
+        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="thanosql-decode")
+    return _pool
+
+
+def chunks(items: Sequence[T], n: int) -> list[Sequence[T]]:
+    size = max(1, math.ceil(len(items) / max(1, n)))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def numbered(rows: Sequence[T]) -> list[tuple[int, T]]:
+    """(position in the batch, row) pairs: what decoders take, so results find their row."""
+    return list(enumerate(rows))
+
+
+def decode_now(rows: Sequence[T], work: Callable[[Sequence[tuple[int, T]]], U],
+               combine: Callable[[list[U]], Any]) -> Any:
+    """``combine`` of ``work`` over ``numbered(rows)``, split over the pool's threads."""
+    parts = [decode_pool().submit(work, c) for c in chunks(numbered(rows), os.cpu_count() or 1)]
+    return combine([f.result() for f in parts])
+
+
+def prefetch(batches: Iterable[Sequence[T]], work: Callable[[Sequence[T]], U],
+             combine: Callable[[list[U]], Any], *, depth: int = 1, split: int | None = None) -> Iterator[Any]:
+    """Yield ``combine([work(chunk) for chunk in batch])`` for each batch, with
+    the next ``depth`` batches already being worked on in the pool.
+
+    ``batches`` is pulled on the calling thread (it may use SPI); ``work`` runs
+    in pool threads, each batch split into ``split`` chunks so that decoding a
+    batch uses several cores. While the caller trains on batch k, batch k+1 is
+    decoded. On exit (error, cancel, generator closed) outstanding work is
+    cancelled or waited for, so no thread outlives the statement with work,
+    and ``batches`` is closed. Close this generator explicitly (contextlib.closing)
+    so that this happens inside the statement, not at garbage collection.
+    """
+    pool = decode_pool()
+    n = split or max(1, os.cpu_count() or 1)
+    pending: deque[list[Future[U]]] = deque()
+    try:
+        for batch in batches:
+            pending.append([pool.submit(work, c) for c in chunks(batch, n)])
+            if len(pending) > depth:
+                yield combine([f.result() for f in pending.popleft()])
+        while pending:
+            yield combine([f.result() for f in pending.popleft()])
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # a generator over a cursor: closes the cursor now
+        for futures in pending:
+            for f in futures:
+                f.cancel()
+        for futures in pending:
+            for f in futures:
+                if not f.cancelled():
+                    try:
+                        f.result()
+                    except Exception:  # the statement is already failing or done: keep its error
+                        pass
+
+
+class Skipped:
+    """Rows skipped as unreadable (on_error='skip'): how many, and the first one's error."""
+
+    def __init__(self, before: int = 0) -> None:
+        self.count = before  # rows the source dropped already (NULL inputs)
+        self.first: str | None = None
+
+    def add(self, errors: Sequence[tuple[int, Any]]) -> None:
+        """A decoded batch's (position, ThanoSQLError) pairs."""
+        if errors:
+            self.count += len(errors)
+            self.first = self.first or errors[0][1].message
+
+    def notice(self, notice: Callable[[str], None], what: str) -> None:
+        """``<what> skipped N unreadable rows; first: ...``, when rows were skipped."""
+        if self.count:
+            first = f"; first: {self.first}" if self.first else ""
+            notice(f"{what} skipped {self.count} unreadable rows{first}")
+
+
+def evaluation_batches(source: Any, batch_size: int, work: Callable[[Sequence[Any]], U],
+                       combine: Callable[[list[U]], Any], skipped: Skipped) -> Iterator[Any]:
+    """EVALUATE's one pass over ``source`` (a RowSource): each batch decoded in the pool
+    (the next one meanwhile), a pending cancel let through before each, the rows skipped
+    as unreadable counted in ``skipped``. Close it (contextlib.closing) so that decoding
+    stops and the cursor closes inside the statement on an error."""
+    batches = (numbered(b) for b in source.batches(batch_size, shuffle=False))
+    with closing(prefetch(batches, work, combine)) as decoded:
+        for dec in decoded:
+            source.check_interrupts()
+            skipped.add(dec.errors)
+            yield dec

@@ -1,0 +1,37 @@
+"""SimCLR image embeddings: the family's spec (pure; the model is in ``model``).
+
+The catalog calls the family "image_embedding" (stored models say so)."""
+
+from __future__ import annotations
+
+from thanosql_pg.algorithms import registry as r
+from thanosql_pg.algorithms.shared.limits import MAX_IMAGE_BATCH, MAX_INPUT_SIZE, check_image_batch
+
+MAX_EMBEDDING_DIM = 2000  # pgvector's largest dimension for an HNSW index, which CONVERT builds
+
+IMAGE = r.option("image_col", "str", "image_path")
+BATCH = r.batch_size(256, MAX_IMAGE_BATCH)
+TRAIN = (
+    IMAGE, BATCH, r.epochs(5), r.option("pretrained", "bool", False), r.OVERWRITE,
+    r.option("backbone", "str", "resnet18"),
+    r.option("embedding_dim", "int", 128, maximum=MAX_EMBEDDING_DIM, positive=True),
+    r.option("input_size", "int", 96, maximum=MAX_INPUT_SIZE, positive=True),
+    r.option("temperature", "float", 0.5, positive=True), r.learning_rate(3e-4), r.BASE_MODEL, r.DEVICE,
+)
+IMAGES = r.Columns("image_col", modality="image")
+
+FAMILY = r.register(r.Family(
+    name="image_embedding",
+    model="thanosql_pg.algorithms.simclr.model",
+    algorithms={"SimCLR": {}},
+    options={
+        "build": TRAIN,
+        "fit": TRAIN,
+        "convert": (IMAGE, BATCH, r.option("create_index", "bool", True), r.DEVICE),
+        "search": (r.DEVICE,),
+    },
+    columns={"build": IMAGES, "fit": IMAGES, "convert": IMAGES},
+    carry_over=("input_size", "backbone", "embedding_dim"),
+    modalities=("image",),
+    check=check_image_batch,
+))

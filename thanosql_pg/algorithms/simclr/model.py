@@ -1,0 +1,253 @@
+"""SimCLR image embeddings (Chen et al., 2020) on any timm backbone.
+
+BUILD/FIT train a backbone plus a projection head with the NT-Xent loss on
+two augmented views of every image (``augment``); CONVERT and SEARCH IMAGE embed
+images as L2-normalized ``embedding_dim``-vectors (the projection head's output),
+so that cosine similarity is a dot product.
+
+Like every family's model it sees rows only through ``RowSource``/``Reader``
+(contract.py) and knows nothing about SQL. Image decoding, timm networks and the
+training loop are the shared ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from thanosql_pg.algorithms import registry
+from thanosql_pg.algorithms import simclr as spec
+from thanosql_pg.algorithms.contract import Base, Reader, Row, RowSource, StoredModel, Trained, check_format
+from thanosql_pg.algorithms.shared import devices, training, weights
+from thanosql_pg.algorithms.shared.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Decoded,
+    ImageInput,
+    decode_rows,
+    pretrained_normalization,
+)
+from thanosql_pg.algorithms.shared.limits import check_batch_pixels
+from thanosql_pg.algorithms.simclr.augment import Augment
+from thanosql_pg.errors import DataError, FeatureNotAvailable, InvalidOption
+
+FORMAT = "simclr-safetensors-v1"
+WEIGHT_DECAY = 1e-6  # SimCLR's own; contrastive training needs little regularisation
+WARMUP_FRACTION = 0.05
+
+
+def nt_xent(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """NT-Xent over 2N projections (views i and i+N are positives): the loss, and the
+    share of views whose nearest other view is their positive (a training accuracy)."""
+    z = F.normalize(z.float(), dim=1)
+    n = z.shape[0] // 2
+    sim = z @ z.T / temperature
+    sim.fill_diagonal_(float("-inf"))  # a view is not its own candidate
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    loss = F.cross_entropy(sim, target)
+    accuracy = (sim.detach().argmax(1) == target).float().mean()
+    return loss, accuracy
+
+
+# --- the model --------------------------------------------------------------------------------
+class SimCLRNet(nn.Module):
+    """Backbone (features h) + projection head g; the embedding is g(h), L2-normalized."""
+
+    def __init__(self, backbone: nn.Module, embedding_dim: int) -> None:
+        super().__init__()
+        width = int(backbone.num_features)
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
+                                  nn.Linear(width, embedding_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def new_backbone(name: str, opts: dict[str, Any], reader: Reader,
+                 dirs: Sequence[str]) -> tuple[str, nn.Module, str]:
+    """(timm architecture, feature extractor without classifier, where its weights came from)."""
+    if not opts.get("base_model") and not opts["pretrained"] and not weights.check_arch(name):
+        raise InvalidOption(f'unknown backbone "{name}"',
+                            hint="Name a timm model, e.g. backbone='resnet18' (see timm.list_models()).")
+    # pretrained: a timm name or a hub repo, never a path
+    return weights.timm_network(name, 0, base_model=opts.get("base_model"), pretrained=opts["pretrained"],
+                                resolve=reader.resolve_path, dirs=dirs)
+
+
+class ImageEmbedder:
+    """A trained SimCLR network plus its preprocessing."""
+
+    def __init__(self, net: SimCLRNet, *, arch: str, inputs: ImageInput) -> None:
+        self.net = net.to(inputs.device, memory_format=torch.channels_last)
+        self.arch = arch
+        self.inputs = inputs
+        self.input_size = inputs.size
+        self.dim = int(net.head[-1].out_features)
+        self.device = inputs.device
+        self._fused: nn.Module | None = None
+
+    def forget_fused(self) -> None:
+        """Training changes the weights a fused copy was made from."""
+        self._fused = None
+
+    def _inference_net(self) -> nn.Module:
+        """The network for embedding: a copy with each BatchNorm folded into the convolution
+        before it (torch.fx), which saves about a quarter of a ResNet's CPU time. ``self.net``
+        stays as it is, trainable."""
+        if self._fused is None:
+            self.net.eval()
+            try:
+                from torch.fx.experimental.optimization import fuse
+
+                self._fused = fuse(self.net).to(memory_format=torch.channels_last)
+            except Exception:  # a backbone torch.fx cannot trace: embed with the network as it is
+                self._fused = self.net
+        return self._fused
+
+    @torch.inference_mode()
+    def _embed_array(self, arr: np.ndarray) -> np.ndarray:
+        net = self._inference_net()
+        with devices.autocast(self.device):
+            z = net(self.inputs.tensor(arr))
+        return F.normalize(z.float(), dim=1).cpu().numpy()
+
+    def _assemble(self, n: int, dec: Decoded) -> list[np.ndarray | None]:
+        out: list[np.ndarray | None] = [None] * n
+        arr = dec.array()
+        if arr is not None:
+            for pos, vec in zip(dec.positions, self._embed_array(arr), strict=True):
+                out[pos] = vec
+        return out
+
+    def embed(self, rows: Sequence[Row], reader: Reader, modality: str = "image") -> list[np.ndarray | None]:
+        """One unit vector per row (float32, ``dim``); None where the row's value is None."""
+        batches = self.embed_batches([rows], reader, modality)
+        try:
+            return next(batches)
+        finally:
+            batches.close()  # finishes prefetch's clean-up now, not at garbage collection
+
+    def embed_batches(self, batches: Iterable[Sequence[Row]], reader: Reader,
+                      modality: str = "image") -> Generator[list[np.ndarray | None], None, None]:
+        """``embed`` for each batch, the next batch decoded in the pool meanwhile.
+        ``batches`` is pulled on the calling thread."""
+        if modality not in spec.FAMILY.modalities:
+            raise FeatureNotAvailable(f"SimCLR models embed images only, not {modality}")
+        work = partial(decode_rows, reader=reader, size=self.input_size, index=None, skip=False)
+
+        def numbered(batch: Sequence[Row]) -> list[tuple[int, Row]]:
+            return [(i, r) for i, r in enumerate(batch) if r.value is not None]
+
+        sizes: list[int] = []
+
+        def tracked() -> Iterator[list[tuple[int, Row]]]:
+            for b in batches:
+                check_batch_pixels(len(b), self.input_size)
+                sizes.append(len(b))
+                yield numbered(b)
+
+        for dec in devices.prefetch(tracked(), work, Decoded.combine):
+            yield self._assemble(sizes.pop(0), dec)
+
+
+def load(record: StoredModel, payload: bytes, device: str) -> ImageEmbedder:
+    import timm
+    from safetensors.torch import load as load_safetensors
+
+    check_format(record, FORMAT)
+    opts = record.options
+    arch = weights.stored_arch(record)
+    registry.check_stored(spec.FAMILY, record.name, opts, ("input_size", "embedding_dim"))
+    state = load_safetensors(payload)
+    backbone = timm.create_model(arch, pretrained=False, num_classes=0)
+    net = SimCLRNet(backbone, int(opts["embedding_dim"]))
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    inputs = ImageInput(int(opts["input_size"]), opts["mean"], opts["std"], devices.torch_device(device))
+    return ImageEmbedder(net, arch=arch, inputs=inputs)
+
+
+# --- training ---------------------------------------------------------------------------------
+def train(algo: registry.Algorithm, opts: dict[str, Any], source: RowSource,
+          base: Base | None = None) -> Trained:
+    """BUILD (base None) or FIT (base: a loaded model whose .model is an ImageEmbedder)."""
+    device = devices.torch_device(opts["device"])
+    with training.seeded(device):
+        if base is not None:
+            training.refuse_base_model(opts)
+            prev: ImageEmbedder = base.model
+            # the server fills these from the base model unless given (the spec's carry_over):
+            # a different value is a new model
+            backbone = base.record.options.get("backbone", opts["backbone"])
+            if opts["embedding_dim"] != prev.dim or opts["backbone"] != backbone:
+                raise InvalidOption(
+                    f"FIT MODEL keeps the base model's backbone ({backbone}) and embedding_dim ({prev.dim})",
+                    hint="Leave backbone and embedding_dim out of FIT MODEL, or BUILD a new model.")
+            inputs = ImageInput(opts["input_size"], prev.inputs.mean_list, prev.inputs.std_list, device)
+            model = ImageEmbedder(prev.net, arch=prev.arch, inputs=inputs)
+            origin = f'model "{base.record.name}"'
+        else:
+            arch, net, origin = new_backbone(opts["backbone"], opts, source.reader, source.weights_dirs)
+            weights.check_new_arch(arch, origin)
+            # pretrained weights come with their normalization; from scratch ImageNet's is as good as any
+            scratch = origin == "random initialisation"
+            mean, std = (IMAGENET_MEAN, IMAGENET_STD) if scratch else pretrained_normalization(net)
+            model = ImageEmbedder(SimCLRNet(net, opts["embedding_dim"]), arch=arch,
+                                  inputs=ImageInput(opts["input_size"], mean, std, device))
+        metrics = _fit(model, algo, opts, source)
+    return Trained(
+        payload=weights.state_payload(model.net), format=FORMAT, labels=None, label_type=None,
+        options={"arch": model.arch, **model.inputs.options(), "embedding_dim": model.dim, "weights": origin},
+        metrics=metrics,
+    )
+
+
+def _fit(model: ImageEmbedder, algo: registry.Algorithm, opts: dict[str, Any],
+         source: RowSource) -> dict[str, float]:
+    net, device = model.net, model.device
+    model.forget_fused()
+    bs, epochs, size = opts["batch_size"], opts["epochs"], model.input_size
+    per_epoch = training.steps_per_epoch(source.count - source.skipped, bs)
+    stepper = training.Stepper(net, learning_rate=opts["learning_rate"], weight_decay=WEIGHT_DECAY,
+                               total_steps=epochs * per_epoch, warmup_fraction=WARMUP_FRACTION, device=device)
+    augment = Augment(size)
+    gen = torch.Generator(device=device)
+    work = partial(decode_rows, reader=source.reader, size=size, index=None, skip=False)
+    progress = training.Progress(source.notice, source.progress_interval, label=f"{algo.name} training",
+                                 epochs=epochs, steps_per_epoch=per_epoch)
+
+    def batches(epoch: int) -> Any:
+        net.train()
+        gen.manual_seed(epoch + 1)
+        rows = (devices.numbered(b) for b in source.batches(bs, shuffle=True, seed=epoch))
+        return devices.prefetch(rows, work, Decoded.combine, depth=2 if device.type == "cuda" else 1)
+
+    def step(epoch: int, dec: Decoded) -> tuple[Any, Any, int] | None:
+        arr = dec.array()
+        if arr is None:
+            return None
+        x = torch.from_numpy(arr).to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        views = torch.cat([augment(x, gen), augment(x, gen)])
+        views = ((views - model.inputs.mean) / model.inputs.std).contiguous(memory_format=torch.channels_last)
+        with devices.autocast(device):
+            z = net(views)
+        loss, acc = nt_xent(z, opts["temperature"])
+        stepper.step(loss)
+        return loss, acc * len(arr), len(arr)
+
+    done = training.run_epochs(source, progress, device, epochs, batches, step)
+    if done.items == 0:
+        raise DataError("no readable images to train on")
+    net.eval()
+    rate = progress.images_per_second()
+    source.notice(f"{algo.name} training done: {epochs} epochs, NT-Xent loss {done.loss:.4f},"
+                  f" contrastive accuracy {done.score:.4f}, {rate:.1f} images/s")
+    return {"train_loss": round(done.loss, 6), "contrastive_accuracy": round(done.score, 6),
+            "images_per_second": round(rate, 2)}

@@ -118,6 +118,19 @@ _READ_ONLY_HINT = ("On a read-only standby (or transaction) PREDICT, SEARCH IMAG
                    " models reach the standbys by replication.")
 
 
+def runs_model(fn: F) -> F:
+    """For entry points that run a model: the session takes its share of the cores for
+    the call (server/compute.py), and counts as busy meanwhile for the others."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        from thanosql_pg.server import compute
+
+        with compute.running_model():
+            return fn(*args)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _guard_iter(it: Iterator[Any]) -> Iterator[Any]:
     """Errors raised while PostgreSQL pulls rows from a generator."""
     try:
@@ -225,12 +238,14 @@ def _train(statement: str, name: str, algo: registry.Algorithm, given: dict[str,
 
 
 @caller_sql_entry_point(whole_call=False)
+@runs_model
 def build_model(name: str, algorithm: str, options: str, query: str) -> list[tuple[Any, ...]]:
     algo = registry.lookup(algorithm)
     return _train("build", name, algo, json.loads(options), query)
 
 
 @caller_sql_entry_point(whole_call=False)
+@runs_model
 def fit_model(name: str, base_model: str, options: str, query: str) -> list[tuple[Any, ...]]:
     from thanosql_pg.server import catalog, models
 
@@ -274,6 +289,7 @@ def prepare(statement: str, model: str, options: str) -> str:
 
 
 @entry_point
+@runs_model
 def predict_batch(cfg: str, vals: list[str | None]) -> list[Any]:
     from thanosql_pg.server import models
 
@@ -290,6 +306,7 @@ def predict_batch(cfg: str, vals: list[str | None]) -> list[Any]:
 
 
 @caller_sql_entry_point(whole_call=False)
+@runs_model
 def evaluate(model: str, options: str, query: str) -> list[tuple[str, float]]:
     from thanosql_pg.server import catalog, data, models
 
@@ -323,6 +340,7 @@ def save_table(table_name: str, query: str) -> list[tuple[str, int]]:
 
 
 @caller_sql_entry_point(whole_call=True)
+@runs_model
 def convert(model: str, options: str, query: str, source_table: str | None) -> list[tuple[str, int]]:
     from thanosql_pg.server import embeddings
 
@@ -342,6 +360,7 @@ def convert(model: str, options: str, query: str, source_table: str | None) -> l
 
 
 @entry_point
+@runs_model
 def convert_batch(cfg: str, vals: list[str | None]) -> list[str | None]:
     from thanosql_pg.server import embeddings
 
@@ -358,6 +377,7 @@ _NO_INPUT = object()
 
 
 @entry_point
+@runs_model
 def embed_query(model: str, options: str, search_input: Any = _NO_INPUT) -> str:
     """SEARCH IMAGE's query embedding; ``search_input`` is the client's $n when given."""
     from thanosql_pg.server import embeddings

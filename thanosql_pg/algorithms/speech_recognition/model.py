@@ -113,7 +113,7 @@ def decode_rows(rows: Sequence[tuple[int, Row]], *, reader: Reader, norm: TextNo
     out = Decoded([], [])
     for pos, row in rows:
         try:
-            audio = decode_audio(reader.read(row), f"audio {reader.describe(row)}", limits)
+            audio = decode_audio(reader.read(row), reader.describe(row), limits)
         except DataError as e:
             if not skip:
                 raise

@@ -18,6 +18,7 @@ import pytest
 from pglast import ast as pg_ast
 from pglast import parser as pg
 
+from thanosql_pg.algorithms import registry
 from thanosql_pg.errors import ThanoSQLError
 from thanosql_pg.preprocessor import ast, parse, rewrite, rewrite_for_wire, split_statements
 from thanosql_pg.preprocessor.literals import dollar_quote, quote_ident, quote_literal
@@ -37,8 +38,7 @@ JOIN (
   SELECT unnest(g.rns) AS rn,
          unnest(thanosql.predict_batch((SELECT c FROM __thanosql_cfg), g.vals)) AS res
   FROM (SELECT array_agg(__thanosql_rn ORDER BY __thanosql_rn) AS rns,
-               array_agg(to_jsonb(__thanosql_q) -> (SELECT c->>'input_col' FROM __thanosql_cfg)
-                         ORDER BY __thanosql_rn) AS vals
+               array_agg(<value> ORDER BY __thanosql_rn) AS vals
         FROM __thanosql_in GROUP BY (__thanosql_rn - 1) / <batch_size>) AS g
 ) AS r ON r.rn = i.__thanosql_rn
 ORDER BY i.__thanosql_rn"""
@@ -51,7 +51,7 @@ def convert_sql(
 ) -> str:
     """CONVERT that returns its rows: the PREDICT shape with thanosql.convert_batch."""
     return (
-        predict_sql(model, opts, query, result_col, batch)
+        predict_sql(model, opts, query, result_col, batch, statement="convert")
         .replace("thanosql.prepare('predict'", "thanosql.prepare('convert'")
         .replace("thanosql.predict_batch(", "thanosql.convert_batch(")
     )
@@ -70,11 +70,20 @@ def search_sql(
     return sql if top_k is None else f"{sql} LIMIT {top_k}"
 
 
+# Only the input column reaches the model when the options name it; else the model's
+# column is found at run time (options that could belong to models of several families).
+STATIC_VALUE = "COALESCE(to_jsonb((__thanosql_q).{col}), 'null'::jsonb)"
+DYNAMIC_VALUE = "to_jsonb(__thanosql_q) -> (SELECT c->>'input_col' FROM __thanosql_cfg)"
+
+
 def predict_sql(
-    model: str, opts: str, query: str, result_col: str = "predict_result", batch: int = 16
+    model: str, opts: str, query: str, result_col: str = "predict_result", batch: int = 16,
+    statement: str = "predict",
 ) -> str:
+    col = registry.input_column(statement, json.loads(opts))
+    value = DYNAMIC_VALUE if col is None else STATIC_VALUE.format(col=quote_ident(col))
     return (
-        ARCH_PREDICT.replace("'m'", quote_literal(model))
+        ARCH_PREDICT.replace("<value>", value).replace("'m'", quote_literal(model))
         .replace("'{opts}'", quote_literal(opts))
         .replace("<query>", query)
         .replace('"<result_col>"', quote_ident(result_col))

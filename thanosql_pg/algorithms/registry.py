@@ -33,6 +33,7 @@ from thanosql_pg.errors import (
     DataCorrupted,
     FeatureNotAvailable,
     InvalidOption,
+    ThanoSQLError,
     UndefinedAlgorithm,
     WrongModelType,
 )
@@ -381,6 +382,24 @@ def rows_per_call(statement: str, opts: Mapping[str, Any]) -> int:
     the statement's ``batch_size`` (the convention every family follows), or its default
     when no family is known (the first family's)."""
     return int(opts.get("batch_size", statement_default(statement, "batch_size")))
+
+
+def input_column(statement: str, given: Mapping[str, Any]) -> str | None:
+    """The input column of a PREDICT-shaped statement when the written options decide it
+    whatever the model's family: every family that supports ``statement`` and accepts
+    these options reads the same column. None when they differ (the rewrite then finds
+    the column at run time, from the model). Lets the rewrite pass only that column to
+    the model instead of serializing whole rows."""
+    found: set[str] = set()
+    for fam in FAMILIES.values():
+        if not fam.supports(statement) or statement not in fam.columns:
+            continue
+        try:
+            opts = normalize_options(statement, given, fam, fill_defaults=True)
+            found.add(str(opts[fam.statement_columns(statement, opts).input]))
+        except ThanoSQLError:  # this family does not take these options: not a candidate
+            continue
+    return found.pop() if len(found) == 1 else None
 
 
 def check_stored(family: Family, model: str, options: Mapping[str, Any], names: tuple[str, ...]) -> None:

@@ -100,8 +100,7 @@ JOIN (
   SELECT unnest(g.rns) AS rn,
          unnest(thanosql.{statement}_batch((SELECT c FROM __thanosql_cfg), g.vals)) AS res
   FROM (SELECT array_agg(__thanosql_rn ORDER BY __thanosql_rn) AS rns,
-               array_agg(to_jsonb(__thanosql_q) -> (SELECT c->>'input_col' FROM __thanosql_cfg)
-                         ORDER BY __thanosql_rn) AS vals
+               array_agg({value} ORDER BY __thanosql_rn) AS vals
         FROM __thanosql_in GROUP BY (__thanosql_rn - 1) / {batch_size}) AS g
 ) AS r ON r.rn = i.__thanosql_rn
 ORDER BY i.__thanosql_rn"""
@@ -116,7 +115,17 @@ def inline(statement: str, model: str, opts: dict[str, Any], query: str, *,
     result_col = str(opts.get("result_col", _default(statement, "result_col")))
     cols = "(i.__thanosql_q).*" if columns is None else ", ".join(
         f"(i.__thanosql_q).{quote_ident(c)}" for c in columns)
+    input_col = registry.input_column(statement, opts)
+    if input_col is not None:
+        # Only the input column reaches the model: serializing whole rows (a bytea
+        # image beside the path, say) cost more than the model. JSON null keeps a NULL
+        # value apart from a missing column, as below.
+        value = f"COALESCE(to_jsonb((__thanosql_q).{quote_ident(input_col)}), 'null'::jsonb)"
+    else:
+        # The options do not say which column (their families differ): the model's, at run time.
+        value = "to_jsonb(__thanosql_q) -> (SELECT c->>'input_col' FROM __thanosql_cfg)"
     return _INLINE.format(
+        value=value,
         statement=statement,
         model=quote_literal(model),
         opts=jsonb(opts),

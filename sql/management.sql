@@ -9,7 +9,7 @@ list models;
 -- then given fixed times.
 SELECT model_id AS mid FROM thanosql._model_claim('regress_m', false, false, thanosql._current_role()) \gset
 SELECT thanosql._model_write(:mid, 'ConvNeXt_Tiny', 'image_classification', '{"epochs": 1}', '[0, 1, 2]',
-                             'integer', 'test', 0, 'BUILD', 3, thanosql._current_role()) AS version;
+                             'integer', 'test', 0, NULL, 'BUILD', 3, thanosql._current_role()) AS version;
 UPDATE thanosql.models SET created_at = '2024-01-01 00:00:00+00', updated_at = '2024-01-02 03:04:05+00'
 WHERE id = :mid;
 LIST MODEL;

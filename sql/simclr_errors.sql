@@ -80,7 +80,7 @@ SEARCH IMAGE USING no_such_model OPTIONS (search_input='/tmp/q.png', emb_col='co
 \echo :LAST_ERROR_SQLSTATE
 -- a classification model does not CONVERT (a catalog row is enough: the family is checked first)
 SELECT model_id AS mid FROM thanosql._model_claim('classifier_regress', false, false, thanosql._current_role()) \gset
-SELECT thanosql._model_write(:mid, 'ConvNeXt_Tiny', 'image_classification', '{}', NULL, NULL, 'none', 0, 'BUILD',
+SELECT thanosql._model_write(:mid, 'ConvNeXt_Tiny', 'image_classification', '{}', NULL, NULL, 'none', 0, NULL, 'BUILD',
                              0, thanosql._current_role()) AS version;
 CONVERT USING classifier_regress OPTIONS (image_col='img') AS SELECT * FROM pics;
 \echo :LAST_ERROR_SQLSTATE

@@ -39,6 +39,8 @@ static int	max_image_pixels = 40000000;
 static int	max_audio_seconds = 1800;
 static int	keep_versions = 3;
 static int	max_threads = 0;
+static char *cache_dir = NULL;
+static int	cache_size = 8192;
 
 /*
  * PL/Python reports an exception raised by Python code as
@@ -129,6 +131,14 @@ _PG_init(void)
 							"shared_preload_libraries = 'thanosql' each takes them all.",
 							&max_threads, 0, 0, 1024,
 							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("thanosql.cache_dir",
+							   "Folder of the weights files that sessions map and share ('off': none).",
+							   "Empty: thanosql_cache in the server's data directory.",
+							   &cache_dir, "", PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("thanosql.cache_size",
+							"Size of the shared weights cache (0: no cache).",
+							NULL, &cache_size, 8192, 0, INT_MAX,
+							PGC_SUSET, GUC_UNIT_MB, NULL, NULL, NULL);
 	/* last: with thanosql.preload on, this imports thanosql_pg using the settings above */
 	thanosql_preload_init(python_lib_dir);
 	MarkGUCPrefixReserved("thanosql");

@@ -158,7 +158,8 @@ END $$;
 -- older ones with their weights. Returns the new version number.
 CREATE OR REPLACE FUNCTION thanosql._model_write(
     p_model_id bigint, p_algorithm text, p_family text, p_options jsonb, p_labels jsonb, p_label_type text,
-    p_format text, p_size_bytes bigint, p_statement text, p_rows bigint, caller pg_catalog.regrole)
+    p_format text, p_size_bytes bigint, p_sha256 text, p_statement text, p_rows bigint,
+    caller pg_catalog.regrole)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     writable boolean := thanosql._writable();
@@ -178,10 +179,13 @@ BEGIN
     END IF;
     SELECT COALESCE(pg_catalog.max(mv.version), m.version) OPERATOR(pg_catalog.+) 1 INTO v
       FROM thanosql.model_versions mv WHERE mv.model_id OPERATOR(pg_catalog.=) m.id;
+    IF p_sha256 IS NOT NULL AND p_sha256 !~ '^[0-9a-f]{64}$' THEN
+        RAISE EXCEPTION 'invalid weights hash' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     INSERT INTO thanosql.model_versions (model_id, version, algorithm, family, options, labels, label_type, format,
-                                         size_bytes, statement, rows, created_by)
+                                         size_bytes, payload_sha256, statement, rows, created_by)
     VALUES (m.id, v, p_algorithm, p_family, p_options, p_labels, p_label_type, p_format, p_size_bytes,
-            p_statement, p_rows, pg_catalog.pg_get_userbyid(who));
+            p_sha256, p_statement, p_rows, pg_catalog.pg_get_userbyid(who));
     UPDATE thanosql.models
        SET algorithm = p_algorithm, family = p_family, options = p_options, labels = p_labels,
            label_type = p_label_type, format = p_format, size_bytes = p_size_bytes, version = v,

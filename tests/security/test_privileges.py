@@ -98,7 +98,7 @@ def test_catalog_tables_are_not_writable_directly(
     for sql, args in (
         ("SELECT * FROM thanosql._model_claim('x', false, false, %s::regrole)", (owner,)),
         ("SELECT * FROM thanosql._model_claim(%s, true, false, %s::regrole)", (name, owner)),
-        ("SELECT thanosql._model_write(%s, 'a', 'f', '{}', NULL, NULL, 'x', 0, 'BUILD', 1, %s::regrole)",
+        ("SELECT thanosql._model_write(%s, 'a', 'f', '{}', NULL, NULL, 'x', 0, NULL, 'BUILD', 1, %s::regrole)",
          (mid, owner)),
         ("SELECT thanosql._record_epochs(%s, '[]', %s::regrole)", (mid, owner)),
         ("SELECT thanosql._rollback_model(%s, 1, %s::regrole)", (name, owner)),
@@ -112,7 +112,7 @@ def test_catalog_tables_are_not_writable_directly(
             m.execute(sql, args)
     # Acting as herself, she still cannot touch alice's model (it "does not exist" to her).
     with pytest.raises(errors.InsufficientPrivilege):
-        m.execute("SELECT thanosql._model_write(%s, 'a', 'f', '{}', NULL, NULL, 'x', 0, 'BUILD', 1,"
+        m.execute("SELECT thanosql._model_write(%s, 'a', 'f', '{}', NULL, NULL, 'x', 0, NULL, 'BUILD', 1,"
                   " thanosql._current_role())", (mid,))
     with pytest.raises(errors.DuplicateObject, match="belongs to another role"):
         m.execute("SELECT * FROM thanosql._model_claim(%s, true, false, thanosql._current_role())", (name,))

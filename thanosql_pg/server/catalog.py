@@ -10,6 +10,7 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,10 +36,14 @@ class ModelRecord:
     format: str
     size_bytes: int
     version: int
+    payload_sha256: str | None = None  # hex; None for models from before 0.2.0
 
 
-_COLUMNS = ("id, name, algorithm, family, pg_catalog.pg_get_userbyid(owner)::text AS owner, options, labels,"
-            " label_type, format, size_bytes, version")
+# A model's current row, with its version's weights hash (server.weights_cache).
+_COLUMNS = ("m.id, m.name, m.algorithm, m.family, pg_catalog.pg_get_userbyid(m.owner)::text AS owner,"
+            " m.options, m.labels, m.label_type, m.format, m.size_bytes, m.version, v.payload_sha256")
+_FROM = ("thanosql.models m LEFT JOIN thanosql.model_versions v ON v.model_id OPERATOR(pg_catalog.=) m.id"
+         " AND v.version OPERATOR(pg_catalog.=) m.version")
 # The caller's role, evaluated as the caller (the writers verify it).
 _CALLER = "thanosql._current_role()"
 
@@ -56,6 +61,7 @@ def _record(row: dict[str, Any]) -> ModelRecord:
         format=row["format"],
         size_bytes=row["size_bytes"],
         version=row["version"],
+        payload_sha256=row["payload_sha256"],
     )
 
 
@@ -72,7 +78,7 @@ def _plan(key: str, sql: str, types: list[str]) -> Any:
 def find(name: str) -> ModelRecord | None:
     """The model called ``name`` if the current role may see (USE) it."""
     rows = plpy.execute(
-        _plan("find", f"SELECT {_COLUMNS} FROM thanosql.models WHERE name OPERATOR(pg_catalog.=) $1",
+        _plan("find", f"SELECT {_COLUMNS} FROM {_FROM} WHERE m.name OPERATOR(pg_catalog.=) $1",
               ["text"]),
         [name],
     )
@@ -150,19 +156,19 @@ def save(
     plpy.execute(
         _plan(
             "write",
-            "SELECT thanosql._model_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, " + _CALLER + ")",
-            ["bigint", "text", "text", "jsonb", "jsonb", "text", "text", "bigint", "text", "bigint"],
+            "SELECT thanosql._model_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, " + _CALLER + ")",
+            ["bigint", "text", "text", "jsonb", "jsonb", "text", "text", "bigint", "text", "text", "bigint"],
         ),
         [claimed.model_id, algorithm, family, json.dumps(options),
          json.dumps(labels) if labels is not None else None, label_type, format, len(payload),
-         statement, rows],
+         hashlib.sha256(payload).hexdigest(), statement, rows],
     )
     put = _plan("chunk", "SELECT thanosql._model_put_chunk($1, $2, $3, " + _CALLER + ")",
                 ["bigint", "int4", "bytea"])
     for seq, start in enumerate(range(0, len(payload), CHUNK_BYTES)):
         plpy.execute(put, [claimed.model_id, seq, payload[start : start + CHUNK_BYTES]])
     row = plpy.execute(
-        _plan("by_id", f"SELECT {_COLUMNS} FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) $1",
+        _plan("by_id", f"SELECT {_COLUMNS} FROM {_FROM} WHERE m.id OPERATOR(pg_catalog.=) $1",
               ["bigint"]),
         [claimed.model_id],
     )[0]

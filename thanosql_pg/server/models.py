@@ -80,9 +80,12 @@ def module_for(record: catalog.ModelRecord) -> Any:
 
 
 def load(record: catalog.ModelRecord, module: Any, device: str | None = "auto") -> Predictor:
-    """Load a stored model from the catalog (no cache)."""
+    """Load a stored model (not this session's model cache: see ``cached``)."""
+    from thanosql_pg.server import weights_cache
+
     resolved = resolve_device(device)
-    payload = catalog.load_payload(record)
+    # shared with the other sessions through a mapped file (see weights_cache)
+    payload = weights_cache.payload(record, catalog.load_payload)
     model = module.load(record, payload, resolved)
     del payload
     return Predictor(record, model, resolved)

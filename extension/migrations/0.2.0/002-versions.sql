@@ -16,6 +16,9 @@ CREATE TABLE thanosql.model_versions (
     label_type  text,
     format      text NOT NULL,
     size_bytes  bigint NOT NULL,
+    -- SHA-256 of the weights (hex): names and checks the server's memory-mapped cache
+    -- file that sessions share (NULL for models from before 0.2.0: hashed on first load)
+    payload_sha256 text,
     statement   text NOT NULL,               -- BUILD or FIT
     rows        bigint,
     metrics     jsonb NOT NULL DEFAULT '{}',

@@ -95,14 +95,12 @@ class ImageClassifier:
 
 # --- loading stored models --------------------------------------------------------------------
 def load(record: StoredModel, payload: bytes, device: str) -> ImageClassifier:
-    from safetensors.torch import load as load_safetensors
-
     check_format(record, FORMAT)
     opts = record.options
     arch = weights.stored_arch(record)
     registry.check_stored(spec.FAMILY, record.name, opts, ("input_size",))
     labels = list(record.labels or [])
-    net = weights.timm_load(arch, len(labels), load_safetensors(payload))
+    net = weights.timm_load(arch, len(labels), weights.state_dict(payload))
     inputs = ImageInput(int(opts["input_size"]), opts["mean"], opts["std"], devices.torch_device(device))
     return ImageClassifier(net, arch=arch, labels=labels, inputs=inputs)
 

@@ -347,10 +347,49 @@ def state_payload(net: Any, metadata: dict[str, str] | None = None) -> bytes:
     return save(state, metadata=metadata)
 
 
-def safetensors_metadata(payload: bytes) -> dict[str, str]:
+# safetensors' dtype names -> torch's
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+           "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def state_dict(payload: bytes | memoryview) -> dict[str, Any]:
+    """The tensors of a safetensors payload. From bytes (the catalog's chunks) they are
+    copied, as safetensors does; from a memoryview (the server's mapped, copy-on-write
+    cache file) they are views of its pages, shared by every session that maps the same
+    weights until one writes to them."""
+    if not isinstance(payload, memoryview):
+        from safetensors.torch import load
+
+        return load(bytes(payload))
+    import torch
+
+    (n,) = struct.unpack("<Q", payload[:8])
+    if n > len(payload) - 8:
+        raise DataCorrupted("the stored weights are not safetensors data (bad header length)")
+    header = json.loads(bytes(payload[8:8 + n]))
+    base = 8 + n
+    out: dict[str, Any] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = getattr(torch, _DTYPES.get(info.get("dtype", ""), ""), None)
+        begin, end = info["data_offsets"]
+        shape = [int(d) for d in info["shape"]]
+        if dtype is None or not 0 <= begin <= end <= len(payload) - base:
+            raise DataCorrupted(f"the stored weights are not safetensors data (tensor {name!r})")
+        count = end - begin
+        if count == 0:
+            out[name] = torch.empty(shape, dtype=dtype)
+            continue
+        flat = torch.frombuffer(payload, dtype=dtype, count=count // dtype.itemsize, offset=base + begin)
+        out[name] = flat.view(shape)
+    return out
+
+
+def safetensors_metadata(payload: bytes | memoryview) -> dict[str, str]:
     """The metadata of a safetensors payload, without reading the tensors."""
     (n,) = struct.unpack("<Q", payload[:8])
-    return json.loads(payload[8:8 + n]).get("__metadata__") or {}
+    return json.loads(bytes(payload[8:8 + n])).get("__metadata__") or {}
 
 
 def adopt_state(make: Callable[[], Any], state: dict[str, Any]) -> Any:

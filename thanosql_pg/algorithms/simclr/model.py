@@ -159,13 +159,11 @@ class ImageEmbedder:
 
 def load(record: StoredModel, payload: bytes, device: str) -> ImageEmbedder:
     import timm
-    from safetensors.torch import load as load_safetensors
-
     check_format(record, FORMAT)
     opts = record.options
     arch = weights.stored_arch(record)
     registry.check_stored(spec.FAMILY, record.name, opts, ("input_size", "embedding_dim"))
-    state = load_safetensors(payload)
+    state = weights.state_dict(payload)
     backbone = timm.create_model(arch, pretrained=False, num_classes=0)
     net = SimCLRNet(backbone, int(opts["embedding_dim"]))
     net.load_state_dict(state, strict=True)

@@ -269,7 +269,6 @@ class SpeechRecognizer:
 
 # --- loading stored models ----------------------------------------------------------------------
 def load(record: StoredModel, payload: bytes, device: str) -> SpeechRecognizer:
-    from safetensors.torch import load as load_safetensors
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
     check_format(record, FORMAT)
@@ -278,7 +277,7 @@ def load(record: StoredModel, payload: bytes, device: str) -> SpeechRecognizer:
     stored = json.loads(meta.get("options", "{}"))
     opts = {**stored, **record.options}
     tokens = list(record.labels) if record.labels else json.loads(meta["tokens"])
-    net = weights.adopt_state(lambda: Wav2Vec2ForCTC(config), load_safetensors(payload))
+    net = weights.adopt_state(lambda: Wav2Vec2ForCTC(config), weights.state_dict(payload))
     return SpeechRecognizer(
         net, vocab=Vocab(tokens, int(opts["blank"]), opts["delimiter"]),
         norm=TextNorm(opts["text_case"], bool(opts["jamo"])), do_normalize=bool(opts["do_normalize"]),

@@ -72,10 +72,15 @@ def upstream(sdsn: str) -> tuple[str, int]:
 
 
 def _start_proxy(
-    upstream: tuple[str, int], rewriter: proto.Rewriter | None = None, use_uvloop: bool = True
+    upstream: tuple[str, int],
+    rewriter: proto.Rewriter | None = None,
+    use_uvloop: bool = True,
+    relay: str = "threads",
 ) -> BackgroundProxy:
     host, port = upstream
-    config = ProxyConfig(listen_host="127.0.0.1", listen_port=0, upstream_host=host, upstream_port=port)
+    config = ProxyConfig(
+        listen_host="127.0.0.1", listen_port=0, upstream_host=host, upstream_port=port, relay=relay
+    )
     return BackgroundProxy(config, rewriter=rewriter, use_uvloop=use_uvloop).start()
 
 
@@ -96,12 +101,25 @@ def pdsn(sdsn: str, proxy: BackgroundProxy) -> str:
     return _dsn_via(sdsn, proxy)
 
 
-@pytest.fixture(params=["uvloop", "asyncio"])
+@pytest.fixture(scope="session")
+def loop_pdsn(sdsn: str, upstream: tuple[str, int]) -> Iterator[str]:
+    """An in-process proxy relaying sessions on its event loop (`--relay loop`)."""
+    p = _start_proxy(upstream, relay="loop")
+    yield _dsn_via(sdsn, p)
+    p.stop()
+
+
+@pytest.fixture(
+    params=[("uvloop", "threads"), ("uvloop", "loop"), ("asyncio", "threads"), ("asyncio", "loop")],
+    ids="-".join,
+)
 def any_loop_dsn(request: pytest.FixtureRequest, sdsn: str, upstream: tuple[str, int]) -> Iterator[str]:
-    """An in-process proxy on uvloop (what the CLI uses when installed) and on asyncio's loop."""
-    if request.param == "uvloop":
+    """An in-process proxy on uvloop (what the CLI uses when installed) and on asyncio's loop,
+    relaying on threads (the default) and on the loop."""
+    loop, relay = request.param
+    if loop == "uvloop":
         pytest.importorskip("uvloop")
-    p = _start_proxy(upstream, use_uvloop=request.param == "uvloop")
+    p = _start_proxy(upstream, use_uvloop=loop == "uvloop", relay=relay)
     yield _dsn_via(sdsn, p)
     p.stop()
 
@@ -750,8 +768,12 @@ def _outcome(conn: psycopg.Connection, sql: str, simple: bool) -> tuple:
     return ("ok", desc, cur.fetchall())
 
 
+@pytest.mark.parametrize("relay", ["threads", "loop"])
 @pytest.mark.parametrize("simple", [True, False], ids=["simple", "extended"])
-def test_results_identical_to_direct(sdsn: str, pdsn: str, simple: bool) -> None:
+def test_results_identical_to_direct(
+    request: pytest.FixtureRequest, sdsn: str, simple: bool, relay: str
+) -> None:
+    pdsn = request.getfixturevalue("pdsn" if relay == "threads" else "loop_pdsn")
     with connect(sdsn) as direct, connect(pdsn) as proxied:
         for sql in EQUIVALENCE_QUERIES:
             assert _outcome(proxied, sql, simple) == _outcome(direct, sql, simple), sql
@@ -857,6 +879,53 @@ def test_cli_ready_line_pid_file_and_sigterm(tmp_path: Path, upstream: tuple[str
         assert "listening on" in log_file.read_text()
     finally:
         stop_cli_proxy(proc)
+
+
+def test_workers_share_the_port_and_stop_together(upstream: tuple[str, int], sdsn: str) -> None:
+    """`--workers 2`: two processes behind one port; clients get served whichever the kernel
+    picks; SIGTERM to the parent stops both, and so does the parent's death (SIGKILL)."""
+    for stop in (signal.SIGTERM, signal.SIGKILL):
+        proc, port = start_cli_proxy(upstream, "--workers", "2")
+        try:
+            workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+            assert len(workers) == 2
+            dsn = make_conninfo(sdsn, host="127.0.0.1", port=port)
+            conns = [connect(dsn) for _ in range(6)]
+            try:
+                for i, conn in enumerate(conns):
+                    assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
+            finally:
+                for conn in conns:
+                    conn.close()
+            proc.send_signal(stop)
+            assert proc.wait(15) == (0 if stop == signal.SIGTERM else -signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while any(_alive(w) for w in workers):
+                assert time.monotonic() < deadline, "a worker outlived the proxy"
+                time.sleep(0.05)
+        finally:
+            stop_cli_proxy(proc)
+
+
+def _alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie (a worker orphaned by SIGKILL waits for init)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_relay_and_workers_settings() -> None:
+    from thanosql_pg.proxy.server import ProxyServer, _parse_args
+
+    assert _parse_args([]).relay == "threads" and _parse_args([]).workers == 1
+    assert _parse_args(["--relay", "loop", "--workers", "3"]).relay == "loop"
+    for bad in (["--relay", "fast"], ["--workers", "0"]):
+        with pytest.raises(SystemExit):
+            _parse_args(bad)
+    with pytest.raises(ValueError, match="relay"):
+        ProxyServer(ProxyConfig(relay="fast"), rewriter=lambda sql, n: None)
 
 
 def test_smoke_on_both_event_loops(any_loop_dsn: str, table: str) -> None:

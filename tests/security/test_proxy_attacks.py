@@ -295,10 +295,13 @@ def fake_server() -> Iterator[FakeServer]:
     server.close()
 
 
-@pytest.fixture
-def fake_proxy(fake_server: FakeServer) -> Iterator[CliProxy]:
-    """A proxy in front of FakeServer; max_rewrite_bytes 1 MiB, set through the environment."""
-    proxy = CliProxy(fake_server.port, env={"THANOSQL_PROXY_MAX_REWRITE_BYTES": str(MiB)})
+@pytest.fixture(params=["threads", "loop"])
+def fake_proxy(request: pytest.FixtureRequest, fake_server: FakeServer) -> Iterator[CliProxy]:
+    """A proxy in front of FakeServer; max_rewrite_bytes 1 MiB, set through the environment;
+    relaying on threads (the default) and on the event loop."""
+    proxy = CliProxy(
+        fake_server.port, "--relay", request.param, env={"THANOSQL_PROXY_MAX_REWRITE_BYTES": str(MiB)}
+    )
     yield proxy
     proxy.stop()
 
@@ -608,6 +611,48 @@ def test_server_stream_framing_finds_only_real_messages() -> None:
         assert session.transport.data == stream  # relayed unchanged
         seen = [(t, b) for t, b in session.seen if len(b) < 60000]
         assert seen == expected, attempt
+
+
+class _OrderedSink(_Sink):
+    def __init__(self, events: list[tuple[str, bytes]]) -> None:
+        super().__init__()
+        self.events = events
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.events.append(("forwarded", bytes(data)))
+
+
+class _OrderedSession(_StubSession):
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, bytes]] = []
+        self.transport = _OrderedSink(self.events)
+
+    def server_message(self, type_byte: int, body: bytes) -> None:
+        super().server_message(type_byte, body)
+        self.events.append(("learnt", bytes([type_byte]) + bytes(body)))
+
+
+def test_session_learns_server_messages_before_the_client_sees_them() -> None:
+    """Relaying on threads, the client's answer to AuthenticationOk may be read on the other
+    thread the moment the client has it: the session must already know it is authenticated
+    (else a big first Query counted as pre-authentication was refused)."""
+    auth_ok = FakeServer.auth_ok()
+    for step in (len(auth_ok), 7, 3, 1):
+        session = _OrderedSession()
+        side = UpstreamSide(session)  # type: ignore[arg-type]
+        for pos in range(0, len(auth_ok), step):
+            side.data_received(memoryview(auth_ok)[pos : pos + step])  # the relay threads pass views
+        forwarded = b""
+        for event, data in session.events:
+            if event == "forwarded":
+                forwarded += data
+            else:  # learnt while the message's last byte was still held back
+                message = proto.message(data[:1], data[1:])
+                assert len(forwarded) < auth_ok.index(message) + len(message), (step, data)
+        assert forwarded == auth_ok
+        assert [data[:1] for event, data in session.events if event == "learnt"] == [b"R", b"S", b"S"]
 
 
 # --- the late cancel ------------------------------------------------------------------------------

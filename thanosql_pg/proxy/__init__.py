@@ -4,6 +4,8 @@ It rewrites the SQL text of Query and Parse messages with the preprocessor and r
 every other byte untouched (authentication, COPY, notices, notifications, cancels).
 Nothing is rewritten before the server has authenticated the client, and Query/Parse
 messages over `--max-rewrite-bytes` pass through untouched.
+Each session is relayed on two threads with blocking sockets once its startup packet is
+in (`--relay loop` keeps it on the event loop); `--workers N` runs N processes on one port.
 Run it with `thanosql-proxy` or `python -m thanosql_pg.proxy`; embed it with
 `ProxyServer`, `serve` or `BackgroundProxy` from `thanosql_pg.proxy.server`.
 """

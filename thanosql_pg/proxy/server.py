@@ -6,6 +6,10 @@ Use it from code in one of three ways:
 * ``ProxyServer(config)`` with ``await start()`` / ``await stop()`` inside a running loop;
 * ``BackgroundProxy(config)`` runs a proxy on its own thread (for synchronous callers
   such as tests): ``with BackgroundProxy(config) as p: connect(port=p.port)``.
+
+From the command line, ``--workers N`` runs N such proxies as processes sharing the port
+(SO_REUSEPORT), for many busy clients on several cores: one Python process relays on one
+core at a time, whatever its threads.
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import dataclasses
 import functools
 import inspect
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Coroutine
@@ -30,6 +37,7 @@ from thanosql_pg.proxy.session import ClientSession, set_nodelay
 log = logging.getLogger("thanosql_pg.proxy")
 
 MAX_REWRITE_BYTES_ENV = "THANOSQL_PROXY_MAX_REWRITE_BYTES"
+RELAY_MODES = ("threads", "loop")
 _CANCEL_TIMEOUT = 10.0
 
 
@@ -42,6 +50,12 @@ class ProxyConfig:
     # Query/Parse messages longer than this are relayed untouched instead of being buffered
     # whole and rewritten (protocol.DEFAULT_MAX_REWRITE_BYTES).
     max_rewrite_bytes: int = DEFAULT_MAX_REWRITE_BYTES
+    # How a session is relayed once its startup packet is in (session.py's docstring):
+    # "threads", two threads with blocking sockets per session (fastest per round trip),
+    # or "loop", the event loop (least CPU per message with many busy sessions).
+    relay: str = "threads"
+    # Listen with SO_REUSEPORT: set for the processes of `--workers N`, which share a port.
+    reuse_port: bool = False
 
     @property
     def upstream_is_unix(self) -> bool:
@@ -88,6 +102,8 @@ class ProxyServer:
         self.rewriter: Rewriter = rewriter if rewriter is not None else default_rewriter()
         if config.max_rewrite_bytes < 5:
             raise ValueError(f"max_rewrite_bytes must be at least 5, not {config.max_rewrite_bytes}")
+        if config.relay not in RELAY_MODES:
+            raise ValueError(f"relay must be one of {', '.join(RELAY_MODES)}, not {config.relay!r}")
         # One callable per value of standard_conforming_strings, made once: sessions switch
         # between them when the server reports a change.
         if accepts_keyword(self.rewriter, "standard_conforming_strings"):
@@ -110,6 +126,7 @@ class ProxyServer:
             self.config.listen_host,
             self.config.listen_port,
             reuse_address=True,
+            reuse_port=self.config.reuse_port or None,
             backlog=512,
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -130,6 +147,11 @@ class ProxyServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        # Sessions relayed on threads end on those threads, soon after the shutdown above.
+        for _ in range(200):
+            if not self.sessions:
+                break
+            await asyncio.sleep(0.01)
         log.info("thanosql-proxy stopped")
 
     async def serve_forever(self) -> None:
@@ -299,6 +321,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Query/Parse messages longer than this are relayed untouched, not buffered and "
         f"rewritten (default ${MAX_REWRITE_BYTES_ENV}, else {DEFAULT_MAX_REWRITE_BYTES})",
     )
+    parser.add_argument(
+        "--relay",
+        choices=RELAY_MODES,
+        default="threads",
+        help="relay each session on two threads with blocking sockets (default: the fastest "
+        "round trips) or on the event loop (less CPU per message with many busy sessions)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="processes sharing the listening port (SO_REUSEPORT: the kernel spreads new "
+        "connections over them), each with its own event loop; default 1",
+    )
     parser.add_argument("--log-file", help="append log lines here instead of stderr")
     parser.add_argument("--pid-file", help="write the process id here while running")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -317,6 +353,13 @@ def _rewrite_limit(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _env_max_rewrite_bytes() -> int:
     text = os.environ.get(MAX_REWRITE_BYTES_ENV)
     if not text:
@@ -327,23 +370,128 @@ def _env_max_rewrite_bytes() -> int:
         sys.exit(f"thanosql-proxy: {MAX_REWRITE_BYTES_ENV}={text!r}: {exc}")
 
 
-async def _amain(config: ProxyConfig) -> None:
+def _ready_line(config: ProxyConfig, port: int) -> str:
+    # The one line that tells whoever started us that we're ready to accept connections.
+    return (
+        f"thanosql-proxy ready: listening on {config.listen_host}:{port}, "
+        f"upstream {config.upstream_description}"
+    )
+
+
+async def _amain(config: ProxyConfig, ready: Callable[[int], None]) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = ProxyServer(config)
     await server.start()
-    # The one line that tells whoever started us that we're ready to accept connections.
-    print(
-        f"thanosql-proxy ready: listening on {config.listen_host}:{server.port}, "
-        f"upstream {config.upstream_description}",
-        flush=True,
-    )
+    ready(server.port)
     try:
         await stop.wait()
     finally:
         await server.stop()
+
+
+def _run(config: ProxyConfig, use_uvloop: bool, ready: Callable[[int], None]) -> None:
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(use_uvloop)) as runner:
+        runner.run(_amain(config, ready))
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT reached the parent of the workers."""
+
+
+def _run_workers(config: ProxyConfig, workers: int, use_uvloop: bool) -> int:
+    """`--workers N`: N forked processes, each a whole proxy with its own event loop,
+    listening on one port with SO_REUSEPORT, so the kernel spreads connections over them.
+    The parent only starts them, prints the ready line once all are listening, and stops
+    them on SIGTERM/SIGINT; if one dies, it stops the others and fails."""
+    # Reserve the port first (bound, never listening: only listening sockets get
+    # connections), so that `--listen-port 0` gives every worker the same one.
+    family = socket.getaddrinfo(config.listen_host, config.listen_port, type=socket.SOCK_STREAM)[0][0]
+    placeholder = socket.socket(family, socket.SOCK_STREAM)
+    placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    placeholder.bind((config.listen_host, config.listen_port))
+    port = placeholder.getsockname()[1]
+    worker_config = dataclasses.replace(config, listen_port=port, reuse_port=True)
+    # Loaded once here, shared copy-on-write by the workers.
+    default_rewriter()
+    children: dict[int, int] = {}  # pid -> read end of its ready pipe
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    for sig in stop_signals:
+        signal.signal(sig, _raise_stop)
+    status = 0
+    try:
+        for _ in range(workers):
+            read_end, write_end = os.pipe()
+            # Blocked across the fork, so that _Stop is never raised in a new worker.
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+            pid = os.fork()
+            if pid == 0:  # the worker
+                for fd in (read_end, *children.values()):
+                    os.close(fd)
+                placeholder.close()
+                for sig in stop_signals:
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+                _worker(worker_config, use_uvloop, write_end)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+            os.close(write_end)
+            children[pid] = read_end
+        for read_end in children.values():
+            with os.fdopen(read_end) as pipe:
+                if pipe.read() != "ready":
+                    raise OSError("a worker failed to start (see the log)")
+        print(_ready_line(config, port), flush=True)
+        pid, _ = os.wait()
+        del children[pid]
+        log.error("thanosql-proxy: worker %d exited; stopping the others", pid)
+        status = 1
+    except _Stop:
+        pass
+    finally:
+        placeholder.close()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+    return status
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+def _die_with_parent() -> None:
+    """Have Linux send this worker SIGTERM when its parent dies, so that a parent killed
+    with SIGKILL leaves no orphan worker listening on the port."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before that took effect
+        os._exit(1)
+
+
+def _worker(config: ProxyConfig, use_uvloop: bool, ready_fd: int) -> None:
+    """A forked worker's whole life: never returns into the parent's code."""
+    code = 0
+    _die_with_parent()
+    pipe = os.fdopen(ready_fd, "w")
+    try:
+        def ready(port: int) -> None:
+            pipe.write("ready")
+            pipe.close()
+
+        _run(config, use_uvloop, ready)
+    except BaseException as exc:  # reported, then the process ends
+        log.error("thanosql-proxy worker: %s", exc)
+        code = 1
+    finally:
+        logging.shutdown()
+        os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,13 +507,15 @@ def main(argv: list[str] | None = None) -> int:
         upstream_host=args.upstream_host,
         upstream_port=args.upstream_port,
         max_rewrite_bytes=args.max_rewrite_bytes,
+        relay=args.relay,
     )
     if args.pid_file:
         with open(args.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")
     try:
-        with asyncio.Runner(loop_factory=lambda: new_event_loop(not args.no_uvloop)) as runner:
-            runner.run(_amain(config))
+        if args.workers > 1:
+            return _run_workers(config, args.workers, not args.no_uvloop)
+        _run(config, not args.no_uvloop, lambda port: print(_ready_line(config, port), flush=True))
     except OSError as exc:
         log.error("thanosql-proxy: %s", exc)
         print(f"thanosql-proxy: {exc}", file=sys.stderr)

@@ -1,12 +1,24 @@
 """One client connection through the proxy: the startup handshake, then two relays.
 
-Built on asyncio Protocols rather than streams: bytes are forwarded straight from
-`data_received` with `transport.write`, which sends at once when the socket can take it.
-That means no task switch and no await per message, which is what keeps the overhead low
-for pgbench-style traffic of tiny round trips. Backpressure is the transport's own flow
-control: when one side's write buffer passes its high-water mark, asyncio calls
-`pause_writing` and reading from the other side stops until `resume_writing`; this is
-what `drain()` does under the hood for streams.
+The startup phase (SSL/GSS refusals, CancelRequest, the startup packet, connecting
+upstream) runs on the event loop, as asyncio Protocols. Then the session is relayed in one
+of two ways (ProxyConfig.relay, `--relay`):
+
+* "threads", the default: both connections are handed over to two threads with blocking
+  sockets, one per direction. A blocking recv() wakes its thread straight from the kernel
+  with the data: no epoll_wait and no event-loop iteration per message, which is most of
+  what a round trip through a Python relay costs (pgbench -S at 1 client: about 1.5x the
+  loop's TPS, and more than pgbouncer's; bench/proxy_overhead.py). Backpressure: a write
+  returns once the kernel has taken every byte, so a slow reader holds up the thread that
+  feeds it, which then reads nothing more from the other side.
+* "loop": bytes are forwarded straight from `data_received` with `transport.write`, which
+  sends at once when the socket can take it: no task switch and no await per message.
+  Backpressure is the transport's own flow control: when one side's write buffer passes
+  its high-water mark, asyncio calls `pause_writing` and reading from the other side stops
+  until `resume_writing`. With many busy sessions on few cores one thread multiplexing
+  them all costs less CPU per message than two threads per session contending for the GIL.
+
+Either way the same code (`from_client`, `UpstreamSide.data_received`) frames both streams:
 
 client -> server: framed (type byte + int32 length) so Query and Parse messages can be
 rewritten; every other message is forwarded as the bytes that arrived, many per write,
@@ -14,9 +26,9 @@ and a large message (COPY data) streams through without being buffered whole. No
 rewritten before the server's AuthenticationOk, and a Query/Parse longer than
 `max_rewrite_bytes` streams through untouched like any other message.
 
-server -> client: forwarded as it arrives, and framed alongside by reading only the 5-byte
-headers; only ParameterStatus and Authentication messages are looked inside. That is how
-the session learns, from the server itself, that authentication succeeded and what
+server -> client: framed by reading only the 5-byte headers, then forwarded as it arrived;
+only ParameterStatus and Authentication messages are looked inside. That is how the
+session learns, from the server itself, that authentication succeeded and what
 client_encoding and standard_conforming_strings are; bytes inside other messages (a bytea
 value, COPY data) can never be mistaken for one.
 """
@@ -26,8 +38,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import struct
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from thanosql_pg.proxy import protocol as proto
@@ -53,6 +68,8 @@ STARTUP_TIMEOUT = 60.0
 # Server messages the proxy looks inside ('R', 'S') are gathered whole when they straddle
 # reads, up to this size; real ones are tiny. A bigger one is only framed, never buffered.
 _MAX_INSPECTED_LENGTH = 1 << 16
+# What one read takes at most when relaying on threads (a COPY arrives in 8 KiB sends).
+_READ_SIZE = 1 << 16
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -62,8 +79,71 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def detach_socket(transport: asyncio.BaseTransport) -> socket.socket:
+    """The transport's connection as a blocking socket of our own; the transport is closed.
+
+    abort() makes the event loop stop watching its descriptor and close it; the connection
+    lives on in the duplicate, which the loop never saw.
+    """
+    fd = os.dup(transport.get_extra_info("socket").fileno())
+    transport.abort()
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    return sock
+
+
+class SocketTransport:
+    """A blocking socket with the transport methods a relaying session calls.
+
+    write() returns once the kernel has taken every byte. A slow reader on this side thus
+    holds up the thread writing to it, and that thread reads nothing more from the other
+    side meanwhile: that is the relay's backpressure, and nothing queues up in the proxy.
+    close() and abort() shut the connection down (FIN after the data already written),
+    which also wakes the thread blocked reading it; `release` closes the descriptor once
+    no thread uses it. `lock` is shared by both sides of a session, so no shutdown can hit
+    a descriptor number that was closed and reused.
+    """
+
+    __slots__ = ("closing", "lock", "sock", "write")
+
+    def __init__(self, sock: socket.socket, lock: threading.Lock) -> None:
+        self.sock = sock
+        self.lock = lock
+        self.closing = False
+        self.write = sock.sendall
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.closing:
+                self.closing = True
+                with contextlib.suppress(OSError):  # already reset by the peer
+                    self.sock.shutdown(socket.SHUT_RDWR)
+
+    abort = close
+
+    def release(self) -> None:
+        with self.lock:
+            self.closing = True
+            self.sock.close()
+
+
+def pump(sock: socket.socket, handle: Callable[[memoryview], None]) -> None:
+    """Read `sock` until its peer closes, handing each read to `handle` as a view of one
+    reused buffer: no allocation per read, and handlers copy whatever they keep."""
+    buf = bytearray(_READ_SIZE)
+    view = memoryview(buf)
+    recv_into = sock.recv_into
+    while n := recv_into(buf):
+        handle(view[:n])
+
+
 class UpstreamSide(asyncio.Protocol):
     """The connection to PostgreSQL: everything it sends goes to the client unchanged.
+    Relaying on the loop, this is that connection's Protocol; on threads, the server's
+    thread only calls `data_received`.
 
     The stream is framed on the way through (see the module docstring): `skip` counts the
     bytes of the current message's body still to come, which are forwarded without being
@@ -85,12 +165,15 @@ class UpstreamSide(asyncio.Protocol):
         set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
-        self.client.write(data)
+        # Framed before it is forwarded: the session must know what these bytes say
+        # (AuthenticationOk, client_encoding) before the client can answer them, which on
+        # threads it does on another thread the moment it has them.
         n = len(data)
         skip = self.skip
         if skip:
             if skip >= n:  # inside a big message (a wide row, COPY data): nothing to frame
                 self.skip = skip - n
+                self.client.write(data)
                 return
             self.skip = 0
             pos = skip
@@ -115,6 +198,7 @@ class UpstreamSide(asyncio.Protocol):
             self.skip = pos - n
         elif pos < n:
             self.partial = bytearray(data[pos:])
+        self.client.write(data)
 
     def finish_partial(self, data: bytes) -> int:
         """Complete `partial` from the start of `data`; returns where the next message
@@ -159,8 +243,9 @@ class ClientSession(asyncio.Protocol):
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.upstream: asyncio.Transport | None = None
+        # Transports while on the event loop; SocketTransports once relayed on threads.
+        self.transport: asyncio.Transport | SocketTransport = None  # type: ignore[assignment]
+        self.upstream: asyncio.Transport | SocketTransport | None = None
         self.peer = "?"
         self.relaying = False
         self.closed = False
@@ -181,6 +266,9 @@ class ClientSession(asyncio.Protocol):
         # Bytes of the current pass-through message still to come; forwarded as they arrive.
         self.skip = 0
         self.startup_timer: asyncio.TimerHandle | None = None
+        # Relaying on threads (relay_on_threads): how many of the two are still running.
+        self.threaded = False
+        self.running = 0
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -206,6 +294,8 @@ class ClientSession(asyncio.Protocol):
             self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.threaded:
+            return  # detached: the relay threads own the connection now
         self.closed = True
         if self.startup_timer is not None:
             self.startup_timer.cancel()
@@ -394,10 +484,10 @@ class ClientSession(asyncio.Protocol):
         self.server.spawn(self.connect_upstream(packet))
 
     async def connect_upstream(self, packet: bytes) -> None:
+        threads = self.server.config.relay == "threads"
+        factory = asyncio.Protocol if threads else (lambda: UpstreamSide(self))
         try:
-            transport = await asyncio.wait_for(
-                self.server.open_upstream(lambda: UpstreamSide(self)), _CONNECT_TIMEOUT
-            )
+            transport = await asyncio.wait_for(self.server.open_upstream(factory), _CONNECT_TIMEOUT)
         except (TimeoutError, OSError) as exc:
             log.error(
                 "client %s: cannot connect to upstream %s: %s",
@@ -417,6 +507,9 @@ class ClientSession(asyncio.Protocol):
         if self.closed:
             transport.close()
             return
+        if threads:
+            self.relay_on_threads(packet, transport)
+            return
         self.upstream = transport
         transport.write(packet)
         self.relaying = True
@@ -426,6 +519,99 @@ class ClientSession(asyncio.Protocol):
             self.data_received(leftover)
         if not self.closed:
             self.transport.resume_reading()
+
+    # --- relaying on threads -------------------------------------------------------------------
+
+    def relay_on_threads(self, packet: bytes, upstream: asyncio.BaseTransport) -> None:
+        """Hand both connections over to two threads with blocking sockets, one per direction
+        (see the module docstring); the first thing the client's thread sends is `packet`."""
+        if self.transport.get_write_buffer_size():
+            # Only a refusal 'N' can be queued, and a client that sent its startup packet
+            # has read it: one that has not is not a client to keep.
+            upstream.close()
+            self.abort()
+            return
+        self.threaded = True
+        lock = threading.Lock()
+        try:
+            client_sock = detach_socket(self.transport)
+        except OSError as exc:  # out of descriptors (os.dup)
+            log.error("client %s: cannot take over its connection: %s; closing it", self.peer, exc)
+            upstream.close()
+            self.threaded = False
+            self.abort()
+            return
+        try:
+            server_sock = detach_socket(upstream)
+        except OSError as exc:
+            log.error("client %s: cannot take over its upstream connection: %s; closing it", self.peer, exc)
+            upstream.close()
+            client_sock.close()
+            self.closed = True
+            self.server.sessions.discard(self)
+            return
+        client = SocketTransport(client_sock, lock)
+        server = SocketTransport(server_sock, lock)
+        self.transport, self.upstream = client, server  # what from_client and UpstreamSide write to
+        self.relaying = True
+        leftover = bytes(self.pending)
+        self.pending.clear()
+        side = UpstreamSide(self)
+        self.running = 2
+        for name, target, args in (
+            ("client", self.client_thread, (client, server, packet, leftover)),
+            ("server", self.server_thread, (client, server, side)),
+        ):
+            try:
+                threading.Thread(
+                    target=target, args=args, name=f"thanosql-proxy {self.peer} {name}", daemon=True
+                ).start()
+            except RuntimeError as exc:  # no more threads: this session ends, the others go on
+                log.error("client %s: cannot start a relay thread: %s; closing its session", self.peer, exc)
+                self.thread_done(client, server)
+
+    def client_thread(
+        self, client: SocketTransport, server: SocketTransport, packet: bytes, leftover: bytes
+    ) -> None:
+        try:
+            server.write(packet)
+            if leftover:
+                self.from_client(leftover)
+            pump(client.sock, self.from_client)
+        except ProtocolViolation as exc:
+            log.warning("client %s: protocol violation: %s; closing its session", self.peer, exc)
+        except OSError:
+            pass  # reset by either side, or shut down by the other thread or by stop()
+        except Exception:  # never let one client's bytes take the proxy down
+            log.exception("client %s: unexpected error; closing its session", self.peer)
+        finally:
+            self.thread_done(client, server)
+
+    def server_thread(self, client: SocketTransport, server: SocketTransport, side: UpstreamSide) -> None:
+        try:
+            pump(server.sock, side.data_received)
+        except OSError:
+            pass
+        except Exception:
+            log.exception("client %s: unexpected error; closing its session", self.peer)
+        finally:
+            self.thread_done(client, server)
+
+    def thread_done(self, client: SocketTransport, server: SocketTransport) -> None:
+        """One direction has ended: end the other (the shutdown wakes its thread) and, once
+        both have, close the sockets. The client's side is shut down after everything
+        already relayed to it, so the server's last words (a FATAL error) still reach it."""
+        self.closed = True
+        client.close()
+        server.close()
+        with client.lock:
+            self.running -= 1
+            last = self.running == 0
+        if last:
+            client.release()
+            server.release()
+            self.server.sessions.discard(self)
+            log.debug("client %s disconnected", self.peer)
 
     # --- teardown ------------------------------------------------------------------------------
 

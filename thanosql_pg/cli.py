@@ -19,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="stay in the foreground until SIGTERM/SIGINT, then stop (for containers)")
     sp.add_argument("--replica", action="store_true",
                     help="also run a hot standby streaming from the cluster, with its own proxy")
+    sp.add_argument("--preload", action=argparse.BooleanOptionalAction, default=None,
+                    help="import torch, timm and thanosql_pg once in the server at start, so new "
+                    "sessions skip it (restarts the server; kept for later starts; Python code "
+                    "changed afterwards needs a restart)")
     stop = sub.add_parser("stop", help="stop the proxy and the cluster (and the standby)")
     stop.add_argument("--replica", action="store_true", help="stop only the standby and its proxy")
     st = sub.add_parser("status", help="show where the cluster and the proxy listen")
@@ -33,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = Cluster()
     try:
         if args.command == "start":
-            state = cluster.start_replica() if args.replica else cluster.start()
+            state = cluster.start_replica(args.preload) if args.replica else cluster.start(args.preload)
             print(f"server: {state.server_uri}\nproxy:  {state.proxy_uri}", flush=True)
             if args.replica:
                 print(f"replica server: {state.replica_uri}\nreplica proxy:  {state.replica_proxy_uri}",

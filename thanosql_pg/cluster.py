@@ -26,8 +26,17 @@ from thanosql_pg.errors import ConfigurationError
 DATABASE = "thanosql"
 # Server-wide progress (thanosql.progress) and the count of sessions running models
 # live in shared memory, which a library can only request at server start.
-_PRELOAD = "shared_preload_libraries = 'thanosql'  # thanosql.progress, shared CPU budget"
+PRELOAD_OFF = "shared_preload_libraries = 'thanosql'  # thanosql.progress, shared CPU budget"
+# `thanosql start --preload`: the postmaster also starts PL/Python and imports torch, timm
+# and thanosql_pg (src/preload.c), so a new session's first call skips seconds of imports.
+# Python code changed after the server started is seen only after a restart.
+PRELOAD_ON = ("shared_preload_libraries = 'plpython3, thanosql'  # thanosql start --preload",
+               "thanosql.preload = on")
 FIRST_PORT = 54320
+# The hot standby (start --replica) streams through this physical replication slot; the
+# primary keeps at most this much WAL for it while it is stopped.
+REPLICA_SLOT = "thanosql_replica"
+REPLICA_WAL_KEEP = "4GB"
 # pg_hba with THANOSQL_PASSWORD: SCRAM for every TCP connection (the proxy's included);
 # the Unix socket only for OS users logging in as their own role (`peer`, see pg_ident).
 _PASSWORD_HBA = ("local all all peer map=thanosql\nhost all all all scram-sha-256\n"
@@ -179,7 +188,7 @@ port = {port}
 unix_socket_directories = '{self.run_dir}'
 # torch and PostgreSQL's LLVM JIT clash inside one backend (PostgresML saw crashes).
 jit = off
-{_PRELOAD}
+{PRELOAD_OFF}
 thanosql.python_lib_dir = '{venv_dir()}'
 thanosql.data_dir = '{self.files}'
 """
@@ -224,20 +233,33 @@ thanosql.data_dir = '{self.files}'
                 check=True, stdout=subprocess.DEVNULL,
             )
 
-    def _ensure_preload(self) -> bool:
-        """Clusters made by earlier releases lack the preload line: add it. True when
-        added (the server must restart to load it)."""
+    def preloading(self) -> bool:
+        """Whether the server is configured to import the ML libraries at start (--preload)."""
         conf = self.data / "postgresql.conf"
-        if _PRELOAD in conf.read_text():
+        return conf.exists() and PRELOAD_ON[1] in conf.read_text().splitlines()
+
+    def configure_preload(self, preload: bool | None = None) -> bool:
+        """The preload lines as asked (None: as they are). Clusters made by earlier releases
+        lack the line for thanosql's shared memory: add it. True when postgresql.conf
+        changed (the server must restart to load it)."""
+        conf = self.data / "postgresql.conf"
+        text = conf.read_text()
+        lines = text.splitlines()
+        want = self.preloading() if preload is None else preload
+        ours = {PRELOAD_OFF, *PRELOAD_ON}
+        wanted = list(PRELOAD_ON) if want else [PRELOAD_OFF]
+        if [line for line in lines if line in ours] == wanted:
             return False
-        with open(conf, "a") as f:
-            f.write(f"\n{_PRELOAD}\n")
+        kept = [line for line in lines if line not in ours]
+        conf.write_text("\n".join([*kept, *wanted]) + "\n")
         return True
 
-    def start(self) -> State:
+    def start(self, preload: bool | None = None) -> State:
+        """Start the server and the proxy. ``preload`` True/False turns the import of the ML
+        libraries at server start on/off (kept for later starts); None leaves it as it is."""
         state = self.init()
         self._upgrade_password_hba(state)
-        if self._ensure_preload() and self.server_running():
+        if self.configure_preload(preload) and self.server_running():
             subprocess.run(
                 self._server_cmd([str(pg_bindir() / "pg_ctl"), "restart", "-w", "-t", "60", "-m", "fast",
                                   "-D", str(self.data), "-l", str(self.server_log)]),
@@ -311,19 +333,24 @@ thanosql.data_dir = '{self.files}'
         raise ConfigurationError("the proxy did not start", hint=f"See {log_file}.")
 
     # -- the hot standby --------------------------------------------------------
-    def start_replica(self) -> State:
+    def start_replica(self, preload: bool | None = None) -> State:
         """The cluster, plus a hot standby streaming from it (its own port and proxy).
 
         Models are table data, so WAL brings them to the standby: PREDICT, SEARCH IMAGE,
         LIST/DESCRIBE MODEL, EVALUATE and CONVERT's inline form run there; statements
         that write (BUILD, FIT, CONVERT into a table) get PostgreSQL's read-only error.
         """
-        state = self.start()
+        state = self.start(preload)
         if state.replica_port is None or state.replica_proxy_port is None:
             state.replica_port = _free_port(state.proxy_port + 1)
             state.replica_proxy_port = _free_port(state.replica_port + 1)
             self._save_state(state)
         assert state.replica_port is not None and state.replica_proxy_port is not None
+        if (self.replica / "PG_VERSION").exists() and not self._slot_usable(state):
+            # The primary no longer keeps the WAL this standby needs (it was made before
+            # slots, or stayed stopped past max_slot_wal_keep_size): copy it afresh.
+            self.stop_replica()
+            shutil.rmtree(self.replica)
         if not (self.replica / "PG_VERSION").exists():
             self._base_backup(state)
         if not self.server_running(self.replica):
@@ -339,9 +366,24 @@ thanosql.data_dir = '{self.files}'
                               pid_file=self.replica_proxy_pid, log_file=self.replica_proxy_log)
         return state
 
+    def _slot_usable(self, state: State) -> bool:
+        """Whether the primary still keeps, in the standby's replication slot, every WAL
+        segment the standby has yet to replay."""
+        status = self._psql(state, "postgres", "SELECT wal_status FROM pg_catalog.pg_replication_slots"
+                            f" WHERE slot_name = '{REPLICA_SLOT}'").strip()
+        return status in ("reserved", "extended", "unreserved")
+
     def _base_backup(self, state: State) -> None:
         """A copy of the running cluster that follows it (pg_basebackup -R: standby.signal
-        and primary_conninfo), on its own port."""
+        and primary_conninfo), on its own port, through a replication slot: the primary
+        keeps the WAL a stopped standby needs, up to max_slot_wal_keep_size (so that a
+        forgotten standby cannot fill the disk)."""
+        self._psql(state, "postgres",
+                   "SELECT pg_catalog.pg_drop_replication_slot(slot_name)"
+                   f" FROM pg_catalog.pg_replication_slots WHERE slot_name = '{REPLICA_SLOT}'")
+        if self._psql(state, "postgres", "SHOW max_slot_wal_keep_size").strip() == "-1":
+            self._psql(state, "postgres", f"ALTER SYSTEM SET max_slot_wal_keep_size = '{REPLICA_WAL_KEEP}'")
+            self._psql(state, "postgres", "SELECT pg_catalog.pg_reload_conf()")
         if self.replica.exists():
             shutil.rmtree(self.replica)  # a half-made copy from an interrupted backup
         self.replica.mkdir()
@@ -353,7 +395,7 @@ thanosql.data_dir = '{self.files}'
         subprocess.run(
             self._server_cmd([str(pg_bindir() / "pg_basebackup"), "-D", str(self.replica), "-h", "127.0.0.1",
                               "-p", str(state.port), "-U", state.superuser, "-X", "stream", "-R",
-                              "--checkpoint=fast"]),
+                              "-C", "-S", REPLICA_SLOT, "--checkpoint=fast"]),
             check=True, stdout=subprocess.DEVNULL, env=env,
         )
         with open(self.replica / "postgresql.conf", "a") as f:
@@ -409,7 +451,8 @@ hot_standby_feedback = on
         }
         if state:
             info.update(server=state.server_uri, proxy=state.proxy_uri, port=state.port,
-                        proxy_port=state.proxy_port, superuser=state.superuser, database=DATABASE)
+                        proxy_port=state.proxy_port, superuser=state.superuser, database=DATABASE,
+                        preload=self.preloading())
             if state.replica_port is not None:
                 info.update(replica=state.replica_uri, replica_proxy=state.replica_proxy_uri,
                             replica_port=state.replica_port, replica_proxy_port=state.replica_proxy_port,

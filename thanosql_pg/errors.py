@@ -165,7 +165,12 @@ class IoError(FileError, code="58030"):  # io_error
     """A file that exists but cannot be read (permission denied, an I/O error)."""
 
 
-# --- classes 54, 55, 58, F0, XX: the server -------------------------------------------------
+# --- classes 53, 54, 55, 58, F0, XX: the server ---------------------------------------------
+class OutOfMemory(ThanoSQLError, code="53200"):  # out_of_memory
+    """The model did not fit in the memory of its device (CUDA out of memory, or the
+    host's), caught before it could take the backend down."""
+
+
 class StatementTooComplex(ThanoSQLError, code="54001"):
     """A statement too deep to parse safely (PostgreSQL's answer for one too deep for its stack)."""
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import plpy
 
+from thanosql_pg.errors import OutOfMemory
+
 _plans: dict[str, Any] = {}
 _depth = 0  # nested entry points (CONVERT's CREATE TABLE AS calls convert_batch) count once
 
@@ -83,3 +85,24 @@ def set_threads(n: int) -> None:
     from thanosql_pg.algorithms.shared import devices
 
     devices.set_threads(n)
+
+
+def memory_error(e: BaseException) -> OutOfMemory | None:
+    """53200 for an out-of-memory error of the host (MemoryError) or of a GPU (torch's
+    OutOfMemoryError, a RuntimeError), with the memory freed that a retry needs: a CUDA
+    out-of-memory leaves the failed step's blocks in torch's cache. None for other errors."""
+    import gc
+    import sys
+
+    cuda = type(e).__name__ == "OutOfMemoryError" and type(e).__module__.startswith("torch")
+    if not (cuda or isinstance(e, MemoryError)):
+        return None
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    first = (str(e).splitlines() or [""])[0][:200]
+    where = "the GPU's memory" if cuda else "the server's memory"
+    return OutOfMemory(f"the model does not fit in {where}" + (f": {first}" if first else ""),
+                       hint="Use a smaller batch_size (or input_size), free the device from other sessions,"
+                            " or run with device='cpu'.")

@@ -16,7 +16,8 @@ def add_model(conn: Any, name: str, payload: bytes = b"\x00weights", *, algorith
     """Claim ``name``, write a version with one chunk of ``payload``; returns the model id."""
     mid = conn.execute(f"SELECT model_id FROM thanosql._model_claim(%s, %s, false, {ROLE})",
                        (name, overwrite)).fetchone()[0]
-    conn.execute(f"SELECT thanosql._model_write(%s, %s, %s, %s, %s, NULL, 'test', %s, NULL, 'BUILD', 2, {ROLE})",
+    conn.execute("SELECT thanosql._model_write(%s, %s, %s, %s, %s, NULL, 'test', %s, NULL, 'BUILD', 2,"
+                 f" {ROLE})",
                  (mid, algorithm, family, json.dumps(options if options is not None else {"epochs": 1}),
                   json.dumps(labels if labels is not None else [0, 1]), len(payload)))
     conn.execute(f"SELECT thanosql._model_put_chunk(%s, 0, %s, {ROLE})", (mid, payload))

@@ -98,7 +98,8 @@ def test_catalog_tables_are_not_writable_directly(
     for sql, args in (
         ("SELECT * FROM thanosql._model_claim('x', false, false, %s::regrole)", (owner,)),
         ("SELECT * FROM thanosql._model_claim(%s, true, false, %s::regrole)", (name, owner)),
-        ("SELECT thanosql._model_write(%s, 'a', 'f', '{}', NULL, NULL, 'x', 0, NULL, 'BUILD', 1, %s::regrole)",
+        ("SELECT thanosql._model_write(%s, 'a', 'f', '{}', NULL, NULL, 'x', 0, NULL, 'BUILD', 1,"
+         " %s::regrole)",
          (mid, owner)),
         ("SELECT thanosql._record_epochs(%s, '[]', %s::regrole)", (mid, owner)),
         ("SELECT thanosql._rollback_model(%s, 1, %s::regrole)", (name, owner)),

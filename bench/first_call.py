@@ -20,19 +20,30 @@ connection through the proxy:
   statement (what is left: the model's catalog row and weights fetched, the
   network built, the inference) and the second.
 
+All of it on two servers side by side, session by session: the embedded cluster as
+it runs (without thanosql.preload, unless it was started with --preload) and a second
+embedded cluster started by this script with ``thanosql start --preload`` (under
+``--preload-home``, stopped at the end): what a server gets with and without the
+preload.
+
 Medians over the sessions and the ratio first / second go to
 bench/results/first_call.json. Target (issue 13): the first call <= 1 s.
-Minutes in all with the defaults on two cores (mostly the two BUILDs).
+Minutes in all with the defaults on two cores (mostly the four BUILDs).
 
     .venv/bin/python bench/first_call.py [--sessions 5] [--train-rows 320] [--search-rows 320]
+                                         [--no-preload-cluster]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import common
@@ -60,7 +71,23 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--train-rows", type=int, default=320, help="training digits of the classifier")
     p.add_argument("--search-rows", type=int, default=320, help="digits the SimCLR model is trained on"
                    " and CONVERTed into the searched table")
+    p.add_argument("--preload-home", type=Path, default=common.ROOT / ".thanosql" / "bench-preload",
+                   help="THANOSQL_HOME of the second cluster, started with --preload")
+    p.add_argument("--no-preload-cluster", dest="preload_cluster", action="store_false",
+                   help="measure the embedded cluster only")
     return p.parse_args()
+
+
+def thanosql(home: Path | None, *args: str) -> str:
+    """The thanosql CLI on the cluster under ``home`` (None: the embedded cluster's own)."""
+    env = dict(os.environ)
+    if home is not None:
+        env["THANOSQL_HOME"] = str(home)
+    out = subprocess.run([sys.executable, "-m", "thanosql_pg.cli", *args], env=env, cwd=common.ROOT,
+                         capture_output=True, text=True, check=False)
+    if out.returncode not in (0, 3):
+        sys.exit(f"thanosql {' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout
 
 
 def set_up(conn: Any, files_dir: str, args: argparse.Namespace) -> list[Statement]:
@@ -147,26 +174,46 @@ def main() -> int:
     import psycopg
 
     context = common.run_context()
-    info = common.cluster_status()
-    with psycopg.connect(info["server"], autocommit=True) as conn:
-        statements = set_up(conn, info["files_dir"], args)
-        server = common.server_settings(conn)
-    runs: dict[str, dict[str, list[dict[str, float]]]] = {
-        st.name: {"plain": [], "staged": []} for st in statements}
-    # session by session, every kind in turn: whatever else the machine does falls on all alike
+    servers = {"embedded": common.cluster_status()}
+    if args.preload_cluster:
+        thanosql(args.preload_home, "start", "--preload")
+        servers["preload"] = json.loads(thanosql(args.preload_home, "status", "--json"))
+    statements: dict[str, list[Statement]] = {}
+    settings: dict[str, dict[str, str]] = {}
+    for label, info in servers.items():
+        with psycopg.connect(info["server"], autocommit=True) as conn:
+            statements[label] = set_up(conn, info["files_dir"], args)
+            settings[label] = {**common.server_settings(conn),
+                               "thanosql.preload": conn.execute("SELECT pg_catalog.current_setting("
+                                                                "'thanosql.preload', true)").fetchone()[0]}
+    runs: dict[str, dict[str, dict[str, list[dict[str, float]]]]] = {
+        label: {st.name: {"plain": [], "staged": []} for st in sts} for label, sts in statements.items()}
+    # session by session, every server and kind in turn: whatever else the machine does
+    # falls on all alike
     for i in range(args.sessions):
-        for st in statements:
-            p = plain(info["proxy"], st, i)
-            s = staged(info["proxy"], st, i)
-            runs[st.name]["plain"].append(p)
-            runs[st.name]["staged"].append(s)
-            print(f"session {i + 1} {st.name}: first {p['first']:.3f} s, second {p['second']:.3f} s;"
-                  " staged " + ", ".join(f"{k} {v:.3f}" for k, v in s.items()), flush=True)
-    with psycopg.connect(info["server"], autocommit=True) as conn:
-        common.clean_up(conn, CLASSIFIER, TABLE)
-        common.clean_up(conn, EMBEDDER, SEARCH_TABLE)
-    common.save(args, "first_call", runs, summarize(runs), machine_info=common.machine(**context),
-                run_settings={**common.settings(args), "through": "proxy", "server_settings": server})
+        for label, sts in statements.items():
+            for st in sts:
+                p = plain(servers[label]["proxy"], st, i)
+                s = staged(servers[label]["proxy"], st, i)
+                runs[label][st.name]["plain"].append(p)
+                runs[label][st.name]["staged"].append(s)
+                print(f"session {i + 1} {label} {st.name}: first {p['first']:.3f} s, second"
+                      f" {p['second']:.3f} s; staged " + ", ".join(f"{k} {v:.3f}" for k, v in s.items()),
+                      flush=True)
+    for info in servers.values():
+        with psycopg.connect(info["server"], autocommit=True) as conn:
+            common.clean_up(conn, CLASSIFIER, TABLE)
+            common.clean_up(conn, EMBEDDER, SEARCH_TABLE)
+    if args.preload_cluster:
+        thanosql(args.preload_home, "stop")
+    summary = {label: summarize(r) for label, r in runs.items()}
+    if "preload" in summary:
+        summary["preload_vs_embedded_first_call"] = {
+            st: summary["preload"][st]["first_seconds"] / summary["embedded"][st]["first_seconds"]
+            for st in ("predict", "search_image")}
+    common.save(args, "first_call", runs, summary, machine_info=common.machine(**context),
+                run_settings={**common.settings(args, skip=("out", "preload_home")), "through": "proxy",
+                              "server_settings": settings})
     return 0
 
 

@@ -46,6 +46,36 @@ def cluster_status() -> dict[str, Any]:
     return info
 
 
+def thanosql(home: Path | None, *args: str) -> str:
+    """The thanosql CLI on the cluster under ``home`` (None: the embedded cluster's own)."""
+    env = dict(os.environ)
+    if home is not None:
+        env["THANOSQL_HOME"] = str(home)
+    out = subprocess.run([sys.executable, "-m", "thanosql_pg.cli", *args], env=env, cwd=ROOT,
+                         capture_output=True, text=True, check=False)
+    if out.returncode not in (0, 3):
+        sys.exit(f"thanosql {' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout
+
+
+def add_preload_args(p: argparse.ArgumentParser) -> None:
+    """A second embedded cluster, started with --preload, measured side by side."""
+    p.add_argument("--preload-home", type=Path, default=ROOT / ".thanosql" / "bench-preload",
+                   help="THANOSQL_HOME of the second cluster, started with --preload")
+    p.add_argument("--no-preload-cluster", dest="preload_cluster", action="store_false",
+                   help="measure the embedded cluster only")
+
+
+def start_preload_cluster(home: Path) -> dict[str, Any]:
+    """``thanosql start --preload`` under ``home``; its ``status --json``."""
+    thanosql(home, "start", "--preload")
+    return json.loads(thanosql(home, "status", "--json"))
+
+
+def stop_cluster(home: Path) -> None:
+    thanosql(home, "stop")
+
+
 def parser(doc: str | None, name: str) -> argparse.ArgumentParser:
     """An argument parser whose help is the script's docstring, with ``--out``
     defaulting to bench/results/<name>.json."""

@@ -26,7 +26,12 @@ the rows/s of one on 2 cores, no level falls below 1x; 4 sessions using one
 model hold < 2x the memory of one. /proc must be readable: run it on the
 server's machine as root or as the server's OS user.
 
-About 2-3 minutes per round with the defaults on two cores (3 x 40 s of
+All of it on two servers side by side, round by round: the embedded cluster as it
+runs, and a second embedded cluster started by this script with ``thanosql start
+--preload`` (sessions forked with torch and timm loaded share those pages with the
+postmaster: the memory target is met there or not at all).
+
+About 2-3 minutes per round and server with the defaults on two cores (3 x 40 s of
 loops plus 7 warm-ups).
 
     .venv/bin/python bench/concurrency.py [--seconds 40] [--levels 1 2 4] [--repeats 3]
@@ -63,6 +68,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4], help="concurrent sessions")
     p.add_argument("--repeats", type=int, default=3, help="rounds through the levels")
     p.add_argument("--train-rows", type=int, default=320, help="training digits of the model")
+    common.add_preload_args(p)
     return p.parse_args()
 
 
@@ -222,24 +228,38 @@ def main() -> int:
     import psycopg
 
     context = common.run_context()
-    info = common.cluster_status()
-    with psycopg.connect(info["server"], autocommit=True) as conn:
-        test = common.digits_classifier(conn, info["files_dir"], MODEL, TABLE, args.train_rows)
-        server = common.server_settings(conn)
+    servers = {"embedded": common.cluster_status()}
+    if args.preload_cluster:
+        servers["preload"] = common.start_preload_cluster(args.preload_home)
+    tests: dict[str, int] = {}
+    settings: dict[str, dict[str, str]] = {}
+    for label, info in servers.items():
+        with psycopg.connect(info["server"], autocommit=True) as conn:
+            test = common.digits_classifier(conn, info["files_dir"], MODEL, TABLE, args.train_rows)
+            tests[label] = len(test)
+            settings[label] = {**common.server_settings(conn),
+                               "thanosql.preload": conn.execute("SELECT pg_catalog.current_setting("
+                                                                "'thanosql.preload', true)").fetchone()[0]}
     # native ThanoSQL: the sessions go through the proxy, which rewrites it
     sql = f"PREDICT USING {MODEL} OPTIONS (image_col='path') AS SELECT id, path FROM {TABLE}"
-    runs: dict[str, list[dict[str, Any]]] = {str(n): [] for n in args.levels}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        label: {str(n): [] for n in args.levels} for label in servers}
+    # round by round, each server in turn: whatever else the machine does falls on both alike
     for r in range(args.repeats):
-        for n in args.levels:
-            figures = level_figures(Level(info["proxy"], sql, n, args.seconds).run())
-            runs[str(n)].append(figures)
-            print(f"round {r + 1}: {describe(n, figures)}", flush=True)
-    with psycopg.connect(info["server"], autocommit=True) as conn:
-        common.clean_up(conn, MODEL, TABLE)
-    summary = summarize(runs)
+        for label, info in servers.items():
+            for n in args.levels:
+                figures = level_figures(Level(info["proxy"], sql, n, args.seconds).run())
+                runs[label][str(n)].append(figures)
+                print(f"round {r + 1} {label}: {describe(n, figures)}", flush=True)
+    for info in servers.values():
+        with psycopg.connect(info["server"], autocommit=True) as conn:
+            common.clean_up(conn, MODEL, TABLE)
+    if args.preload_cluster:
+        common.stop_cluster(args.preload_home)
+    summary = {label: summarize(r) for label, r in runs.items()}
     common.save(args, "concurrency", runs, summary,
-                run_settings={**common.settings(args), "rows_per_statement": len(test), "through": "proxy",
-                              "server_settings": server},
+                run_settings={**common.settings(args, skip=("out", "preload_home")),
+                              "rows_per_statement": tests, "through": "proxy", "server_settings": settings},
                 machine_info=common.machine(**context))
     return 0
 

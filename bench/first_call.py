@@ -37,13 +37,9 @@ Minutes in all with the defaults on two cores (mostly the four BUILDs).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import common
@@ -71,23 +67,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--train-rows", type=int, default=320, help="training digits of the classifier")
     p.add_argument("--search-rows", type=int, default=320, help="digits the SimCLR model is trained on"
                    " and CONVERTed into the searched table")
-    p.add_argument("--preload-home", type=Path, default=common.ROOT / ".thanosql" / "bench-preload",
-                   help="THANOSQL_HOME of the second cluster, started with --preload")
-    p.add_argument("--no-preload-cluster", dest="preload_cluster", action="store_false",
-                   help="measure the embedded cluster only")
+    common.add_preload_args(p)
     return p.parse_args()
-
-
-def thanosql(home: Path | None, *args: str) -> str:
-    """The thanosql CLI on the cluster under ``home`` (None: the embedded cluster's own)."""
-    env = dict(os.environ)
-    if home is not None:
-        env["THANOSQL_HOME"] = str(home)
-    out = subprocess.run([sys.executable, "-m", "thanosql_pg.cli", *args], env=env, cwd=common.ROOT,
-                         capture_output=True, text=True, check=False)
-    if out.returncode not in (0, 3):
-        sys.exit(f"thanosql {' '.join(args)}: {out.stderr.strip()}")
-    return out.stdout
 
 
 def set_up(conn: Any, files_dir: str, args: argparse.Namespace) -> list[Statement]:
@@ -176,8 +157,7 @@ def main() -> int:
     context = common.run_context()
     servers = {"embedded": common.cluster_status()}
     if args.preload_cluster:
-        thanosql(args.preload_home, "start", "--preload")
-        servers["preload"] = json.loads(thanosql(args.preload_home, "status", "--json"))
+        servers["preload"] = common.start_preload_cluster(args.preload_home)
     statements: dict[str, list[Statement]] = {}
     settings: dict[str, dict[str, str]] = {}
     for label, info in servers.items():
@@ -205,7 +185,7 @@ def main() -> int:
             common.clean_up(conn, CLASSIFIER, TABLE)
             common.clean_up(conn, EMBEDDER, SEARCH_TABLE)
     if args.preload_cluster:
-        thanosql(args.preload_home, "stop")
+        common.stop_cluster(args.preload_home)
     summary = {label: summarize(r) for label, r in runs.items()}
     if "preload" in summary:
         summary["preload_vs_embedded_first_call"] = {

@@ -66,6 +66,11 @@ AS SELECT audio, text FROM clips;
 -- FIT keeps the vocabulary: characters the model cannot write are listed
 FIT MODEL m USING speech_regress OPTIONS (audio_col='audio') AS SELECT audio, 'la la 42!' AS text FROM clips;
 \echo :LAST_ERROR_SQLSTATE
+-- per-utterance rows (what a one-epoch model hears is not shown); a report speech models do not make
+SELECT row_number, input, reference
+FROM (EVALUATE USING speech_regress OPTIONS (audio_col='audio', report='per_row') AS SELECT audio, text FROM clips) AS e;
+EVALUATE USING speech_regress OPTIONS (audio_col='audio', report='confusion_matrix') AS SELECT audio, text FROM clips;
+\echo :LAST_ERROR_SQLSTATE
 -- an unknown model
 PREDICT USING no_such_speech_model OPTIONS (audio_col='audio') AS SELECT audio FROM clips;
 \echo :LAST_ERROR_SQLSTATE

@@ -505,12 +505,14 @@ def test_unknown_model_algorithm_and_family(conn: Conn, data: dict[str, str]) ->
     fails(conn, "42704", lambda: evaluate(conn, name("nobody"), {"image_col": "path"}, q))
     fails(conn, "42704", lambda: fit(conn, name("x"), name("nobody"), {"image_col": "path"}, q))
     fails(conn, "42704", lambda: build(conn, name("x"), "ResNet9000", SMALL, q))
-    # a model of another family (an image-embedding model) cannot PREDICT or EVALUATE
+    # a model of another family (an image-embedding model) cannot PREDICT, and its EVALUATE
+    # (retrieval precision: tests/test_evaluate_reports.py) has no per-class report
     other = name("embedding")
     add_model(conn, other, algorithm="SimCLR", family="image_embedding")
     err = fails(conn, "42809", lambda: predict(conn, other, {"image_col": "path"}, q))
     assert "SimCLR" in str(err)
-    fails(conn, "42809", lambda: evaluate(conn, other, {"image_col": "path"}, q))
+    err = fails(conn, "22023", lambda: evaluate(conn, other, {"image_col": "path", "report": "per_class"}, q))
+    assert 'option "report" must be one of summary' in str(err)
 
 
 def test_cuda_without_a_gpu(conn: Conn, data: dict[str, str]) -> None:

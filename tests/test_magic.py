@@ -194,6 +194,44 @@ def test_build_streams_progress(kernel: Kernel, cluster: dict) -> None:
     kernel.ok("%%thanosql\nDROP MODEL magic_digits; DROP TABLE magic_digits")
 
 
+def images(res: CellResult) -> list[bytes]:
+    """The PNG images a cell displayed (display_data, as a notebook shows them inline)."""
+    import base64
+
+    return [base64.b64decode(m["content"]["data"]["image/png"]) for m in res.outputs
+            if m["msg_type"] == "display_data" and "image/png" in m["content"]["data"]]
+
+
+def test_training_curve_and_confusion_heatmap_images(kernel: Kernel, cluster: dict) -> None:
+    """A finished BUILD shows its training curve, an EVALUATE with report='confusion_matrix'
+    its heatmap: PNG images beside the DataFrame."""
+    if "image_classification" not in registry.FAMILIES:
+        pytest.skip("image classification is not implemented yet")
+    with psycopg.connect(cluster["server"], autocommit=True) as conn:
+        rows = digits_data.per_class(digits_data.digits(cluster["files_dir"]), 4)
+        digits_data.load_table(conn, "magic_cm_digits", rows)
+    try:
+        res = kernel.ok(
+            "%%thanosql\nBUILD MODEL magic_cm USING ConvNeXt_Tiny\n"
+            "OPTIONS (image_col='path', label_col='label', epochs=2, batch_size=8, input_size=32,\n"
+            "         pretrained=False, overwrite=True)\n"
+            "AS SELECT path, label FROM magic_cm_digits", timeout=600)
+        (curve,) = images(res)
+        assert curve.startswith(b"\x89PNG\r\n\x1a\n") and len(curve) > 2000
+        res = kernel.ok("%%thanosql\nEVALUATE USING magic_cm OPTIONS (image_col='path', label_col='label',\n"
+                        "  report='confusion_matrix') AS SELECT path, label FROM magic_cm_digits")
+        (heatmap,) = images(res)
+        assert heatmap.startswith(b"\x89PNG\r\n\x1a\n") and heatmap != curve
+        out = kernel.ok("print(list(_.columns), int(_['count'].sum()))").stdout.split()
+        assert out == ["['actual',", "'predicted',", "'count']", "40"]
+        # other results draw nothing
+        res = kernel.ok("%%thanosql\nEVALUATE USING magic_cm OPTIONS (image_col='path', label_col='label')\n"
+                        "AS SELECT path, label FROM magic_cm_digits")
+        assert images(res) == [] and "Accuracy" in (res.value or "")
+    finally:
+        kernel.ok("%%thanosql\nDROP MODEL IF EXISTS magic_cm; DROP TABLE IF EXISTS magic_cm_digits")
+
+
 # --- pure functions -----------------------------------------------------------------
 def test_parse_progress() -> None:
     p = parse_progress("ConvNeXt_Tiny training: epoch 2/3, step 10/50, loss 0.5, accuracy 0.9, ETA 1m")

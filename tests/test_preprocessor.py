@@ -350,6 +350,37 @@ REWRITES: list[tuple[str, str]] = [
         "EVALUATE USING m AS SELECT * FROM t",
         "SELECT * FROM thanosql.evaluate('m', '{}'::jsonb, $q$SELECT * FROM t$q$)",
     ),
+    # EVALUATE's reports: each has its own columns, so its own function (registry.REPORTS)
+    (
+        "EVALUATE USING m OPTIONS (report='summary') AS SELECT * FROM t",
+        """SELECT * FROM thanosql.evaluate('m', '{"report": "summary"}'::jsonb, $q$SELECT * FROM t$q$)""",
+    ),
+    (
+        "EVALUATE USING m OPTIONS (image_col='p', label_col='y', report='per_class') AS SELECT * FROM t",
+        """SELECT * FROM thanosql.evaluate_per_class('m', '{"image_col": "p", "label_col": "y", """
+        """"report": "per_class"}'::jsonb, $q$SELECT * FROM t$q$)""",
+    ),
+    (
+        "EVALUATE USING m OPTIONS ((REPORT = 'Confusion_Matrix')) AS SELECT * FROM t",
+        """SELECT * FROM thanosql.evaluate_confusion_matrix('m', '{"report": "confusion_matrix"}'::jsonb, """
+        "$q$SELECT * FROM t$q$)",
+    ),
+    (
+        "EVALUATE USING m OPTIONS (audio_col='a', report='per_row') AS SELECT * FROM t",
+        """SELECT * FROM thanosql.evaluate_per_row('m', '{"audio_col": "a", "report": "per_row"}'::jsonb, """
+        "$q$SELECT * FROM t$q$)",
+    ),
+    (
+        "SELECT * FROM (EVALUATE USING m OPTIONS (report='per_class') AS SELECT * FROM t) AS e"
+        " WHERE class = '3'",
+        """SELECT * FROM (SELECT * FROM thanosql.evaluate_per_class('m', '{"report": "per_class"}'::jsonb, """
+        "$q$SELECT * FROM t$q$)) AS e WHERE class = '3'",
+    ),
+    (
+        "EVALUATE USING m OPTIONS (image_col='p', label_col='y', top_k=10) AS SELECT * FROM t",
+        """SELECT * FROM thanosql.evaluate('m', '{"image_col": "p", "label_col": "y", "top_k": 10}'::jsonb,"""
+        " $q$SELECT * FROM t$q$)",
+    ),
     (
         "CONVERT USING m AS SELECT a, b FROM t JOIN u USING (id)",
         convert_sql("m", "{}", "SELECT a, b FROM t JOIN u USING (id)"),
@@ -745,6 +776,10 @@ ERRORS: list[tuple[str, str]] = [
     ("BUILD MODEL m USING ¶NoSuchAlgo AS SELECT 1", "42704"),
     ("FIT MODEL m USING base OPTIONS (¶emb_col='x') AS SELECT 1", "22023"),
     ("EVALUATE USING m OPTIONS (¶result_col='x') AS SELECT 1", "22023"),
+    ("EVALUATE USING m OPTIONS (image_col='p', ¶report='retrieval') AS SELECT 1", "22023"),
+    ("EVALUATE USING m OPTIONS (¶report=1) AS SELECT 1", "22023"),
+    ("EVALUATE USING m OPTIONS (¶top_k=0) AS SELECT 1", "22023"),
+    ("PREDICT USING m OPTIONS (¶report='per_class') AS SELECT 1", "22023"),
     ("CONVERT USING m OPTIONS (¶label_col='x') AS SELECT 1", "22023"),
     ("SEARCH IMAGE USING m ¶OPTIONS (search_input='a.jpg') AS SELECT 1", "22023"),
     ("¶SEARCH IMAGE USING m AS SELECT 1", "22023"),

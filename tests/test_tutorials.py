@@ -25,6 +25,10 @@ NOTEBOOKS = {
 }
 
 
+# notebooks whose BUILD cell shows a training curve (families that train with shared.training.Trainer)
+CURVES = {"image_classification.ipynb", "speech_recognition.ipynb"}
+
+
 def test_every_tutorial_is_listed() -> None:
     assert sorted(p.name for p in TUTORIALS.glob("*.ipynb")) == sorted(NOTEBOOKS)
 
@@ -62,3 +66,5 @@ def test_tutorial_runs(name: str, cluster: dict) -> None:
     # The BUILD cell's NOTICEs: a progress bar (stderr) or at least the closing notice (stdout).
     streams = "".join(o.get("text", "") for o in build.outputs if o.get("output_type") == "stream")
     assert "NOTICE" in streams or "%|" in streams, streams
+    if name in CURVES:  # the magic draws the training curve of a finished BUILD (thanosql.training_info)
+        assert any("image/png" in o.get("data", {}) for o in build.outputs), build.outputs

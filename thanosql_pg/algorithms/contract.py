@@ -32,6 +32,27 @@ class Trained:
     label_type: str | None  # SQL type of the label column
     options: dict[str, Any] = field(default_factory=dict)  # extra options to store (resolved input_size ...)
     metrics: dict[str, float] = field(default_factory=dict)
+    # One row per epoch run (thanosql.model_epochs): keys ``EPOCH_KEYS``; shared.training makes them
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+
+# The keys of a Trained.epochs row (thanosql.training_info's columns): ``epoch`` is 1-based,
+# ``metric`` names what train_metric/validation_metric measure ('accuracy', 'cer',
+# 'contrastive_loss'); validation_* are None without a validation part.
+EPOCH_KEYS = ("epoch", "metric", "train_loss", "train_metric", "validation_loss", "validation_metric",
+              "learning_rate", "seconds", "samples_per_second")
+
+
+@dataclass
+class Evaluation:
+    """EVALUATE's result in a form other than the summary (its option ``report``, one of
+    the family's choices): rows with the columns of ``registry.REPORTS[report]``, in
+    order, and the summary metrics, which the model's metrics history records.
+    ``shared.metrics`` makes them."""
+
+    report: str
+    rows: list[tuple[Any, ...]]
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,13 +77,20 @@ class Reader(Protocol):
 
     def resolve_path(self, path: str, *, expand_user: bool = False) -> str: ...
 
+    column: str  # the column (or option: search_input) the values come from, for messages
+
+    def notice(self, message: str) -> None:
+        """Tell the user something about the inputs (a NOTICE on the server): a text cut to
+        the model's context, say. The calling thread only, never a decoding thread."""
+        ...
+
 
 class RowSource(Protocol):
     """Labelled rows to train on or evaluate against.
 
-    ``batches`` and ``notice``/``check_interrupts`` belong to the calling
-    thread only (on the server they use SPI); ``reader`` may be used from any
-    thread.
+    ``batches``, ``split``, ``notice``, ``progress`` and ``check_interrupts`` belong
+    to the calling thread only (on the server they use SPI); ``reader`` may be used
+    from any thread.
     """
 
     count: int  # rows in the source, NULL inputs included
@@ -74,9 +102,25 @@ class RowSource(Protocol):
 
     def labels(self) -> list[str]: ...
 
+    def label_counts(self) -> dict[str, int]:
+        """Rows per label (as text) among the rows a model reads (class weights)."""
+        ...
+
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0) -> Iterator[list[Row]]: ...
 
+    def split(self, fraction: float, seed: int = 0) -> tuple[RowSource, RowSource]:
+        """(training, validation): a deterministic hold-out of about ``fraction`` of the rows
+        (at least one; the training part keeps at least one), stratified by target where
+        rows have one. Both parts read the same rows as this source, none twice."""
+        ...
+
     def notice(self, message: str) -> None: ...
+
+    def progress(self, phase: str, epoch: int, epochs: int, step: int, steps: int, loss: float | None,
+                 samples_per_second: float | None, eta_seconds: float | None) -> None:
+        """Where the statement is, for other sessions to see (thanosql.progress): ``epoch``
+        1-based, 0 outside the epochs. Cheap, but meant for a few calls a second at most."""
+        ...
 
     def check_interrupts(self) -> None: ...
 
@@ -109,7 +153,10 @@ class Predictor(Protocol):
         message per skipped row."""
         ...
 
-    def evaluate(self, source: RowSource, opts: Mapping[str, Any]) -> dict[str, float]: ...
+    def evaluate(self, source: RowSource, opts: Mapping[str, Any]) -> dict[str, float] | Evaluation:
+        """The summary metrics (report 'summary', or a family without reports), or the
+        ``Evaluation`` of the report that ``opts['report']`` names."""
+        ...
 
 
 @runtime_checkable
@@ -138,8 +185,11 @@ class FamilyModule(Protocol):
         declares for the statement, all filled in."""
         ...
 
-    def load(self, record: StoredModel, payload: bytes, device: str) -> Any:
+    def load(self, record: StoredModel, payload: bytes | memoryview, device: str) -> Any:
         """A stored model, on ``device`` ('cpu' or 'cuda'): a Predictor or an Embedder.
+        ``payload`` is bytes, except for a format whose name contains "safetensors": then
+        it may be a read-only view of the server's shared, memory-mapped copy
+        (``shared.weights.state_dict`` turns either into tensors without copying a view).
         The record is input like any other (its owner can edit it): check it."""
         ...
 

@@ -25,7 +25,7 @@ package and one registration.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from thanosql_pg.errors import (
@@ -57,9 +57,12 @@ class Option:
     required: bool = False
     aliases: tuple[str, ...] = ()
     choices: tuple[str, ...] = ()
-    maximum: int | None = None  # largest accepted value (int and float options)
+    maximum: float | None = None  # largest accepted value (int and float options)
     positive: bool = False  # numbers must be > 0
     doc: str = ""
+    minimum: float | None = None  # smallest accepted value (int and float options)
+    # the hint of an out-of-range error; the default one is for bounds on what a statement allocates
+    range_hint: str = "The bound keeps one statement from exhausting the database server's memory or time."
 
     def coerce(self, value: Any) -> Any:
         """Check ``value`` against this option's kind; return it normalized."""
@@ -99,11 +102,12 @@ class Option:
             value = value.lower()
         if base in ("int", "float") and self.positive and value <= 0:
             raise InvalidOption(f'option "{self.name}" must be positive, got {value}')
+        if base in ("int", "float") and self.minimum is not None and value < self.minimum:
+            raise InvalidOption(f'option "{self.name}" must be at least {self.minimum}, got {value}',
+                                hint=self.range_hint)
         if base in ("int", "float") and self.maximum is not None and value > self.maximum:
-            raise InvalidOption(
-                f'option "{self.name}" must be at most {self.maximum}, got {value}',
-                hint="The bound keeps one statement from exhausting the database server's memory or time.",
-            )
+            raise InvalidOption(f'option "{self.name}" must be at most {self.maximum}, got {value}',
+                                hint=self.range_hint)
         return value
 
 
@@ -148,6 +152,33 @@ BASE_MODEL = option("base_model", "str?", None)
 
 STATEMENTS = ("build", "fit", "predict", "evaluate", "convert", "search")
 
+# What the shared training loop (shared/training.py) implements for every family that trains
+# with it: a held-out validation part of the query's rows, scored every epoch, and early
+# stopping on that score. Families add them to BUILD/FIT with ``training_options``.
+MAX_VALIDATION_SPLIT = 0.5  # more held out than trained on is a mistake, not a recipe
+_SPLIT_HINT = (f"validation_split is the share of the query's rows held out to validate each epoch:"
+               f" 0 (none, the default) to {MAX_VALIDATION_SPLIT}.")
+VALIDATION_SPLIT = option("validation_split", "float", 0.0, minimum=0.0, maximum=MAX_VALIDATION_SPLIT,
+                          range_hint=_SPLIT_HINT)
+EARLY_STOPPING = option("early_stopping", "bool", False)
+PATIENCE = option("patience", "int", 3, positive=True, maximum=MAX_EPOCHS)
+VALIDATION = (VALIDATION_SPLIT, EARLY_STOPPING, PATIENCE)
+
+
+def training_options(*own: Option) -> tuple[Option, ...]:
+    """BUILD/FIT's option set: the family's ``own`` plus ``VALIDATION``, which the shared
+    training loop implements (one place declares them for every family)."""
+    return (*own, *VALIDATION)
+
+
+def check_training(opts: Mapping[str, Any]) -> None:
+    """The training options together (BUILD/FIT, all filled in): early stopping watches
+    the validation score, so it needs a validation part."""
+    if opts.get("early_stopping") and not opts.get("validation_split"):
+        raise InvalidOption('option "early_stopping" needs option "validation_split" > 0',
+                            hint="Early stopping watches the score on held-out rows: add validation_split=0.1"
+                            " (say) to OPTIONS, or leave early_stopping out.")
+
 
 
 @dataclass(frozen=True)
@@ -177,6 +208,63 @@ STATEMENT_OPTIONS: dict[str, tuple[Option, ...]] = {
         option("top_k", "int?", 1000, maximum=MAX_TOP_K, positive=True),
     ),
 }
+
+
+# --- EVALUATE's reports ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Report:
+    """A form of EVALUATE's result (its option ``report``): the SQL function in schema
+    thanosql that returns it, and its columns (name, SQL type), in order."""
+
+    function: str
+    columns: tuple[tuple[str, str], ...]
+    doc: str = ""
+
+
+# Every form any family may produce. The shapes are the same for every family (so each
+# has one SQL function, which the preprocessor calls); which of them a family's models
+# produce is its spec's: the choices of its EVALUATE option ``report`` (``report()``).
+REPORTS: dict[str, Report] = {
+    "summary": Report("evaluate", (("metric", "text"), ("score", "double precision")),
+                      "one row per metric: accuracy and macro averages, WER and CER, precision@k"),
+    "per_class": Report("evaluate_per_class", (
+        ("class", "text"), ("precision", "double precision"), ("recall", "double precision"),
+        ("f1", "double precision"), ("support", "bigint")),
+        "precision, recall, F1 and support of each class, then their macro and weighted averages"),
+    "confusion_matrix": Report("evaluate_confusion_matrix", (
+        ("actual", "text"), ("predicted", "text"), ("count", "bigint")),
+        "how many rows of each actual class got each predicted class (pairs that occur)"),
+    "per_row": Report("evaluate_per_row", (
+        ("row_number", "bigint"), ("input", "text"), ("reference", "text"), ("hypothesis", "text"),
+        ("wer", "double precision"), ("cer", "double precision")),
+        "each row's reference, hypothesis, WER and CER, the worst first"),
+}
+
+
+def report(*kinds: str) -> Option:
+    """EVALUATE's option ``report``: 'summary' (the default: rows (metric, score)) or one
+    of ``kinds``, the other forms of ``REPORTS`` the family's models produce."""
+    unknown = [k for k in kinds if k not in REPORTS]
+    if unknown:
+        raise ConfigurationError(f"unknown EVALUATE report {', '.join(unknown)}",
+                                 hint="Reports: " + ", ".join(REPORTS))
+    return option("report", "str", "summary", choices=("summary", *(k for k in kinds if k != "summary")))
+
+
+def report_of(opts: Mapping[str, Any]) -> Report:
+    """The report that EVALUATE's options ask for ('summary' when they name none)."""
+    return REPORTS[str(opts.get("report") or "summary").lower()]
+
+
+# Retrieval scores (EVALUATE of an embedding family with a label column): precision@k, each
+# row's k nearest other rows, as SEARCH IMAGE would rank them. k is bounded like SEARCH
+# IMAGE's top_k, far lower: each row keeps its k best candidates while the rest are ranked.
+MAX_RETRIEVAL_K = 1000
+
+
+def retrieval_k(default: int = 5) -> Option:
+    """EVALUATE's ``top_k`` for an embedding family: it reports Precision@1 and Precision@top_k."""
+    return option("top_k", "int", default, maximum=MAX_RETRIEVAL_K, positive=True)
 
 
 # --- the spec of a family -----------------------------------------------------------------------
@@ -232,15 +320,18 @@ class Family:
         return modality in self.modalities
 
 
-def supervised(input: Option, target: Option, batch: Option, training: tuple[Option, ...]) -> dict[str, Any]:
+def supervised(input: Option, target: Option, batch: Option, training: tuple[Option, ...],
+               reports: tuple[str, ...] = ()) -> dict[str, Any]:
     """``options`` and ``columns`` of a family whose models learn a target column from an
-    input column: BUILD/FIT take ``input``, ``target``, ``batch`` and ``training``; PREDICT
-    gives the target of each input; EVALUATE scores the predictions against the target."""
+    input column: BUILD/FIT take ``input``, ``target``, ``batch``, ``training`` and the shared
+    loop's ``VALIDATION`` options; PREDICT
+    gives the target of each input; EVALUATE scores the predictions against the target, as
+    a summary or as one of ``reports`` (``REPORTS``)."""
     labelled = Columns(input.name, target.name)
-    train = (input, target, batch, *training)
+    train = training_options(input, target, batch, *training)
     return {
         "options": {"build": train, "fit": train, "predict": (input, batch, DEVICE, ON_ERROR),
-                    "evaluate": (input, target, batch, DEVICE, ON_ERROR)},
+                    "evaluate": (input, target, batch, DEVICE, ON_ERROR, report(*reports))},
         "columns": {"build": labelled, "fit": labelled, "predict": Columns(input.name), "evaluate": labelled},
     }
 
@@ -364,7 +455,11 @@ def options_for(statement: str, family: Family | None = None) -> tuple[Option, .
     seen: dict[str, Option] = {o.name: o for o in shape}
     for fam in FAMILIES.values():
         for opt in fam.options.get(statement, ()):
-            seen.setdefault(opt.name, opt)
+            known = seen.setdefault(opt.name, opt)
+            if known.choices and opt.choices and set(opt.choices) - set(known.choices):
+                # one family's choices or another's (EVALUATE's report, say): the union
+                seen[opt.name] = replace(known, choices=(*known.choices, *(c for c in opt.choices
+                                                                             if c not in known.choices)))
     return tuple(seen.values())
 
 
@@ -452,6 +547,8 @@ def normalize_options(
                 out[opt.name] = opt.default
         # checks on options together: the server runs them (the preprocessor sees only
         # the options written, and positions errors on one of them)
+        if statement in ("build", "fit"):
+            check_training(out)
         if family is not None and family.check is not None:
             family.check(statement, out)
     return out

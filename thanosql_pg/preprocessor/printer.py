@@ -68,8 +68,10 @@ def render(stmt: ast.Statement) -> str:
     if isinstance(stmt, ast.Predict):
         return _predict(stmt)
     if isinstance(stmt, ast.Evaluate):
+        # each report (option report, 'summary' unless written) has its own columns and function
+        function = registry.report_of(stmt.normalized).function
         return (
-            f"SELECT * FROM thanosql.evaluate({quote_literal(stmt.model)}, {jsonb(stmt.normalized)}, "
+            f"SELECT * FROM thanosql.{function}({quote_literal(stmt.model)}, {jsonb(stmt.normalized)}, "
             f"{dollar_quote(render_query(stmt.query))})"
         )
     if isinstance(stmt, ast.Convert):

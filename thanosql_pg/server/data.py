@@ -11,6 +11,7 @@ statement rolls its creation back.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 from collections.abc import Iterator
@@ -113,8 +114,36 @@ def resolve_column(name: str, available: list[str], *, option: str) -> str:
     )
 
 
+# --- what a running statement shows other sessions (thanosql.progress) -------------
+# The C module's slots in shared memory (src/progress.c), never a table: nothing is
+# written in the statement's transaction, so a cancelled statement leaves no trace.
+@contextmanager
+def statement_progress(statement: str, model: str, phase: str) -> Iterator[None]:
+    """Around a BUILD/FIT/EVALUATE/CONVERT: its row in thanosql.progress, in ``phase``
+    until the statement reports another (training: 'train', 'validate')."""
+    plpy.execute(_plan("progress_start", "SELECT thanosql._progress_start($1, $2)", ["text", "text"]),
+                 [statement, model])
+    report_progress(phase, 0, 0, 0, 0, None, None, None)
+    try:
+        yield
+    finally:
+        try:
+            plpy.execute(_plan("progress_end", "SELECT thanosql._progress_end()"))
+        except plpy.SPIError:
+            pass  # the statement is failing (cancel...): the C module clears the slot at abort
+
+
+def report_progress(phase: str, epoch: int, epochs: int, step: int, steps: int, loss: float | None,
+                    samples_per_second: float | None, eta_seconds: float | None) -> None:
+    plpy.execute(
+        _plan("progress", "SELECT thanosql._progress_update($1, $2, $3, $4, $5, $6, $7, $8)",
+              ["text", "int4", "int4", "int8", "int8", "float8", "float8", "float8"]),
+        [phase, epoch, epochs, step, steps, loss, samples_per_second, eta_seconds])
+
+
 class TrainingData:
-    """Rows (rn, input, label) of one query in a temporary table."""
+    """Rows (rn, input, label) of one query in a temporary table; ``split`` makes two
+    parts of it (a filter on the same table)."""
 
     def __init__(self, table: str, *, count: int, input_col: str, target_col: str | None,
                  label_type: str | None, skipped: int, skip_null_input: bool) -> None:
@@ -125,6 +154,7 @@ class TrainingData:
         self.label_type = label_type
         self.skipped = skipped
         self._skip_null_input = skip_null_input
+        self._part = ""  # SQL condition of a split's part ("" for all rows)
         self._labels: list[str] | None = None
         self.reader = MediaReader.for_session(column=input_col)
         self.weights_dirs = weights_dirs(self.reader.data_dir)
@@ -187,25 +217,73 @@ class TrainingData:
                 pass  # the statement is failing (cancel...): its rollback drops the table
 
     # -- RowSource ------------------------------------------------------------------
+    def _where(self, *conditions: str) -> str:
+        """WHERE of this source's (or part's) rows, and ``conditions``."""
+        kept = [c for c in (self._part, *conditions) if c]
+        return "WHERE " + " AND ".join(kept) if kept else ""
+
     def labels(self) -> list[str]:
         """Distinct labels as text, in the label type's own order (numbers numerically)."""
         if self.target_col is None:
             return []
         if self._labels is None:
+            where = self._where()
             try:
                 rows = plpy.execute(
-                    f"SELECT y::text AS l FROM (SELECT DISTINCT y FROM {self.table}) AS d ORDER BY y")
+                    f"SELECT y::text AS l FROM (SELECT DISTINCT y FROM {self.table} {where}) AS d ORDER BY y")
             except plpy.SPIError:
                 # a type without equality/ordering (json, point): fall back to text order
-                rows = plpy.execute(f"SELECT DISTINCT y::text AS l FROM {self.table} ORDER BY 1")
+                rows = plpy.execute(f"SELECT DISTINCT y::text AS l FROM {self.table} {where} ORDER BY 1")
             self._labels = [r["l"] for r in rows]
         return self._labels
+
+    def label_counts(self) -> dict[str, int]:
+        """Rows per label (as text), without the rows skipped for a NULL input."""
+        if self.target_col is None:
+            return {}
+        where = self._where("x IS NOT NULL" if self._skip_null_input else "")
+        rows = plpy.execute(f"SELECT y::text AS l, count(*) AS n FROM {self.table} {where} GROUP BY 1")
+        return {r["l"]: int(r["n"]) for r in rows}
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[TrainingData, TrainingData]:
+        """(training, validation) parts of the rows: about ``fraction`` of the usable rows
+        (a NULL input skipped with on_error='skip' is not) held out, stratified by label.
+
+        Deterministic: within each label the rows are ranked by a hash of their row number
+        and ``seed``; a row's key is its rank's position within its label,
+        (rank - 0.5) / count, and the rows with the smallest keys are held out. So every
+        label gives its share (a label of 10 rows at 0.1 gives one), and the total is
+        exactly round(fraction x rows). The part is marked by a column of the statement's
+        own table: no row is copied."""
+        if self._part:
+            raise DataError("a validation part cannot be split again")
+        usable = self.count - self.skipped
+        held = min(usable - 1, max(1, round(fraction * usable)))
+        if held < 1:
+            raise DataError(f"the query returned {usable} usable row(s): too few to hold out validation rows",
+                            hint="validation_split needs at least two rows; remove it, or add rows.")
+        plpy.execute(f"ALTER TABLE {self.table} ADD COLUMN held boolean NOT NULL DEFAULT false")
+        ranked = plpy.prepare(
+            f"UPDATE {self.table} t SET held = true FROM ("
+            "  SELECT rn FROM ("
+            "    SELECT rn, md5(rn::text || $1) AS h,"
+            "           (pg_catalog.row_number() OVER (PARTITION BY y::text ORDER BY md5(rn::text || $1), rn)"
+            "            - 0.5) / pg_catalog.count(*) OVER (PARTITION BY y::text) AS k"
+            f"    FROM {self.table} {self._where('x IS NOT NULL' if self._skip_null_input else '')}"
+            "  ) AS r ORDER BY k, h, rn LIMIT $2"
+            ") AS s WHERE t.rn = s.rn", ["text", "int8"])
+        plpy.execute(ranked, [f"split {seed}", held])
+        training, validation = copy.copy(self), copy.copy(self)
+        training._part, training.count = "NOT held", self.count - held
+        validation._part, validation.count, validation.skipped = "held", held, 0
+        training._labels = validation._labels = None
+        return training, validation
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0) -> Iterator[list[Row]]:
         """Rows in batches; a new pseudo-random order per seed when shuffling.
         Runs SPI: call on the statement's thread only."""
         order = "md5(rn::text || $1)" if shuffle else "rn"
-        where = "WHERE x IS NOT NULL" if self._skip_null_input else ""
+        where = self._where("x IS NOT NULL" if self._skip_null_input else "")
         target = "y::text" if self.target_col is not None else "NULL::text"
         # not cached: the table is this statement's own
         sql = f"SELECT rn, x, {target} AS y FROM {self.table} {where} ORDER BY {order}"
@@ -222,6 +300,10 @@ class TrainingData:
 
     def notice(self, message: str) -> None:
         plpy.notice(message)
+
+    def progress(self, phase: str, epoch: int, epochs: int, step: int, steps: int, loss: float | None,
+                 samples_per_second: float | None, eta_seconds: float | None) -> None:
+        report_progress(phase, epoch, epochs, step, steps, loss, samples_per_second, eta_seconds)
 
     def check_interrupts(self) -> None:
         check_interrupts()

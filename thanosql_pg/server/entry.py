@@ -18,6 +18,7 @@ import plpy
 
 from thanosql_pg.algorithms import registry
 from thanosql_pg.errors import (
+    FeatureNotAvailable,
     InvalidOption,
     ObjectNotInPrerequisiteState,
     ThanoSQLError,
@@ -98,6 +99,8 @@ def _wrap(fn: F, *, caller_sql: str | None) -> F:
                 return fn(*args)
         except ThanoSQLError as e:
             _raise_pg(e)
+        except (MemoryError, RuntimeError) as e:
+            _raise_out_of_memory(e)
         except plpy.SPIError as e:
             # An error from the user's own query (say, a missing column):
             # pass it on with its SQLSTATE, minus PL/Python's decoration.
@@ -131,12 +134,42 @@ def runs_model(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def shows_progress(statement: str, phase: str) -> Callable[[F], F]:
+    """For entry points of long statements: a row in thanosql.progress while they run
+    (the first argument names the model; ``phase`` until the statement reports another),
+    gone when they end, fail or are cancelled."""
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> Any:
+            from thanosql_pg.server import data
+
+            with data.statement_progress(statement, args[0], phase):
+                return fn(*args)
+
+        return wrapper  # type: ignore[return-value]
+
+    return deco
+
+
+def _raise_out_of_memory(e: BaseException) -> None:
+    """Out of memory (the host's or a GPU's) is 53200, never a dead backend; any other
+    error goes on as it was."""
+    from thanosql_pg.server import compute
+
+    mapped = compute.memory_error(e)
+    if mapped is None:
+        raise e
+    _raise_pg(mapped)
+
+
 def _guard_iter(it: Iterator[Any]) -> Iterator[Any]:
     """Errors raised while PostgreSQL pulls rows from a generator."""
     try:
         yield from it
     except ThanoSQLError as e:
         _raise_pg(e)
+    except (MemoryError, RuntimeError) as e:
+        _raise_out_of_memory(e)
 
 
 def family_module(family: registry.Family) -> Any:
@@ -224,6 +257,7 @@ def _train(statement: str, name: str, algo: registry.Algorithm, given: dict[str,
         run_opts = {**opts, "device": models.resolve_device(opts.get("device"))}
         trained = module.train(algo, run_opts, source, base)
         rows = source.count
+        data.report_progress("saving", 0, 0, 0, 0, None, None, None)
     stored_opts = {k: v for k, v in opts.items() if k not in ("overwrite", "wait")}
     stored_opts.update(trained.options)
     rec = catalog.save(
@@ -232,13 +266,14 @@ def _train(statement: str, name: str, algo: registry.Algorithm, given: dict[str,
         statement=statement.upper(), rows=rows,
     )
     catalog.record_metrics(rec, statement.upper(), rows, trained.metrics)
-    catalog.record_epochs(rec, getattr(trained, "epochs", []))
+    catalog.record_epochs(rec, trained.epochs)
     return [(rec.name, algo.name, rows, opts.get("epochs"), round(time.monotonic() - start, 3),
              json.dumps(trained.metrics))]
 
 
 @caller_sql_entry_point(whole_call=False)
 @runs_model
+@shows_progress("BUILD", "preparing")
 def build_model(name: str, algorithm: str, options: str, query: str) -> list[tuple[Any, ...]]:
     algo = registry.lookup(algorithm)
     return _train("build", name, algo, json.loads(options), query)
@@ -246,6 +281,7 @@ def build_model(name: str, algorithm: str, options: str, query: str) -> list[tup
 
 @caller_sql_entry_point(whole_call=False)
 @runs_model
+@shows_progress("FIT", "preparing")
 def fit_model(name: str, base_model: str, options: str, query: str) -> list[tuple[Any, ...]]:
     from thanosql_pg.server import catalog, models
 
@@ -307,20 +343,56 @@ def predict_batch(cfg: str, vals: list[str | None]) -> list[Any]:
 
 @caller_sql_entry_point(whole_call=False)
 @runs_model
+@shows_progress("EVALUATE", "evaluating")
 def evaluate(model: str, options: str, query: str) -> list[tuple[str, float]]:
+    """EVALUATE's summary: rows (metric, score)."""
+    return _evaluate(model, options, query, "summary")
+
+
+@caller_sql_entry_point(whole_call=False)
+@runs_model
+@shows_progress("EVALUATE", "evaluating")
+def evaluate_report(model: str, options: str, query: str, report: str) -> list[tuple[Any, ...]]:
+    """EVALUATE with option ``report``: each report's SQL function (registry.REPORTS) names
+    its report here; its rows have the report's columns."""
+    return _evaluate(model, options, query, report)
+
+
+def _evaluate(model: str, options: str, query: str, report: str) -> list[tuple[Any, ...]]:
+    from thanosql_pg.algorithms.contract import Evaluation
     from thanosql_pg.server import catalog, data, models
 
-    rec, opts = _resolve("evaluate", model, json.loads(options))
+    shape = registry.REPORTS[report]
+    given = json.loads(options)
+    if report != "summary" and not any(k.lower() == "report" for k in given):
+        given["report"] = report
+    rec, opts = _resolve("evaluate", model, given)  # the family's spec says which reports it has
+    asked = registry.report_of(opts)
+    if asked is not shape:  # a call of one report's function with another report's options
+        raise InvalidOption(
+            f"EVALUATE with report='{opts['report']}' has other columns than thanosql.{shape.function}'s",
+            hint=f"Call thanosql.{asked.function}, or write the EVALUATE statement (through the proxy, or"
+                 " thanosql.execute), which calls the right function.")
     family = registry.family(rec.family)
     family_module(family)
     predictor = models.cached({**opts, "model": rec.name, "model_id": rec.id, "version": rec.version})
     with data.TrainingData.from_query(query, family.column_names("evaluate", opts),
                                       on_error=opts.get("on_error", "fail"),
                                       options=family.column_options("evaluate", opts)) as source:
-        metrics = predictor.evaluate(source, opts)
+        result = predictor.evaluate(source, opts)
         rows = source.count
+    if isinstance(result, Evaluation):
+        metrics, out = result.metrics, result.rows
+        made = result.report
+    else:
+        metrics, out, made = result, None, "summary"
+    if made != report:
+        raise FeatureNotAvailable(f"{rec.algorithm} models did not make EVALUATE report '{report}'",
+                                  hint=f"Their model module returned report '{made}'.")
     catalog.record_metrics(rec, "EVALUATE", rows, metrics)
-    return [(k, float(v)) for k, v in metrics.items()] + [("Rows", float(rows))]
+    if out is None:
+        return [(k, float(v)) for k, v in metrics.items()] + [("Rows", float(rows))]
+    return out
 
 
 def _table_ident(table_name: str) -> str:
@@ -341,6 +413,7 @@ def save_table(table_name: str, query: str) -> list[tuple[str, int]]:
 
 @caller_sql_entry_point(whole_call=True)
 @runs_model
+@shows_progress("CONVERT", "embedding")
 def convert(model: str, options: str, query: str, source_table: str | None) -> list[tuple[str, int]]:
     from thanosql_pg.server import embeddings
 

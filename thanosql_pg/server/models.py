@@ -84,8 +84,12 @@ def load(record: catalog.ModelRecord, module: Any, device: str | None = "auto") 
     from thanosql_pg.server import weights_cache
 
     resolved = resolve_device(device)
-    # shared with the other sessions through a mapped file (see weights_cache)
-    payload = weights_cache.payload(record, catalog.load_payload)
+    # Safetensors weights are shared with the other sessions through a mapped file (see
+    # weights_cache); a payload of another format is the family's own business: bytes.
+    if "safetensors" in record.format:
+        payload = weights_cache.payload(record, catalog.load_payload)
+    else:
+        payload = catalog.load_payload(record)
     model = module.load(record, payload, resolved)
     del payload
     return Predictor(record, model, resolved)

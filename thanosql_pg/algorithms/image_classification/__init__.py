@@ -19,7 +19,10 @@ FAMILY = r.register(r.Family(
         r.batch_size(16, MAX_IMAGE_BATCH),
         training=(r.epochs(3), r.learning_rate(1e-4), r.OVERWRITE,
                   r.option("input_size", "int", 224, maximum=MAX_INPUT_SIZE, positive=True), r.PRETRAINED,
-                  r.BASE_MODEL, r.DEVICE, r.ON_ERROR),
+                  r.BASE_MODEL, r.DEVICE, r.ON_ERROR,
+                  # 'balanced': each class's loss weighted by n_samples / (n_classes * its count)
+                  r.option("class_weight", "str", "none", choices=("none", "balanced"))),
+        reports=("per_class", "confusion_matrix"),
     ),
     carry_over=("input_size",),
     check=check_image_batch,

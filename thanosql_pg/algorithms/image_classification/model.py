@@ -20,7 +20,16 @@ import torch.nn.functional as F
 
 from thanosql_pg.algorithms import image_classification as spec
 from thanosql_pg.algorithms import registry
-from thanosql_pg.algorithms.contract import Base, Reader, Row, RowSource, StoredModel, Trained, check_format
+from thanosql_pg.algorithms.contract import (
+    Base,
+    Evaluation,
+    Reader,
+    Row,
+    RowSource,
+    StoredModel,
+    Trained,
+    check_format,
+)
 from thanosql_pg.algorithms.shared import devices, training, weights
 from thanosql_pg.algorithms.shared.images import (
     FLIP_MIN_SIZE,
@@ -30,7 +39,7 @@ from thanosql_pg.algorithms.shared.images import (
     pretrained_normalization,
 )
 from thanosql_pg.algorithms.shared.limits import check_batch_pixels
-from thanosql_pg.algorithms.shared.metrics import classification_metrics
+from thanosql_pg.algorithms.shared.metrics import classification_result
 from thanosql_pg.errors import DataError, InvalidOption, InvalidParameterValue
 
 FORMAT = "timm-safetensors-v1"
@@ -70,7 +79,9 @@ class ImageClassifier:
                 out[pos] = self.labels[k]
         return out, [e.message for _, e in dec.errors]
 
-    def evaluate(self, source: RowSource, opts: Mapping[str, Any]) -> dict[str, float]:
+    def evaluate(self, source: RowSource, opts: Mapping[str, Any]) -> dict[str, float] | Evaluation:
+        """The summary (accuracy, macro precision/recall/F1), or report='per_class' or
+        'confusion_matrix' (shared.metrics makes each from the confusion counts)."""
         check_batch_pixels(opts["batch_size"], self.input_size)
         skip = opts.get("on_error") == "skip"
         work = partial(decode_rows, reader=source.reader, size=self.input_size, index=None, skip=skip)
@@ -87,10 +98,8 @@ class ImageClassifier:
         skipped.notice(source.notice, "EVALUATE")
         if not confusion:
             raise DataError("no readable images to evaluate", hint="Every row was skipped as unreadable.")
-        metrics = classification_metrics(confusion)
-        if skip:
-            metrics["Skipped"] = float(skipped.count)
-        return metrics
+        return classification_result(confusion, opts.get("report", "summary"), self.labels,
+                                     extra={"Skipped": float(skipped.count)} if skip else None)
 
 
 # --- loading stored models --------------------------------------------------------------------
@@ -146,60 +155,63 @@ def train(algo: registry.Algorithm, opts: dict[str, Any], source: RowSource,
             mean, std = pretrained_normalization(net)
         model = ImageClassifier(net, arch=arch, labels=labels,
                                 inputs=ImageInput(opts["input_size"], mean, std, device))
-        metrics = _fit(model, algo, opts, source)
+        metrics, epochs = _fit(model, algo, opts, source)
     return Trained(
         payload=weights.state_payload(model.net), format=FORMAT, labels=labels, label_type=label_type,
-        options={"arch": arch, **model.inputs.options(), "weights": origin}, metrics=metrics,
+        options={"arch": arch, **model.inputs.options(), "weights": origin}, metrics=metrics, epochs=epochs,
     )
 
 
 def _fit(model: ImageClassifier, algo: registry.Algorithm, opts: dict[str, Any],
-         source: RowSource) -> dict[str, float]:
+         source: RowSource) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     net, device = model.net, model.device
-    bs, epochs, size = opts["batch_size"], opts["epochs"], model.input_size
+    size = model.input_size
     skip = opts.get("on_error") == "skip"
-    per_epoch = training.steps_per_epoch(source.count - source.skipped, bs)
-    stepper = training.Stepper(net, learning_rate=opts["learning_rate"], weight_decay=WEIGHT_DECAY,
-                               total_steps=epochs * per_epoch, warmup_fraction=WARMUP_FRACTION, device=device)
+    trainer = training.Trainer(net, opts, source, device=device, label=f"{algo.name} training",
+                               metric=training.ACCURACY, weight_decay=WEIGHT_DECAY,
+                               warmup_fraction=WARMUP_FRACTION)
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
     index = {lab: i for i, lab in enumerate(model.labels)}
     flip = size >= FLIP_MIN_SIZE
-    progress = training.Progress(source.notice, source.progress_interval, label=f"{algo.name} training",
-                                 epochs=epochs, steps_per_epoch=per_epoch)
     skipped = devices.Skipped(source.skipped)
+    balanced = opts["class_weight"] == "balanced"
+    class_weights = _class_weights(trainer.parts.train, index, device) if balanced else None
 
-    def batches(epoch: int) -> Any:
-        net.train()
-        work = partial(decode_rows, reader=source.reader, size=size, index=index, skip=skip, seed=epoch + 1,
-                       flip=flip)
-        rows = (devices.numbered(b) for b in source.batches(bs, shuffle=True, seed=epoch))
+    def batches(part: RowSource, epoch: int, train: bool) -> Any:
+        # training: shuffled, with augmentation; validation: in order, as PREDICT sees images
+        work = partial(decode_rows, reader=source.reader, size=size, index=index, skip=skip,
+                       seed=epoch + 1 if train else None, flip=flip and train)
+        rows = (devices.numbered(b) for b in part.batches(opts["batch_size"], shuffle=train, seed=epoch))
         return devices.prefetch(rows, work, Decoded.combine, depth=2 if device.type == "cuda" else 1)
 
-    def step(epoch: int, dec: Decoded) -> tuple[Any, Any, int] | None:
+    def forward(epoch: int, dec: Decoded, train: bool) -> training.Step | None:
         if epoch == 0:
             skipped.add(dec.errors)
         arr = dec.array()
-        if arr is None or (len(arr) < 2 and has_bn):
+        if arr is None or (train and len(arr) < 2 and has_bn):
             return None  # BatchNorm cannot train on a single image
         x = model.inputs.tensor(arr)
         y = torch.as_tensor(dec.targets, device=device)
         with devices.autocast(device):
             logits = net(x)
-        loss = F.cross_entropy(logits.float(), y)
-        stepper.step(loss)
-        return loss, (logits.detach().argmax(1) == y).sum(), len(y)
+        loss = F.cross_entropy(logits.float(), y, weight=class_weights)
+        return training.Step(loss, len(y), (logits.detach().argmax(1) == y).sum(), len(y))
 
-    done = training.run_epochs(source, progress, device, epochs, batches, step)
-    if done.items == 0:
-        raise DataError("no readable images to train on", hint="Every row was skipped as unreadable.")
-    stepper.release()
-    net.eval()
-    rate = progress.images_per_second()
+    done = trainer.run(batches, forward)
     skipped.notice(source.notice, f"{algo.name} training")
-    source.notice(f"{algo.name} training done: {epochs} epochs, loss {done.loss:.4f}, accuracy"
-                  f" {done.score:.4f}, {rate:.1f} images/s")
-    metrics = {"train_loss": round(done.loss, 6), "train_accuracy": round(done.score, 6),
-               "images_per_second": round(rate, 2)}
+    metrics = {**done.metrics(), "images_per_second": round(done.rate, 2)}
     if skip:
         metrics["skipped_rows"] = float(skipped.count)
-    return metrics
+    return metrics, done.rows()
+
+
+def _class_weights(part: RowSource, index: dict[str, int], device: torch.device) -> torch.Tensor:
+    """class_weight='balanced': n_samples / (n_classes * count_c) per class, as scikit-learn's,
+    counted over the rows trained on (a class none of them has weighs nothing)."""
+    counts = np.zeros(len(index), dtype=np.float64)
+    for label, n in part.label_counts().items():
+        counts[index[label]] = n
+    present = counts > 0
+    weight = np.zeros_like(counts)
+    weight[present] = counts.sum() / (present.sum() * counts[present])
+    return torch.as_tensor(weight, dtype=torch.float32, device=device)

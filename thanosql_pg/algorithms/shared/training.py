@@ -1,20 +1,30 @@
-"""The training loop's shared parts: the optimizer (AdamW, warm-up then cosine decay,
+"""The training loop, for every family: the optimizer (AdamW, warm-up then cosine decay,
 no weight decay on norms and biases, the AMP scaler, gradient clipping, one step per
-batch), seeding, the epoch loop with running means on the device, and progress notices.
+batch), seeding, and ``Trainer``: the epochs with running means on the device, a
+validation part of the rows scored every epoch (validation_split), early stopping with
+the best epoch's weights kept (early_stopping, patience), the per-epoch history
+(Trained.epochs), progress notices and the thanosql.progress view.
+
+A family gives the trainer two functions: ``batches(part, epoch, training)``, an
+iterator over a part's decoded batches, and ``forward(epoch, batch, training)``, one
+batch's forward pass as a ``Step`` (loss, items, the metric's sums). The trainer owns
+the rest: the optimizer step, train/eval mode, no_grad for validation, cancels, the
+history and what is kept.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from thanosql_pg.algorithms import registry
 from thanosql_pg.algorithms.contract import RowSource
 from thanosql_pg.algorithms.shared.devices import cuda_indices
-from thanosql_pg.errors import InvalidOption
+from thanosql_pg.errors import DataError, InvalidOption
 
 B = TypeVar("B")
 
@@ -78,6 +88,10 @@ class Stepper:
             self.opt.step()
         self.sched.step()
 
+    def learning_rate(self) -> float:
+        """The learning rate of the last step (the schedule's, of the first parameter group)."""
+        return float(self.opt.param_groups[0]["lr"])
+
     def release(self) -> None:
         """Free gradients and optimizer state (3x the weights), before the weights are serialized."""
         self.opt.zero_grad(set_to_none=True)
@@ -106,94 +120,359 @@ def steps_per_epoch(rows: int, batch_size: int) -> int:
     return math.ceil(max(1, rows) / batch_size)
 
 
-# --- the epoch loop --------------------------------------------------------------------------
+# --- what is scored -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Metric:
+    """What a family scores every epoch, on the training batches and the validation part."""
+
+    name: str  # as thanosql.model_epochs.metric and the result's metrics name it
+    label: str  # in notices
+    higher_is_better: bool
+    is_loss: bool = False  # the metric is the loss itself: the result's metrics do not repeat it
+
+    def better(self, value: float, than: float | None) -> bool:
+        if math.isnan(value):
+            return False
+        if than is None or math.isnan(than):
+            return True
+        return value > than if self.higher_is_better else value < than
+
+
+ACCURACY = Metric("accuracy", "accuracy", higher_is_better=True)
+CER = Metric("cer", "CER", higher_is_better=False)
+CONTRASTIVE_LOSS = Metric("contrastive_loss", "contrastive loss", higher_is_better=False, is_loss=True)
+
+
 @dataclass
-class EpochStats:
-    """What the epochs did: the last epoch's mean loss and score, the items trained on."""
+class Step:
+    """One batch's forward pass, as a family's ``forward`` returns it."""
+
+    loss: Any  # the batch's mean loss: a scalar tensor, backpropagated when training
+    items: int  # samples in the batch
+    score: Any  # the metric summed over the batch (a tensor or a number): its numerator ...
+    weight: float  # ... and its denominator (items for accuracy, reference characters for CER)
+    extra: Mapping[str, Any] = field(default_factory=dict)  # other per-item sums, averaged per epoch
+
+
+# --- the rows trained on and validated with ---------------------------------------------------------
+@dataclass(frozen=True)
+class Parts:
+    """The rows a BUILD/FIT trains on, and those it holds out to validate each epoch."""
+
+    train: RowSource
+    validation: RowSource | None  # None without validation_split
+    early_stopping: bool = False
+    patience: int = 3
+
+
+def holdout(source: RowSource, opts: Mapping[str, Any], seed: int = 0) -> Parts:
+    """Split ``source`` as the options say (validation_split, early_stopping, patience;
+    registry.VALIDATION): deterministic and stratified by label (RowSource.split)."""
+    registry.check_training(opts)
+    fraction = float(opts.get("validation_split") or 0.0)
+    if fraction <= 0:
+        return Parts(source, None)
+    train, validation = source.split(fraction, seed)
+    stratified = ", stratified by label" if source.label_type is not None else ""
+    source.notice(f"validation: {validation.count} of {source.count - source.skipped} rows held out"
+                  f" (validation_split={fraction:g}){stratified}")
+    return Parts(train, validation, bool(opts.get("early_stopping")), int(opts.get("patience") or 3))
+
+
+class Sums:
+    """A pass's running sums, on the device: no sync per step, only when read."""
+
+    def __init__(self, device: Any) -> None:
+        import torch
+
+        self.loss = torch.zeros((), device=device)
+        self.score = torch.zeros((), device=device)
+        self.extra: dict[str, Any] = {}
+        self.weight = 0.0
+        self.items = 0
+
+    def add(self, out: Step) -> None:
+        self.loss += out.loss.detach() * out.items
+        self.score += out.score
+        for k, v in out.extra.items():
+            self.extra[k] = self.extra.get(k, 0) + v
+        self.weight += out.weight
+        self.items += out.items
+
+    def means(self) -> tuple[float, float]:
+        """(mean loss, metric) so far; waits for the device."""
+        if not self.items:
+            return float("nan"), float("nan")
+        metric = (self.score / self.weight).item() if self.weight else float("nan")
+        return (self.loss / self.items).item(), metric
+
+    def result(self, seconds: float) -> Pass:
+        loss, metric = self.means()
+        extra = {k: float(v) / self.items for k, v in self.extra.items()} if self.items else {}
+        return Pass(loss, metric, extra, self.items, seconds)
+
+
+# --- one epoch's record ------------------------------------------------------------------------------
+@dataclass
+class Pass:
+    """Means of one pass over a part: loss, metric, extras; items and seconds."""
 
     loss: float = float("nan")
-    score: float = float("nan")
+    metric: float = float("nan")
+    extra: dict[str, float] = field(default_factory=dict)
     items: int = 0
+    seconds: float = 0.0
 
 
-def run_epochs(source: RowSource, progress: Progress, device: Any, epochs: int,
-               batches: Callable[[int], Iterator[B]],
-               step: Callable[[int, B], tuple[Any, Any, int] | None]) -> EpochStats:
-    """For each epoch, ``step(epoch, batch)`` over ``batches(epoch)`` (closed at the end,
-    and on an error or cancel: no decoding outlives the statement), a pending cancel
-    checked before each batch. ``step`` returns (loss tensor, score summed over the
-    batch, items), or None to pass the batch over. Sums stay on the device: no GPU sync
-    per step, only for progress notices."""
-    import torch
+@dataclass
+class Epoch:
+    number: int  # 1-based
+    train: Pass
+    validation: Pass | None
+    learning_rate: float
+    seconds: float
 
-    out = EpochStats()
-    for epoch in range(epochs):
-        loss_sum = torch.zeros((), device=device)
-        score_sum = torch.zeros((), device=device)
-        seen = steps = 0
-        with closing(batches(epoch)) as it:  # type: ignore[type-var]
+    def row(self, metric: Metric) -> dict[str, Any]:
+        """A contract.Trained.epochs row (contract.EPOCH_KEYS)."""
+        val = self.validation
+        return {"epoch": self.number, "metric": metric.name, "train_loss": _finite(self.train.loss),
+                "train_metric": _finite(self.train.metric),
+                "validation_loss": _finite(val.loss) if val else None,
+                "validation_metric": _finite(val.metric) if val else None,
+                "learning_rate": self.learning_rate, "seconds": round(self.seconds, 3),
+                "samples_per_second": (round(self.train.items / self.train.seconds, 2) if self.train.seconds
+                                       else None)}
+
+
+def _finite(x: float) -> float | None:
+    return None if math.isnan(x) else round(x, 6)
+
+
+@dataclass
+class Outcome:
+    """What the epochs did: every epoch's record, and the one whose weights the model keeps
+    (the last, or the best validated one with early stopping)."""
+
+    metric: Metric
+    history: list[Epoch]
+    kept: Epoch
+    best: Epoch | None  # the best validated epoch (None without validation)
+    items: int  # training samples over all epochs
+    stopped_early: bool
+    rate: float  # training samples per second
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [e.row(self.metric) for e in self.history]
+
+    def metrics(self) -> dict[str, Any]:
+        """BUILD/FIT's result metrics: the kept epoch's training (and validation) scores,
+        and with validation which epoch was best and how many ran."""
+        m = self.metric
+        kept = self.kept
+        out: dict[str, Any] = {"train_loss": _finite(kept.train.loss)}
+        if not m.is_loss:
+            out[f"train_{m.name}"] = _finite(kept.train.metric)
+        out.update({k: _finite(v) for k, v in kept.train.extra.items()})
+        if kept.validation is not None and self.best is not None:
+            out["validation_loss"] = _finite(kept.validation.loss)
+            if not m.is_loss:
+                out[f"validation_{m.name}"] = _finite(kept.validation.metric)
+            out.update(best_epoch=self.best.number, epochs_run=len(self.history), kept_epoch=kept.number,
+                       stopped_early=self.stopped_early)
+        return out
+
+
+# --- the epochs --------------------------------------------------------------------------------
+Batches = Callable[[RowSource, int, bool], Iterator[B]]
+Forward = Callable[[int, B, bool], Step | None]
+
+
+class Trainer:
+    """BUILD/FIT's epochs over a network, for every family: it splits the rows as the
+    options say (``holdout``), makes the optimizer (``Stepper``) for the training part,
+    and ``run`` trains."""
+
+    def __init__(self, net: Any, opts: Mapping[str, Any], source: RowSource, *, device: Any, label: str,
+                 metric: Metric, weight_decay: float, warmup_fraction: float,
+                 max_grad_norm: float | None = None, progress: type[Progress] | None = None,
+                 stepper: Callable[[int], Stepper] | None = None) -> None:
+        """``stepper``: for a family whose optimizer is its own, makes it from the total
+        number of steps (else a ``Stepper`` of ``net``'s trainable parameters)."""
+        self.net = net
+        self.device = device
+        self.metric = metric
+        self.label = label
+        self.epochs = int(opts["epochs"])
+        self.parts = holdout(source, opts)
+        bs = int(opts["batch_size"])
+        train = self.parts.train
+        per_epoch = steps_per_epoch(train.count - train.skipped, bs)
+        validation = self.parts.validation
+        total = self.epochs * per_epoch
+        self.stepper = stepper(total) if stepper is not None else Stepper(
+            net, learning_rate=opts["learning_rate"], weight_decay=weight_decay, total_steps=total,
+            warmup_fraction=warmup_fraction, device=device, max_grad_norm=max_grad_norm)
+        self.progress = (progress or Progress)(
+            source, label=label, metric=metric, epochs=self.epochs, steps_per_epoch=per_epoch,
+            validation_steps=steps_per_epoch(validation.count, bs) if validation is not None else 0)
+
+    def run(self, batches: Batches[B], forward: Forward[B]) -> Outcome:
+        """Train for the epochs (fewer when early stopping stops), validating after each;
+        the network ends with the kept epoch's weights, in eval mode."""
+        parts, metric = self.parts, self.metric
+        history: list[Epoch] = []
+        best: Epoch | None = None
+        best_state: dict[str, Any] | None = None
+        waited = 0
+        stopped = False
+        for epoch in range(self.epochs):
+            start = time.monotonic()
+            train = self._pass(parts.train, epoch, training=True, batches=batches, forward=forward)
+            validation = None
+            if parts.validation is not None:
+                validation = self._pass(parts.validation, epoch, training=False, batches=batches,
+                                        forward=forward)
+            record = Epoch(epoch + 1, train, validation, self.stepper.learning_rate(),
+                           time.monotonic() - start)
+            history.append(record)
+            if validation is None:
+                continue
+            if metric.better(validation.metric, best.validation.metric if best and best.validation else None):
+                best, waited = record, 0
+                if parts.early_stopping:  # keep its weights: a copy, off the accelerator
+                    best_state = {k: v.detach().to("cpu", copy=True)
+                                  for k, v in self.net.state_dict().items()}
+            else:
+                waited += 1
+                if parts.early_stopping and waited >= parts.patience:
+                    stopped = True
+                    break
+        items = sum(e.train.items for e in history)
+        if items == 0:
+            what = self.progress.what
+            raise DataError(f"no readable {what} to train on", hint="Every row was skipped as unreadable.")
+        kept = history[-1]
+        if best_state is not None and best is not None:
+            self.net.load_state_dict(best_state)
+            kept = best
+        self.stepper.release()
+        self.net.eval()
+        outcome = Outcome(metric, history, kept, best, items, stopped, self.progress.samples_per_second())
+        self._notices(outcome)
+        return outcome
+
+    def _pass(self, part: RowSource, epoch: int, *, training: bool, batches: Batches[B],
+              forward: Forward[B]) -> Pass:
+        """One pass over ``part``: training steps, or validation without gradients.
+        ``batches`` is closed at the end, and on an error or cancel: no decoding outlives
+        the statement."""
+        import torch
+
+        self.net.train(training)
+        start = time.monotonic()
+        sums = Sums(self.device)
+        phase = "train" if training else "validate"
+        steps = 0
+        with closing(batches(part, epoch, training)) as it, (  # type: ignore[type-var]
+                nullcontext() if training else torch.no_grad()):
             for batch in it:
-                source.check_interrupts()  # a pending cancel stops training here, within one batch
-                done = step(epoch, batch)
-                if done is None:
+                self.parts.train.check_interrupts()  # a pending cancel stops training here, within one batch
+                out = forward(epoch, batch, training)
+                if out is None:
                     continue
-                loss, score, n = done
-                loss_sum += loss.detach() * n
-                score_sum += score
-                seen += n
+                if training:
+                    self.stepper.step(out.loss)
+                    self.progress.step(out.items)
+                sums.add(out)
                 steps += 1
-                progress.step(n)
-                if progress.due():
-                    progress.report(epoch, steps, (loss_sum / seen).item(), (score_sum / seen).item())
-        out.items += seen
-        if seen:
-            out.loss, out.score = (loss_sum / seen).item(), (score_sum / seen).item()
-    return out
+                self.progress.update(phase, epoch, steps, sums.means)
+        return sums.result(time.monotonic() - start)
+
+    def _notices(self, out: Outcome) -> None:
+        notice, m = self.parts.train.notice, self.metric
+        kept = out.kept
+        if out.best is not None and out.best.validation is not None and self.parts.early_stopping:
+            how = (f"stopped early at epoch {out.history[-1].number}" if out.stopped_early
+                   else f"ran all {len(out.history)} epochs")
+            notice(f"{self.label}: {how}; kept epoch {kept.number}"
+                   f" (validation {m.label} {out.best.validation.metric:.4f})")
+        text = f"{self.label} done: {len(out.history)} epochs, loss {kept.train.loss:.4f}"
+        if not m.is_loss:
+            text += f", {m.label} {kept.train.metric:.4f}"
+        if kept.validation is not None:
+            text += f", validation loss {kept.validation.loss:.4f}"
+            if not m.is_loss:
+                text += f", validation {m.label} {kept.validation.metric:.4f}"
+        notice(f"{text}, {self.progress.speed(self.progress.elapsed())}")
 
 
 # --- progress --------------------------------------------------------------------------------
+VIEW_INTERVAL = 0.5  # seconds between updates of thanosql.progress (RowSource.progress): 2 a second at most
+
+
 class Progress:
-    """Progress NOTICEs at most every ``interval`` seconds: epoch, step, loss, a score
-    (``score_name``), throughput (``speed``) and ETA."""
+    """Progress NOTICEs at most every ``source.progress_interval`` seconds (epoch, step,
+    loss, the metric, throughput and ETA), and the thanosql.progress row of the
+    statement, updated at most every VIEW_INTERVAL seconds."""
 
-    score_name = "accuracy"
+    what = "images"  # what a sample is, in messages
 
-    def __init__(self, notice: Callable[[str], None], interval: float, *, label: str, epochs: int,
-                 steps_per_epoch: int) -> None:
-        self.notice = notice
-        self.interval = interval
+    def __init__(self, source: RowSource, *, label: str, metric: Metric, epochs: int, steps_per_epoch: int,
+                 validation_steps: int = 0) -> None:
+        self.source = source
+        self.interval = source.progress_interval
         self.label = label
+        self.metric = metric
         self.epochs = epochs
         self.steps_per_epoch = max(1, steps_per_epoch)
+        self.validation_steps = validation_steps
         self.start = self.last = time.monotonic()
-        self.images = 0
-        self.steps_done = 0
+        self.last_view = 0.0
+        self.samples = 0
+        self.steps_done = 0  # training and validation steps
 
-    def due(self) -> bool:
-        return time.monotonic() - self.last >= self.interval
+    def step(self, samples: int) -> None:
+        """A training step of ``samples``."""
+        self.samples += samples
 
-    def step(self, images: int) -> None:
-        self.images += images
-        self.steps_done += 1
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
 
     def speed(self, elapsed: float) -> str:
-        return f"{self.images / elapsed if elapsed > 0 else 0.0:.1f} images/s"
+        return f"{self.samples / elapsed if elapsed > 0 else 0.0:.1f} {self.what}/s"
 
-    def report(self, epoch: int, step: int, loss: float, score: float) -> None:
-        now = time.monotonic()
-        self.last = now
-        elapsed = now - self.start
-        total = self.epochs * self.steps_per_epoch
+    def samples_per_second(self) -> float:
+        elapsed = self.elapsed()
+        return self.samples / elapsed if elapsed > 0 else 0.0
+
+    def eta(self) -> float:
+        total = self.epochs * (self.steps_per_epoch + self.validation_steps)
         left = max(0, total - self.steps_done)
-        eta = elapsed / self.steps_done * left if self.steps_done else float("nan")
-        self.notice(
-            f"{self.label}: epoch {epoch + 1}/{self.epochs}, step {step}/{self.steps_per_epoch},"
-            f" loss {loss:.4f}, {self.score_name} {score:.4f}, {self.speed(elapsed)}, ETA {duration(eta)}"
-        )
+        return self.elapsed() / self.steps_done * left if self.steps_done else float("nan")
 
-    def images_per_second(self) -> float:
-        elapsed = time.monotonic() - self.start
-        return self.images / elapsed if elapsed > 0 else 0.0
+    def update(self, phase: str, epoch: int, step: int, values: Callable[[], tuple[float, float]]) -> None:
+        """After step ``step`` of ``phase`` ('train' or 'validate') in ``epoch`` (0-based):
+        a NOTICE (training only) and the view's row when due. ``values`` gives the running
+        (loss, metric); called only then, since it waits for the device."""
+        self.steps_done += 1
+        now = time.monotonic()
+        notice = phase == "train" and now - self.last >= self.interval
+        view = now - self.last_view >= VIEW_INTERVAL
+        if not (notice or view):
+            return
+        loss, score = values()
+        eta = self.eta()
+        if view:
+            self.last_view = now
+            steps = self.steps_per_epoch if phase == "train" else self.validation_steps
+            self.source.progress(phase, epoch + 1, self.epochs, step, steps, loss, self.samples_per_second(),
+                                 None if math.isnan(eta) else eta)
+        if notice:
+            self.last = now
+            self.source.notice(
+                f"{self.label}: epoch {epoch + 1}/{self.epochs}, step {step}/{self.steps_per_epoch},"
+                f" loss {loss:.4f}, {self.metric.label} {score:.4f}, {self.speed(self.elapsed())},"
+                f" ETA {duration(eta)}")
 
 
 def duration(seconds: float) -> str:

@@ -5,13 +5,16 @@ The catalog calls the family "image_embedding" (stored models say so)."""
 from __future__ import annotations
 
 from thanosql_pg.algorithms import registry as r
-from thanosql_pg.algorithms.shared.limits import MAX_IMAGE_BATCH, MAX_INPUT_SIZE, check_image_batch
-
-MAX_EMBEDDING_DIM = 2000  # pgvector's largest dimension for an HNSW index, which CONVERT builds
+from thanosql_pg.algorithms.shared.limits import (
+    MAX_EMBEDDING_DIM,
+    MAX_IMAGE_BATCH,
+    MAX_INPUT_SIZE,
+    check_image_batch,
+)
 
 IMAGE = r.option("image_col", "str", "image_path")
 BATCH = r.batch_size(256, MAX_IMAGE_BATCH)
-TRAIN = (
+TRAIN = r.training_options(
     IMAGE, BATCH, r.epochs(5), r.option("pretrained", "bool", False), r.OVERWRITE,
     r.option("backbone", "str", "resnet18"),
     r.option("embedding_dim", "int", 128, maximum=MAX_EMBEDDING_DIM, positive=True),
@@ -29,8 +32,12 @@ FAMILY = r.register(r.Family(
         "fit": TRAIN,
         "convert": (IMAGE, BATCH, r.option("create_index", "bool", True), r.DEVICE),
         "search": (r.DEVICE,),
+        # with a label column: how often the nearest images share an image's label (precision@k)
+        "evaluate": (IMAGE, r.option("label_col", "str", "label"), BATCH, r.retrieval_k(), r.DEVICE,
+                     r.ON_ERROR, r.report()),
     },
-    columns={"build": IMAGES, "fit": IMAGES, "convert": IMAGES},
+    columns={"build": IMAGES, "fit": IMAGES, "convert": IMAGES,
+             "evaluate": r.Columns("image_col", "label_col", modality="image")},
     carry_over=("input_size", "backbone", "embedding_dim"),
     modalities=("image",),
     check=check_image_batch,

@@ -12,7 +12,8 @@ training loop are the shared ones.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from contextlib import closing
 from functools import partial
 from typing import Any
 
@@ -24,7 +25,7 @@ from torch import nn
 from thanosql_pg.algorithms import registry
 from thanosql_pg.algorithms import simclr as spec
 from thanosql_pg.algorithms.contract import Base, Reader, Row, RowSource, StoredModel, Trained, check_format
-from thanosql_pg.algorithms.shared import devices, training, weights
+from thanosql_pg.algorithms.shared import devices, images, training, weights
 from thanosql_pg.algorithms.shared.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -34,6 +35,7 @@ from thanosql_pg.algorithms.shared.images import (
     pretrained_normalization,
 )
 from thanosql_pg.algorithms.shared.limits import check_batch_pixels
+from thanosql_pg.algorithms.shared.metrics import retrieval_result
 from thanosql_pg.algorithms.simclr.augment import Augment
 from thanosql_pg.errors import DataError, FeatureNotAvailable, InvalidOption
 
@@ -118,21 +120,9 @@ class ImageEmbedder:
             z = net(self.inputs.tensor(arr))
         return F.normalize(z.float(), dim=1).cpu().numpy()
 
-    def _assemble(self, n: int, dec: Decoded) -> list[np.ndarray | None]:
-        out: list[np.ndarray | None] = [None] * n
-        arr = dec.array()
-        if arr is not None:
-            for pos, vec in zip(dec.positions, self._embed_array(arr), strict=True):
-                out[pos] = vec
-        return out
-
     def embed(self, rows: Sequence[Row], reader: Reader, modality: str = "image") -> list[np.ndarray | None]:
         """One unit vector per row (float32, ``dim``); None where the row's value is None."""
-        batches = self.embed_batches([rows], reader, modality)
-        try:
-            return next(batches)
-        finally:
-            batches.close()  # finishes prefetch's clean-up now, not at garbage collection
+        return images.first(self.embed_batches([rows], reader, modality))
 
     def embed_batches(self, batches: Iterable[Sequence[Row]], reader: Reader,
                       modality: str = "image") -> Generator[list[np.ndarray | None], None, None]:
@@ -140,21 +130,31 @@ class ImageEmbedder:
         ``batches`` is pulled on the calling thread."""
         if modality not in spec.FAMILY.modalities:
             raise FeatureNotAvailable(f"SimCLR models embed images only, not {modality}")
-        work = partial(decode_rows, reader=reader, size=self.input_size, index=None, skip=False)
+        return images.embed_batches(batches, reader, self.input_size, self._embed_array)
 
-        def numbered(batch: Sequence[Row]) -> list[tuple[int, Row]]:
-            return [(i, r) for i, r in enumerate(batch) if r.value is not None]
-
-        sizes: list[int] = []
-
-        def tracked() -> Iterator[list[tuple[int, Row]]]:
-            for b in batches:
-                check_batch_pixels(len(b), self.input_size)
-                sizes.append(len(b))
-                yield numbered(b)
-
-        for dec in devices.prefetch(tracked(), work, Decoded.combine):
-            yield self._assemble(sizes.pop(0), dec)
+    def evaluate(self, source: RowSource, opts: Mapping[str, Any]) -> dict[str, float]:
+        """EVALUATE on labelled images: retrieval precision@k, each image's nearest other
+        images by cosine similarity (as SEARCH IMAGE ranks them) sharing its label,
+        Precision@1 and Precision@top_k (shared.metrics)."""
+        check_batch_pixels(opts["batch_size"], self.input_size)
+        skip = opts.get("on_error") == "skip"
+        work = partial(decode_rows, reader=source.reader, size=self.input_size, index=None, skip=skip)
+        vectors: list[np.ndarray] = []
+        labels: list[str] = []
+        skipped = devices.Skipped(source.skipped)
+        with closing(devices.evaluation_batches(source, opts["batch_size"], work, Decoded.combine,
+                                                skipped)) as decoded:
+            for dec in decoded:
+                arr = dec.array()
+                if arr is not None:
+                    vectors.append(self._embed_array(arr))
+                    labels += [str(t) for t in dec.texts]
+        skipped.notice(source.notice, "EVALUATE")
+        if not vectors:
+            raise DataError("no readable images to evaluate", hint="Every row was skipped as unreadable.")
+        return retrieval_result(np.concatenate(vectors), labels, opts.get("report", "summary"), opts["top_k"],
+                                check=source.check_interrupts,
+                                extra={"Skipped": float(skipped.count)} if skip else None)
 
 
 def load(record: StoredModel, payload: bytes, device: str) -> ImageEmbedder:
@@ -199,35 +199,33 @@ def train(algo: registry.Algorithm, opts: dict[str, Any], source: RowSource,
             mean, std = (IMAGENET_MEAN, IMAGENET_STD) if scratch else pretrained_normalization(net)
             model = ImageEmbedder(SimCLRNet(net, opts["embedding_dim"]), arch=arch,
                                   inputs=ImageInput(opts["input_size"], mean, std, device))
-        metrics = _fit(model, algo, opts, source)
+        done = _fit(model, algo, opts, source)
     return Trained(
         payload=weights.state_payload(model.net), format=FORMAT, labels=None, label_type=None,
         options={"arch": model.arch, **model.inputs.options(), "embedding_dim": model.dim, "weights": origin},
-        metrics=metrics,
+        metrics={**done.metrics(), "images_per_second": round(done.rate, 2)}, epochs=done.rows(),
     )
 
 
 def _fit(model: ImageEmbedder, algo: registry.Algorithm, opts: dict[str, Any],
-         source: RowSource) -> dict[str, float]:
+         source: RowSource) -> training.Outcome:
+    """NT-Xent on two augmented views of each image; validation scores the same loss on
+    the held-out images, with the same augmentations every epoch (comparable epochs)."""
     net, device = model.net, model.device
     model.forget_fused()
-    bs, epochs, size = opts["batch_size"], opts["epochs"], model.input_size
-    per_epoch = training.steps_per_epoch(source.count - source.skipped, bs)
-    stepper = training.Stepper(net, learning_rate=opts["learning_rate"], weight_decay=WEIGHT_DECAY,
-                               total_steps=epochs * per_epoch, warmup_fraction=WARMUP_FRACTION, device=device)
-    augment = Augment(size)
+    augment = Augment(model.input_size)
     gen = torch.Generator(device=device)
-    work = partial(decode_rows, reader=source.reader, size=size, index=None, skip=False)
-    progress = training.Progress(source.notice, source.progress_interval, label=f"{algo.name} training",
-                                 epochs=epochs, steps_per_epoch=per_epoch)
+    work = partial(decode_rows, reader=source.reader, size=model.input_size, index=None, skip=False)
+    trainer = training.Trainer(net, opts, source, device=device, label=f"{algo.name} training",
+                               metric=training.CONTRASTIVE_LOSS, weight_decay=WEIGHT_DECAY,
+                               warmup_fraction=WARMUP_FRACTION)
 
-    def batches(epoch: int) -> Any:
-        net.train()
-        gen.manual_seed(epoch + 1)
-        rows = (devices.numbered(b) for b in source.batches(bs, shuffle=True, seed=epoch))
+    def batches(part: RowSource, epoch: int, train: bool) -> Any:
+        gen.manual_seed(epoch + 1 if train else 0)
+        rows = (devices.numbered(b) for b in part.batches(opts["batch_size"], shuffle=train, seed=epoch))
         return devices.prefetch(rows, work, Decoded.combine, depth=2 if device.type == "cuda" else 1)
 
-    def step(epoch: int, dec: Decoded) -> tuple[Any, Any, int] | None:
+    def forward(epoch: int, dec: Decoded, train: bool) -> training.Step | None:
         arr = dec.array()
         if arr is None:
             return None
@@ -237,15 +235,7 @@ def _fit(model: ImageEmbedder, algo: registry.Algorithm, opts: dict[str, Any],
         with devices.autocast(device):
             z = net(views)
         loss, acc = nt_xent(z, opts["temperature"])
-        stepper.step(loss)
-        return loss, acc * len(arr), len(arr)
+        n = len(arr)
+        return training.Step(loss, n, loss.detach() * n, n, extra={"contrastive_accuracy": acc * n})
 
-    done = training.run_epochs(source, progress, device, epochs, batches, step)
-    if done.items == 0:
-        raise DataError("no readable images to train on")
-    net.eval()
-    rate = progress.images_per_second()
-    source.notice(f"{algo.name} training done: {epochs} epochs, NT-Xent loss {done.loss:.4f},"
-                  f" contrastive accuracy {done.score:.4f}, {rate:.1f} images/s")
-    return {"train_loss": round(done.loss, 6), "contrastive_accuracy": round(done.score, 6),
-            "images_per_second": round(rate, 2)}
+    return trainer.run(batches, forward)

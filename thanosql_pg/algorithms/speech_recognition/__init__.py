@@ -22,5 +22,6 @@ FAMILY = r.register(r.Family(
         r.batch_size(16, MAX_SPEECH_BATCH),
         training=(r.epochs(5), r.learning_rate(1e-4), r.OVERWRITE, r.PRETRAINED, r.BASE_MODEL, r.DEVICE,
                   r.ON_ERROR),
+        reports=("per_row",),
     ),
 ))

@@ -17,7 +17,6 @@ import itertools
 import json
 import math
 import random
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -29,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from thanosql_pg.algorithms import registry
-from thanosql_pg.algorithms.contract import Base, Reader, Row, RowSource, StoredModel, Trained, check_format
+from thanosql_pg.algorithms import contract, registry
+from thanosql_pg.algorithms.contract import Base, Evaluation, Reader, Row, RowSource, StoredModel, Trained
 from thanosql_pg.algorithms.shared import devices, training, weights
 from thanosql_pg.algorithms.shared.audio import SAMPLE_RATE, decode_audio
-from thanosql_pg.algorithms.shared.metrics import ErrorRates
+from thanosql_pg.algorithms.shared.metrics import ErrorRates, UtteranceScores
 from thanosql_pg.algorithms.speech_recognition.text import TextNorm, Vocab, norm_for_vocab
 from thanosql_pg.errors import (
     DataError,
@@ -88,6 +87,7 @@ class Clip:
     pos: int  # index of the row in its batch
     audio: np.ndarray
     text: str | None  # normalized transcript (training/evaluation)
+    row: Row | None = None  # the row it came from (EVALUATE's per-row report names it)
 
 
 @dataclass
@@ -120,7 +120,7 @@ def decode_rows(rows: Sequence[tuple[int, Row]], *, reader: Reader, norm: TextNo
             out.errors.append((pos, e))
             continue
         text = norm(row.target) if norm is not None and row.target is not None else row.target
-        out.clips.append(Clip(pos, audio, text))
+        out.clips.append(Clip(pos, audio, text, row))
     return out
 
 
@@ -234,10 +234,11 @@ class SpeechRecognizer:
             out[clip.pos] = text
         return out, [e.message for _, e in dec.errors]
 
-    def evaluate(self, source: RowSource, opts: Mapping[str, Any]) -> dict[str, float]:
-        """Corpus WER and CER of greedy transcripts against the normalized texts."""
+    def evaluate(self, source: RowSource, opts: Mapping[str, Any]) -> dict[str, float] | Evaluation:
+        """Corpus WER and CER of greedy transcripts against the normalized texts; with
+        report='per_row' each row's too, the worst first (shared.metrics)."""
         skip = opts.get("on_error") == "skip"
-        rates = ErrorRates()
+        scores = UtteranceScores(opts.get("report", "summary"))
         skipped = devices.Skipped(source.skipped)
         work = partial(decode_rows, reader=source.reader, norm=self.norm, skip=skip)
         with closing(devices.evaluation_batches(source, opts["batch_size"], work, Decoded.combine,
@@ -245,14 +246,12 @@ class SpeechRecognizer:
             for dec in decoded:
                 hyps = self.transcribe([c.audio for c in dec.clips], opts["batch_size"])
                 for clip, hyp in zip(dec.clips, hyps, strict=True):
-                    rates.add(self.norm.finish(clip.text or ""), hyp)
+                    row = clip.row or Row(0, None)
+                    scores.add(row.rn, row.value, self.norm.finish(clip.text or ""), hyp)
         skipped.notice(source.notice, "EVALUATE")
-        if not rates.chars and not rates.words and skipped.count:
+        if not scores.rates.chars and not scores.rates.words and skipped.count:
             raise DataError("no readable audio to evaluate", hint="Every row was skipped as unreadable.")
-        metrics = {"WER": rates.wer(), "CER": rates.cer()}
-        if skip:
-            metrics["Skipped"] = float(skipped.count)
-        return metrics
+        return scores.result(extra={"Skipped": float(skipped.count)} if skip else None)
 
     # -- storage -------------------------------------------------------------------------------
     def options(self) -> dict[str, Any]:
@@ -271,7 +270,7 @@ class SpeechRecognizer:
 def load(record: StoredModel, payload: bytes, device: str) -> SpeechRecognizer:
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-    check_format(record, FORMAT)
+    contract.check_format(record, FORMAT)
     meta = weights.safetensors_metadata(payload)
     config = Wav2Vec2Config.from_dict(json.loads(meta["config"]))
     stored = json.loads(meta.get("options", "{}"))
@@ -431,16 +430,15 @@ def _resize_head(net: Any, vocab: Vocab) -> None:
 
 # --- training ---------------------------------------------------------------------------------
 class _Progress(training.Progress):
-    """Progress NOTICEs in speech units: clips and seconds of audio, and the batch's CER."""
+    """Progress in speech units: seconds of audio trained on per second."""
 
-    score_name = "CER"
+    what = "audio"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.audio_seconds = 0.0
 
-    def add(self, clips: int, seconds: float) -> None:
-        self.step(clips)
+    def heard(self, seconds: float) -> None:
         self.audio_seconds += seconds
 
     def speed(self, elapsed: float) -> str:
@@ -448,7 +446,7 @@ class _Progress(training.Progress):
 
     def audio_rate(self) -> float:
         """Seconds of audio trained on per second of wall time."""
-        return self.audio_seconds / max(1e-9, time.monotonic() - self.start)
+        return self.audio_seconds / max(1e-9, self.elapsed())
 
 
 def train(algo: registry.Algorithm, opts: dict[str, Any], source: RowSource,
@@ -479,10 +477,11 @@ def train(algo: registry.Algorithm, opts: dict[str, Any], source: RowSource,
             origin, fine_tune = start.origin, start.fine_tune
         if fine_tune:
             model.net.freeze_feature_encoder()  # the convolutions keep their pre-trained features
-        metrics = _fit(model, algo, opts, source)
+        metrics, epochs = _fit(model, algo, opts, source)
     return Trained(
         payload=model.payload(), format=FORMAT, labels=model.vocab.tokens, label_type="text",
         options={**model.options(), "weights": origin, "freeze_feature_encoder": fine_tune}, metrics=metrics,
+        epochs=epochs,
     )
 
 
@@ -518,80 +517,59 @@ def _length_batches(clips: list[Clip], bs: int, rng: random.Random) -> list[list
 
 
 def _fit(model: SpeechRecognizer, algo: registry.Algorithm, opts: dict[str, Any],
-         source: RowSource) -> dict[str, float]:
+         source: RowSource) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     net, device, vocab = model.net, model.device, model.vocab
-    bs, epochs = opts["batch_size"], opts["epochs"]
-    per_epoch = training.steps_per_epoch(source.count, bs)
-    stepper = training.Stepper(net, learning_rate=opts["learning_rate"], weight_decay=WEIGHT_DECAY,
-                               total_steps=epochs * per_epoch, warmup_fraction=WARMUP_FRACTION, device=device,
-                               max_grad_norm=MAX_GRAD_NORM)
-    progress = _Progress(source.notice, source.progress_interval, label=f"{algo.name} training",
-                         epochs=epochs, steps_per_epoch=per_epoch)
+    bs = opts["batch_size"]
+    trainer = training.Trainer(net, opts, source, device=device, label=f"{algo.name} training",
+                               metric=training.CER, weight_decay=WEIGHT_DECAY,
+                               warmup_fraction=WARMUP_FRACTION, max_grad_norm=MAX_GRAD_NORM,
+                               progress=_Progress)
+    progress: _Progress = trainer.progress  # type: ignore[assignment]
     skip = opts.get("on_error") == "skip"
     work = partial(decode_rows, reader=source.reader, norm=model.norm, skip=skip, for_training=True)
     skipped = devices.Skipped(source.skipped)
-    loss_avg = float("nan")
-    rates = ErrorRates()
-    too_short = trained = 0
-    for epoch in range(epochs):
-        net.train()
+    too_short = 0
+
+    def batches(part: RowSource, epoch: int, train: bool) -> Iterator[list[Clip]]:
+        """Batches of clips of similar length (less padding), in random order."""
         rng = random.Random(epoch)
-        loss_sum = torch.zeros((), device=device)
-        seen = step = 0
-        last_epoch = epoch == epochs - 1
-        windows = (devices.numbered(w) for w in source.batches(bs * LENGTH_WINDOW, shuffle=True, seed=epoch))
+        windows = (devices.numbered(w) for w in part.batches(bs * LENGTH_WINDOW, shuffle=train, seed=epoch))
         for window in _closing_iter(devices.prefetch(windows, work, Decoded.combine)):
             if epoch == 0:
                 skipped.add(window.errors)
-            for batch in _length_batches(window.clips, bs, rng):
-                source.check_interrupts()  # a pending cancel stops training here, within one batch
-                targets = [vocab.encode(c.text or "") for c in batch]
-                x, mask, lengths = model.inputs([c.audio for c in batch])
-                logits = model.logits(x, mask)
-                frames = model.frames(lengths)
-                log_probs = logits.float().log_softmax(-1).transpose(0, 1)
-                target_lengths = torch.tensor([len(t) for t in targets], device=device)
-                flat = torch.tensor([k for t in targets for k in t], dtype=torch.long, device=device)
-                # zero_infinity: a clip too short for its transcript adds no gradient instead of inf
-                loss = F.ctc_loss(log_probs, flat, frames, target_lengths, blank=vocab.blank,
-                                  reduction="mean", zero_infinity=True)
-                stepper.step(loss)
-                loss_sum += loss.detach() * len(batch)
-                seen += len(batch)
-                step += 1
-                progress.add(len(batch), sum(len(c.audio) for c in batch) / SAMPLE_RATE)
-                due = progress.due()
-                if last_epoch or due:  # greedy CER on the batch: costs a device sync, so only when needed
-                    batch_rates = ErrorRates()
-                    pred = logits.detach().argmax(-1).cpu().numpy()
-                    for row, n, t in zip(pred, frames.tolist(), targets, strict=True):
-                        hyp = vocab.collapse(row[:n].tolist())
-                        batch_rates.add_chars(t, hyp)
-                        if last_epoch:
-                            too_short += n < _min_frames(t)
-                    if last_epoch:
-                        rates.char_edits += batch_rates.char_edits
-                        rates.chars += batch_rates.chars
-                    if due:
-                        progress.report(epoch, step, (loss_sum / seen).item(), batch_rates.cer())
-        trained += seen
-        if seen:
-            loss_avg = (loss_sum / seen).item()
-    if trained == 0:
-        raise DataError("no readable audio to train on", hint="Every row was skipped as unreadable.")
-    net.eval()
-    audio_rate = progress.audio_rate()
+            yield from _length_batches(window.clips, bs, rng)
+
+    def forward(epoch: int, batch: list[Clip], train: bool) -> training.Step:
+        nonlocal too_short
+        targets = [vocab.encode(c.text or "") for c in batch]
+        x, mask, lengths = model.inputs([c.audio for c in batch])
+        logits = model.logits(x, mask)
+        frames = model.frames(lengths)
+        log_probs = logits.float().log_softmax(-1).transpose(0, 1)
+        target_lengths = torch.tensor([len(t) for t in targets], device=device)
+        flat = torch.tensor([k for t in targets for k in t], dtype=torch.long, device=device)
+        # zero_infinity: a clip too short for its transcript adds no gradient instead of inf
+        loss = F.ctc_loss(log_probs, flat, frames, target_lengths, blank=vocab.blank,
+                          reduction="mean", zero_infinity=True)
+        rates = ErrorRates()  # greedy CER on the batch's tokens
+        pred = logits.detach().argmax(-1).cpu().numpy()
+        for row, n, t in zip(pred, frames.tolist(), targets, strict=True):
+            rates.add_chars(t, vocab.collapse(row[:n].tolist()))
+            if train and epoch == 0:
+                too_short += n < _min_frames(t)
+        if train:
+            progress.heard(sum(len(c.audio) for c in batch) / SAMPLE_RATE)
+        return training.Step(loss, len(batch), rates.char_edits, rates.chars)
+
+    done = trainer.run(batches, forward)
     skipped.notice(source.notice, f"{algo.name} training")
     if too_short:
         source.notice(f"{too_short} clip(s) are too short for their transcripts (a 20 ms frame per character"
                       " and between repeated characters is needed); they taught the model nothing")
-    source.notice(f"{algo.name} training done: {epochs} epochs, loss {loss_avg:.4f}, CER {rates.cer():.4f}"
-                  f" (last epoch, training clips), {audio_rate:.1f} s of audio/s")
-    metrics = {"train_loss": round(loss_avg, 6), "train_cer": round(rates.cer(), 6),
-               "audio_seconds_per_second": round(audio_rate, 2)}
+    metrics = {**done.metrics(), "audio_seconds_per_second": round(progress.audio_rate(), 2)}
     if skip:
         metrics["skipped_rows"] = float(skipped.count)
-    return metrics
+    return metrics, done.rows()
 
 
 def _closing_iter(it: Iterator[Any]) -> Iterator[Any]:

@@ -46,7 +46,7 @@ SELECT id, round(search_result::numeric, 3) AS similarity
 FROM (SEARCH IMAGE USING simclr_regress
       OPTIONS (search_by='image', search_input=:'digit3', emb_col='convert_result', top_k=1)
       AS SELECT * FROM pics) AS s;
--- search_by text, audio or video: SimCLR embeds images only
+-- search_by text: SimCLR embeds images only, CLIP texts too (42809 names it)
 SEARCH IMAGE USING simclr_regress OPTIONS (search_by='text', search_input='a seven', emb_col='convert_result')
 AS SELECT * FROM pics;
 \echo :LAST_ERROR_SQLSTATE
@@ -89,6 +89,12 @@ SEARCH IMAGE USING simclr_regress OPTIONS (search_input=$1, emb_col=$2) AS SELEC
 \echo :LAST_ERROR_SQLSTATE
 SEARCH IMAGE USING simclr_regress OPTIONS (search_input='/tmp/q.png', emb_col='convert_result', top_k=0)
 AS SELECT * FROM pics;
+\echo :LAST_ERROR_SQLSTATE
+-- EVALUATE with a label column: retrieval precision@k (each digit here is alone in its
+-- class, so none of its nearest images shares it: 0)
+EVALUATE USING simclr_regress OPTIONS (image_col='img', label_col='label', top_k=3) AS SELECT img, label FROM pics;
+-- a report SimCLR models do not make
+EVALUATE USING simclr_regress OPTIONS (image_col='img', report='per_class') AS SELECT img, label FROM pics;
 \echo :LAST_ERROR_SQLSTATE
 -- nothing was left behind by the failed statements
 SELECT count(*) AS columns_named_w FROM pg_attribute WHERE attname = 'w' AND attrelid = 'pics'::regclass;

@@ -231,10 +231,10 @@ def test_search_by_follows_the_families_modalities() -> None:
                             options={"convert": (registry.DEVICE,), "search": (registry.DEVICE,)},
                             modalities=("image", "text"))
     with registered(texts):
-        assert registry.embedding_algorithms("text") == ["TextEmbedder"]
+        assert registry.embedding_algorithms("text") == ["CLIP", "TextEmbedder"]
         with pytest.raises(WrongModelType, match=r'model "m" \(SimCLR\) cannot search by text') as err:
             registry.check_search_by(simclr, "m", "SimCLR", "text")
-        assert err.value.sqlstate == "42809" and "Algorithms that search by text: TextEmbedder" in (
+        assert err.value.sqlstate == "42809" and "Algorithms that search by text: CLIP, TextEmbedder" in (
             err.value.hint or "")
         registry.check_search_by(texts, "t", "TextEmbedder", "text")
 

@@ -132,7 +132,7 @@ def family_packages() -> dict[str, str]:
 
 def test_every_registered_family_is_one_package() -> None:
     packages = family_packages()
-    assert set(packages) == {"image_classification", "speech_recognition", "image_embedding"}
+    assert set(packages) == {"image_classification", "speech_recognition", "image_embedding", "clip"}
     for family, package in packages.items():
         fam = registry.FAMILIES[family]
         assert MODULES[package].name == "__init__.py", package

@@ -333,10 +333,14 @@ def test_search_bad_input(models: dict[str, Any], px: Conn, bad: dict[str, str],
     fails(lambda: search(px, name("nosuch"), t, q, emb="emb", query=f"SELECT * FROM {t}"), "42704",
           "does not exist")
     fails(lambda: search(px, bad["classifier"], t, q, emb="emb", query=f"SELECT * FROM {t}"), "42809")
-    for by in ("text", "audio", "video"):
+    # by text: another algorithm embeds texts (42809, naming it); by audio or video: none does (0A000)
+    for by, state in (("text", "42809"), ("audio", "0A000"), ("video", "0A000")):
         fails(lambda by=by: px.execute(f"SEARCH IMAGE USING {model} OPTIONS (search_by='{by}',"
                                        f" search_input='a cat', emb_col='emb') AS SELECT * FROM {t}"),
-              "0A000", "images only")
+              state, "images only")
+    fails(lambda: px.execute(f"SEARCH IMAGE USING {model} OPTIONS (search_by='text', search_input='a cat',"
+                             f" emb_col='emb') AS SELECT * FROM {t}"), "42809",
+          "Algorithms that search by text: CLIP")
     fails(lambda: px.execute(f"SEARCH IMAGE USING {model} OPTIONS (search_input=%s, emb_col='emb')"
                              f" AS SELECT * FROM {t}", [None]), "22004")
     # a parameter is only for search_input

@@ -183,3 +183,73 @@ def write_tiny_wav2vec2(folder: str | Path, *, tokens: list[str] | None = WAV2VE
     for p in [folder, *folder.rglob("*")]:
         os.chmod(p, 0o755 if p.is_dir() else 0o644)  # the server runs as another OS user
     return str(folder)
+
+
+# --- captions: the digits described in words, for CLIP (search images by text) -------------------
+DIGIT_CAPTIONS = ("a handwritten {word}", "the digit {digit}", "a picture of the number {word}")
+
+
+def digit_caption(label: int, template: int = 0) -> str:
+    """``label`` described by caption template ``template`` (DIGIT_CAPTIONS): "a handwritten seven"."""
+    return DIGIT_CAPTIONS[template].format(word=ENGLISH_DIGITS[label], digit=label)
+
+
+def caption_digits(rows: Rows, *, seed: int = 0) -> list[str]:
+    """One caption per digit row, its template drawn at random (seeded): what a table of
+    images and their descriptions holds, worded in a few ways."""
+    import random
+
+    rng = random.Random(seed)
+    return [digit_caption(r["label"], rng.randrange(len(DIGIT_CAPTIONS))) for r in rows]
+
+
+def write_tiny_clip(folder: str | Path, *, image_size: int = 16, projection_dim: int = 16,
+                    seed: int = 0) -> str:
+    """A tiny random CLIPModel checkpoint (one layer of width 32 per tower) in ``folder``,
+    usable as ``base_model`` where no published weights can be had: with CLIP's own
+    tokenizer class (byte-level BPE, <|startoftext|> ... <|endoftext|>) over a character
+    vocabulary with a few merges, and a preprocessor_config.json. Readable by the server."""
+    import json
+    import shutil
+    import string
+
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    folder = Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    chars = string.ascii_lowercase + string.digits
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    merges = [("s", "e"), ("se", "v"), ("sev", "e"), ("seve", "n</w>")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={**small, "vocab_size": len(tokenizer), "max_position_embeddings": 32,
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id},
+        vision_config={**small, "image_size": image_size, "patch_size": 4},
+        projection_dim=projection_dim)
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Writing model shards" for a file of 300 kB
+    try:
+        CLIPModel(config).save_pretrained(folder)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    tokenizer.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "crop_size": {"height": image_size, "width": image_size}}))
+    for p in [folder, *folder.rglob("*")]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)  # the server runs as another OS user
+    return str(folder)

@@ -32,6 +32,7 @@ BUILTIN = (
     "thanosql_pg.algorithms.image_classification",
     "thanosql_pg.algorithms.speech_recognition",
     "thanosql_pg.algorithms.simclr",
+    "thanosql_pg.algorithms.clip",
 )
 ENTRY_POINT_GROUP = "thanosql_pg.families"
 ENVIRONMENT = "THANOSQL_FAMILIES"

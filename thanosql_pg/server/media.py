@@ -65,6 +65,12 @@ class MediaReader:
         return cls(row["data_dir"] or "", bool(row["unrestricted"]), column=column, from_json=from_json,
                    limits=limits)
 
+    def notice(self, message: str) -> None:
+        """A NOTICE to the client (contract.Reader.notice): the calling thread only."""
+        import plpy
+
+        plpy.notice(message)
+
     # -- thread-safe from here on: no plpy -----------------------------------------
     def describe(self, row: Row) -> str:
         where = f" (row {row.rn})" if row.rn > 0 else ""

@@ -1,5 +1,6 @@
 """Images: decoding (PIL, any format but EPS, size checked from the header first),
-the evaluation and training views, batches of decoded rows, and tensors.
+the evaluation and training views, batches of decoded rows, tensors, the batched
+random crop of the contrastive families, and the embedding loop of CONVERT/SEARCH.
 
 Decoding runs in pool threads: no plpy, no torch there.
 """
@@ -11,15 +12,18 @@ import math
 import random
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from thanosql_pg.algorithms.contract import Reader, Row
-from thanosql_pg.algorithms.shared.limits import DEFAULT_LIMITS, MediaLimits
+from thanosql_pg.algorithms.shared import devices
+from thanosql_pg.algorithms.shared.limits import DEFAULT_LIMITS, MediaLimits, check_batch_pixels
 from thanosql_pg.errors import DataError, ThanoSQLError
 
 # Horizontal flips help natural photos but change the meaning of digits, letters
@@ -218,3 +222,67 @@ def pretrained_normalization(net: Any) -> tuple[Sequence[float], Sequence[float]
     """The mean and std a timm network's pretrained weights expect (ImageNet's by default)."""
     cfg = getattr(net, "pretrained_cfg", None) or {}
     return cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+
+
+# --- training views on the device --------------------------------------------------------------
+def random_resized_crop(x: Any, gen: Any, size: int, scale: tuple[float, float], *, flip: bool) -> Any:
+    """One random crop of each image of ``x`` (NCHW floats), of ``scale`` of its area and
+    aspect 3:4..4:3, resized to ``size`` x ``size``, flipped horizontally with even odds
+    when ``flip``: one batched affine resampling on the device, with per-image random
+    parameters from ``gen`` (the contrastive families' augmentation)."""
+    import torch
+    import torch.nn.functional as F
+
+    n, dev = x.shape[0], x.device
+
+    def uniform(lo: float, hi: float) -> Any:
+        return torch.rand(n, generator=gen, device=dev) * (hi - lo) + lo
+
+    area = uniform(*scale)
+    ratio = uniform(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])).exp()
+    w = (area * ratio).sqrt().clamp(max=1.0)  # crop size as a fraction of the image
+    h = (area / ratio).sqrt().clamp(max=1.0)
+    cx = uniform(-1.0, 1.0) * (1 - w)  # centre, in [-1, 1] grid units
+    cy = uniform(-1.0, 1.0) * (1 - h)
+    sx = torch.where(torch.rand(n, generator=gen, device=dev) < 0.5, -w, w) if flip else w
+    theta = torch.zeros(n, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, h, cy
+    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+# --- embedding (CONVERT, SEARCH IMAGE) ---------------------------------------------------------
+Vectors = list[np.ndarray | None]
+
+
+def embed_batches(batches: Iterable[Sequence[Row]], reader: Reader, size: int,
+                  embed: Callable[[np.ndarray], np.ndarray]) -> Generator[Vectors, None, None]:
+    """One vector per row of each batch (None where the row's value is None): the images
+    decoded at ``size`` x ``size`` in the pool, the next batch meanwhile, then ``embed``
+    (NHWC uint8 → one row per image) on the calling thread, which also pulls ``batches``."""
+    work = partial(decode_rows, reader=reader, size=size, index=None, skip=False)
+    sizes: list[int] = []
+
+    def tracked() -> Iterator[list[tuple[int, Row]]]:
+        for b in batches:
+            check_batch_pixels(len(b), size)
+            sizes.append(len(b))
+            yield [(i, r) for i, r in enumerate(b) if r.value is not None]
+
+    with closing(devices.prefetch(tracked(), work, Decoded.combine)) as decoded:
+        for dec in decoded:
+            out: Vectors = [None] * sizes.pop(0)
+            arr = dec.array()
+            if arr is not None:
+                for pos, vec in zip(dec.positions, embed(arr), strict=True):
+                    out[pos] = vec
+            yield out
+
+
+def first(batches: Generator[Vectors, None, None]) -> Vectors:
+    """The vectors of the one batch ``batches`` was given (an Embedder's ``embed``), its
+    decoding finished now rather than at garbage collection."""
+    try:
+        return next(batches)
+    finally:
+        batches.close()

@@ -18,6 +18,7 @@ from thanosql_pg.errors import InvalidOption, LimitExceeded
 # --- images ---------------------------------------------------------------------------------
 MAX_IMAGE_BATCH = 4096  # SimCLR's own largest batch; one batch of decoded images is already gigabytes there
 MAX_INPUT_SIZE = 1024  # pixels per side: 21x the work of 224 for every image, the largest timm models use 800
+MAX_EMBEDDING_DIM = 2000  # pgvector's largest dimension for an HNSW index, which CONVERT builds
 # batch_size x input_size^2 of one image batch: 2^28 pixels is a 3.2 GB float32
 # input tensor (4096 images of 256 px, 256 of 1024 px), before any activation.
 MAX_BATCH_PIXELS = 1 << 28

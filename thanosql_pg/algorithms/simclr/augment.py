@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from thanosql_pg.algorithms.shared.images import FLIP_MIN_SIZE
+from thanosql_pg.algorithms.shared.images import FLIP_MIN_SIZE, random_resized_crop
 
 
 @dataclass(frozen=True)
@@ -54,20 +54,7 @@ class Augment:
 
     def _crop_flip(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Random resized crop (area, aspect 3:4..4:3) and flip as one affine resampling."""
-        n, dev = x.shape[0], x.device
-        area = self._uniform(gen, n, *self.crop_scale, dev)
-        ratio = self._uniform(gen, n, math.log(3 / 4), math.log(4 / 3), dev).exp()
-        w = (area * ratio).sqrt().clamp(max=1.0)  # crop size as a fraction of the image
-        h = (area / ratio).sqrt().clamp(max=1.0)
-        cx = self._uniform(gen, n, -1.0, 1.0, dev) * (1 - w)  # centre, in [-1, 1] grid units
-        cy = self._uniform(gen, n, -1.0, 1.0, dev) * (1 - h)
-        sx = w
-        if self.flip:
-            sx = torch.where(self._chance(gen, n, 0.5, dev), -w, w)
-        theta = torch.zeros(n, 2, 3, device=dev)
-        theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, h, cy
-        grid = F.affine_grid(theta, [n, x.shape[1], self.size, self.size], align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        return random_resized_crop(x, gen, self.size, self.crop_scale, flip=self.flip)
 
     def _color(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Color jitter (brightness, contrast, saturation, hue) with p_jitter, then grayscale with p_gray."""

@@ -318,7 +318,10 @@ thanosql.data_dir = '{self.files}'
         # trust the proxy's OS user.
         cmd += ["--listen-host", listen, "--listen-port", str(listen_port),
                 "--upstream-host", "127.0.0.1", "--upstream-port", str(upstream_port),
-                "--pid-file", str(pid_file)]
+                "--pid-file", str(pid_file),
+                # one relaying process per core (up to 4): one Python process relays on one
+                # core at a time, and many busy clients need more (bench/proxy_overhead.py)
+                "--workers", str(max(1, min(4, os.cpu_count() or 1)))]
         with open(log_file, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                     start_new_session=True)

@@ -70,6 +70,8 @@ NESTED = ("SELECT p.id, p.predict_result FROM (PREDICT USING rep_image OPTIONS (
           " AS SELECT id, path FROM rep_test) AS p WHERE p.id < 60 ORDER BY p.id")
 SEARCH = ("SEARCH IMAGE USING rep_simclr OPTIONS (search_by='image', search_input=%s, emb_col='emb', top_k=5)"
           " AS SELECT id, emb FROM rep_train")
+EVALUATE = ("EVALUATE USING rep_image OPTIONS (image_col='path', label_col='label'{report})"
+            " AS SELECT path, label FROM rep_test")
 CONVERT_INLINE = ("CONVERT USING rep_simclr OPTIONS (image_col='path') AS SELECT t.id, t.path FROM rep_test t"
                   " JOIN rep_test u USING (id) WHERE t.id < 40 ORDER BY t.id")
 
@@ -84,6 +86,9 @@ def answers(conn: psycopg.Connection, query_image: str) -> dict:
         "search": [(r[0], round(r[2], 5)) for r in conn.execute(SEARCH, (query_image,)).fetchall()],
         "convert": [(r[0], [round(float(x), 5) for x in r[2].strip("[]").split(",")])
                     for r in conn.execute(CONVERT_INLINE).fetchall()],
+        # no temporary table on a standby: EVALUATE reads its rows into memory there
+        "evaluate": [(m, round(v, 6)) for m, v in conn.execute(EVALUATE.format(report="")).fetchall()],
+        "confusion": conn.execute(EVALUATE.format(report=", report='confusion_matrix'")).fetchall(),
     }
 
 
@@ -96,6 +101,7 @@ def test_the_standby_answers_as_the_primary(replica: dict, models: dict, cluster
         primary, standby = answers(p, query_image), answers(s, query_image)
         assert standby == primary
         assert len(standby["predict"]) == 30 and len(standby["search"]) == 5
+        assert dict(standby["evaluate"])["Rows"] == 30 and sum(c for _, _, c in standby["confusion"]) == 30
         # EXPLAIN on the standby: the HNSW index drives the search there too
         from thanosql_pg.preprocessor import rewrite
 

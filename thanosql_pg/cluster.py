@@ -340,9 +340,8 @@ thanosql.data_dir = '{self.files}'
         """The cluster, plus a hot standby streaming from it (its own port and proxy).
 
         Models are table data, so WAL brings them to the standby: PREDICT, SEARCH IMAGE,
-        LIST/DESCRIBE MODEL and CONVERT's inline form run there; statements that write
-        (BUILD, FIT, CONVERT into a table; EVALUATE, which uses a temporary table) get
-        PostgreSQL's read-only error.
+        LIST/DESCRIBE MODEL, EVALUATE and CONVERT's inline form run there; statements
+        that write (BUILD, FIT, CONVERT into a table) get PostgreSQL's read-only error.
         """
         state = self.start(preload)
         if state.replica_port is None or state.replica_proxy_port is None:

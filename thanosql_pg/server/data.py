@@ -6,7 +6,9 @@ in batches through SPI cursors: every epoch reads the table again in a new
 shuffled order, so the backend never holds more than a batch of rows (bytea
 images included) whatever the size of the table. The table lives in the
 statement's transaction: it is dropped at exit, and a failed or cancelled
-statement rolls its creation back.
+statement rolls its creation back. On a hot standby, where no temporary table
+can be made, EVALUATE reads the two columns once into memory instead (MemoryRows,
+bounded by MEMORY_ROWS_BYTES).
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from __future__ import annotations
 import copy
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import plpy
 
 from thanosql_pg.algorithms.contract import Row
-from thanosql_pg.errors import DataError, NullValue, UndefinedColumn
+from thanosql_pg.errors import DataError, LimitExceeded, NullValue, UndefinedColumn
 from thanosql_pg.errors import SyntaxError as SQLSyntaxError
 from thanosql_pg.server.media import MediaReader
 
@@ -176,8 +178,15 @@ class TrainingData:
         """
         input_col, target_col = columns
         query = clean_query(query)
+        skip = on_error == "skip"
+        if in_recovery():
+            # A hot standby cannot create the temporary table: EVALUATE reads the rows once
+            # into memory instead (bounded, see MemoryRows); BUILD and FIT never get here
+            # (claiming the model name is a write, refused first).
+            yield MemoryRows.from_query(query, input_col, target_col, options, skip_null_input=skip)
+            return
         table = f"pg_temp.__thanosql_rows_{next(_counter)}"
-        nrows = _materialize(table, query, input_col, target_col, options)
+        nrows = _materialize(query, input_col, target_col, options, _create_table(table))
         try:
             stats = plpy.execute(
                 "SELECT count(*) FILTER (WHERE x IS NULL) AS null_x,"
@@ -185,23 +194,7 @@ class TrainingData:
                 " count(*) FILTER (WHERE y IS NULL) AS null_y,"
                 f" min(rn) FILTER (WHERE y IS NULL) AS first_y FROM {table}"
             )[0]
-            if nrows == 0:
-                raise DataError("the query returned no rows",
-                                hint="Check the query after AS (its WHERE clause).")
-            if target_col is not None and stats["null_y"]:
-                raise NullValue(
-                    f'label column "{target_col}" is NULL in row {stats["first_y"]}'
-                    f' ({stats["null_y"]} of {nrows} rows)',
-                    hint=f'Every row needs a label: add WHERE "{target_col}" IS NOT NULL to the query.',
-                )
-            skip = on_error == "skip"
-            if stats["null_x"] and not skip:
-                raise NullValue(
-                    f'input column "{input_col}" is NULL in row {stats["first_x"]}'
-                    f' ({stats["null_x"]} of {nrows} rows)',
-                    hint=f'Add WHERE "{input_col}" IS NOT NULL to the query,'
-                    " or on_error='skip' to OPTIONS.",
-                )
+            _check_rows(nrows, stats, input_col, target_col, skip)
             label_type = None
             if target_col is not None:
                 label_type = plpy.execute(
@@ -309,6 +302,139 @@ class TrainingData:
         check_interrupts()
 
 
+def in_recovery() -> bool:
+    """Whether this server is a hot standby (read-only: no temporary tables)."""
+    return bool(plpy.execute(_plan("recovery", "SELECT pg_catalog.pg_is_in_recovery() AS r"))[0]["r"])
+
+
+def _check_rows(nrows: int, stats: dict[str, Any], input_col: str, target_col: str | None,
+                skip: bool) -> None:
+    """22000 for no rows, 22004 for a NULL label (or a NULL input unless skipped)."""
+    if nrows == 0:
+        raise DataError("the query returned no rows",
+                        hint="Check the query after AS (its WHERE clause).")
+    if target_col is not None and stats["null_y"]:
+        raise NullValue(
+            f'label column "{target_col}" is NULL in row {stats["first_y"]}'
+            f' ({stats["null_y"]} of {nrows} rows)',
+            hint=f'Every row needs a label: add WHERE "{target_col}" IS NOT NULL to the query.',
+        )
+    if stats["null_x"] and not skip:
+        raise NullValue(
+            f'input column "{input_col}" is NULL in row {stats["first_x"]}'
+            f' ({stats["null_x"]} of {nrows} rows)',
+            hint=f'Add WHERE "{input_col}" IS NOT NULL to the query,'
+            " or on_error='skip' to OPTIONS.",
+        )
+
+
+# What EVALUATE on a standby may hold in memory (inputs and labels as stored: paths, or
+# the bytes of bytea images); more is refused before it is all read.
+MEMORY_ROWS_BYTES = 1 << 30
+MemoryRow = tuple[int, Any, "str | None", int]  # (rn, input, label as text, the label's rank)
+
+
+class MemoryRows(TrainingData):
+    """The rows of one query held in this backend's memory: EVALUATE on a hot standby,
+    where no temporary table can be made. The query runs once, as for TrainingData."""
+
+    rows: list[MemoryRow]
+
+    @classmethod
+    def from_query(cls, query: str, input_col: str, target_col: str | None,  # type: ignore[override]
+                   options: tuple[str, str | None], *, skip_null_input: bool) -> MemoryRows:
+        kept: dict[str, Any] = {}
+
+        def keep(q: str, inp: str, tgt: str | None) -> int:
+            kept["rows"], kept["label_type"] = _read_rows(q, inp, tgt)
+            return len(kept["rows"])
+
+        nrows = _materialize(query, input_col, target_col, options, keep)
+        rows = kept["rows"]
+        null_x = [r[0] for r in rows if r[1] is None]
+        null_y = [r[0] for r in rows if r[2] is None] if target_col is not None else []
+        stats = {"null_x": len(null_x), "first_x": min(null_x, default=None),
+                 "null_y": len(null_y), "first_y": min(null_y, default=None)}
+        _check_rows(nrows, stats, input_col, target_col, skip_null_input)
+        out = cls("", count=nrows, input_col=input_col, target_col=target_col, label_type=kept["label_type"],
+                  skipped=len(null_x) if skip_null_input else 0, skip_null_input=skip_null_input)
+        out.rows = rows
+        return out
+
+    def _usable(self) -> list[MemoryRow]:
+        return [r for r in self.rows if r[1] is not None or not self._skip_null_input]
+
+    def labels(self) -> list[str]:
+        if self.target_col is None:
+            return []
+        ranked = {r[2]: r[3] for r in self.rows}
+        return sorted(ranked, key=lambda label: (ranked[label], label))
+
+    def label_counts(self) -> dict[str, int]:
+        if self.target_col is None:
+            return {}
+        counts: dict[str, int] = {}
+        for r in self._usable():
+            counts[r[2]] = counts.get(r[2], 0) + 1  # type: ignore[index]
+        return counts
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[TrainingData, TrainingData]:
+        raise DataError("validation_split needs the primary server", hint="Train on the primary.")
+
+    def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0) -> Iterator[list[Row]]:
+        rows = self._usable()
+        if shuffle:
+            import hashlib
+
+            rows = sorted(rows, key=lambda r: hashlib.md5(f"{r[0]}{seed}".encode()).hexdigest())
+        for start in range(0, len(rows), batch_size):
+            yield [Row(rn, x, y) for rn, x, y, _ in rows[start:start + batch_size]]
+
+
+def _read_rows(query: str, inp: str, tgt: str | None) -> tuple[list[MemoryRow], str | None]:
+    """(rows (rn, input, label as text, label's rank), the label's SQL type) of ``query``,
+    read once through a cursor, refused past MEMORY_ROWS_BYTES."""
+    y = f"q.{plpy.quote_ident(tgt)}" if tgt is not None else "NULL::text"
+    base = (f"SELECT pg_catalog.row_number() OVER () AS rn, q.{plpy.quote_ident(inp)} AS x, {y} AS y"
+            f" FROM ({query}) AS q")
+
+    def run(rank: str) -> Any:
+        return plpy.cursor(f"SELECT r.rn, r.x, r.y::text AS y, {rank} AS k,"
+                           f" pg_catalog.pg_typeof(r.y)::text AS t FROM ({base}) AS r ORDER BY r.rn")
+
+    with as_caller():  # the whole read: functions in the query resolve names as the caller's
+        return _read_cursor(run, tgt)
+
+
+def _read_cursor(run: Callable[[str], Any], tgt: str | None) -> tuple[list[MemoryRow], str | None]:
+    try:
+        cursor = run("pg_catalog.dense_rank() OVER (ORDER BY r.y)")
+        first = cursor.fetch(100)
+    except plpy.SPIError as e:
+        if e.sqlstate == "42703" or tgt is None:
+            raise
+        cursor = run("0")  # a label type without an ordering (json, point): text order
+        first = cursor.fetch(100)
+    rows: list[MemoryRow] = []
+    label_type = None
+    size = 0
+    batch = first
+    while batch:
+        for r in batch:
+            size += len(r["x"]) if isinstance(r["x"], (bytes, str)) else 16
+            if size > MEMORY_ROWS_BYTES:
+                cursor.close()
+                raise LimitExceeded(
+                    f"EVALUATE on a standby holds its rows in memory: the query's inputs pass"
+                    f" {MEMORY_ROWS_BYTES >> 20} MB",
+                    hint="Evaluate fewer rows (a WHERE clause), or run EVALUATE on the primary server.")
+            rows.append((r["rn"], r["x"], r["y"], r["k"]))
+            label_type = label_type or (r["t"] if tgt is not None else None)
+        check_interrupts()
+        batch = cursor.fetch(100)
+    return rows, label_type
+
+
 def weights_dirs(data_dir: str) -> list[str]:
     """Local places for pretrained weights, searched in order: $THANOSQL_WEIGHTS_DIR
     (the server's environment; several joined with ':'), the thanosql.weights_dir
@@ -332,9 +458,9 @@ def check_interrupts() -> None:
     plpy.execute(_plan("cfi", "SELECT pg_catalog.pg_sleep(0)"))
 
 
-def _materialize(table: str, query: str, input_col: str, target_col: str | None,
-                 options: tuple[str, str | None]) -> int:
-    def create(inp: str, tgt: str | None) -> int:
+def _create_table(table: str) -> Callable[[str, str, str | None], int]:
+    """``_materialize``'s way of keeping the rows: a temporary table."""
+    def create(query: str, inp: str, tgt: str | None) -> int:
         y = f"q.{plpy.quote_ident(tgt)}" if tgt is not None else "NULL::text"
         with as_caller():
             res = plpy.execute(
@@ -343,8 +469,15 @@ def _materialize(table: str, query: str, input_col: str, target_col: str | None,
             )
         return int(res.nrows())
 
+    return create
+
+
+def _materialize(query: str, input_col: str, target_col: str | None, options: tuple[str, str | None],
+                 keep: Callable[[str, str, str | None], int]) -> int:
+    """``keep(query, input, label)`` the rows; returns how many. A column the query lacks
+    that differs only in case is found and used."""
     try:
-        return create(input_col, target_col)
+        return keep(query, input_col, target_col)
     except plpy.SPIError as e:
         if e.sqlstate != "42703":
             raise
@@ -360,4 +493,4 @@ def _materialize(table: str, query: str, input_col: str, target_col: str | None,
     tgt = resolve_column(target_col, available, option=options[1] or "") if target_col is not None else None
     if (inp, tgt) == (input_col, target_col):
         raise original
-    return create(inp, tgt)
+    return keep(query, inp, tgt)

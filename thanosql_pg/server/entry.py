@@ -389,7 +389,8 @@ def _evaluate(model: str, options: str, query: str, report: str) -> list[tuple[A
     if made != report:
         raise FeatureNotAvailable(f"{rec.algorithm} models did not make EVALUATE report '{report}'",
                                   hint=f"Their model module returned report '{made}'.")
-    catalog.record_metrics(rec, "EVALUATE", rows, metrics)
+    if not data.in_recovery():  # a standby cannot write the model's history: the primary keeps it
+        catalog.record_metrics(rec, "EVALUATE", rows, metrics)
     if out is None:
         return [(k, float(v)) for k, v in metrics.items()] + [("Rows", float(rows))]
     return out

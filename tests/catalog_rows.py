@@ -22,3 +22,11 @@ def add_model(conn: Any, name: str, payload: bytes = b"\x00weights", *, algorith
                   json.dumps(labels if labels is not None else [0, 1]), len(payload)))
     conn.execute(f"SELECT thanosql._model_put_chunk(%s, 0, %s, {ROLE})", (mid, payload))
     return int(mid)
+
+
+def drop_prefixed(conn: Any, prefix: str) -> None:
+    """A test module's clean-up: its models and tables, all named ``<prefix>...``."""
+    like = [prefix + "%"]
+    conn.execute("SELECT thanosql.delete_model(name) FROM thanosql.models WHERE name LIKE %s", like)
+    for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE %s", like).fetchall():
+        conn.execute(f"DROP TABLE IF EXISTS {t} CASCADE")

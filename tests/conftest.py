@@ -54,6 +54,30 @@ def direct(server_dsn: str) -> Iterator[psycopg.Connection]:
         yield conn
 
 
+@pytest.fixture(scope="module")
+def files(cluster: dict) -> Path:
+    """Where the server reads the tests' files (thanosql.data_dir)."""
+    return Path(cluster["files_dir"])
+
+
+@pytest.fixture(scope="module")
+def px(proxy_dsn: str) -> Iterator[psycopg.Connection]:
+    """One connection through the proxy for the module: one backend, torch loaded once."""
+    with psycopg.connect(proxy_dsn, autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def conn(server_dsn: str, request: pytest.FixtureRequest) -> Iterator[psycopg.Connection]:
+    """Straight to the server, for the module: set-up, catalog checks, and at the end the
+    clean-up of what the module named with its ``PREFIX``."""
+    from catalog_rows import drop_prefixed
+
+    with psycopg.connect(server_dsn, autocommit=True) as c:
+        yield c
+        drop_prefixed(c, request.module.PREFIX)
+
+
 @pytest.fixture
 def unique_name() -> str:
     return "t_" + uuid.uuid4().hex[:10]

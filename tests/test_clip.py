@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 import psycopg
 import pytest
 from catalog_rows import add_model
+from expect import fails
 
 from thanosql_pg import datasets
 
@@ -35,29 +36,6 @@ Conn = psycopg.Connection
 
 def name(suffix: str) -> str:
     return f"{PREFIX}_{suffix}"
-
-
-@pytest.fixture(scope="module")
-def files(cluster: dict) -> Path:
-    return Path(cluster["files_dir"])
-
-
-@pytest.fixture(scope="module")
-def px(proxy_dsn: str) -> Iterator[Conn]:
-    """One connection through the proxy for the module: one backend, the model loaded once."""
-    with psycopg.connect(proxy_dsn, autocommit=True) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def conn(server_dsn: str) -> Iterator[Conn]:
-    """Straight to the server: set-up, catalog checks, clean-up."""
-    with psycopg.connect(server_dsn, autocommit=True) as c:
-        yield c
-        like = [PREFIX + "%"]
-        c.execute("SELECT thanosql.delete_model(name) FROM thanosql.models WHERE name LIKE %s", like)
-        for (t,) in c.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE %s", like).fetchall():
-            c.execute(f"DROP TABLE IF EXISTS {t} CASCADE")
 
 
 def add_captions(conn: Conn, table: str, rows: list[dict[str, Any]]) -> None:
@@ -96,16 +74,6 @@ def model(px: Conn, data: dict[str, Any]) -> dict[str, Any]:
     assert converted == [(data["test"], 360)]
     return {"model": m, "built": built, "build_s": build_s, "notices": notices}
 
-
-def fails(fn: Callable[[], Any], sqlstate: str, *words: str) -> psycopg.Error:
-    with pytest.raises(psycopg.Error) as ei:
-        fn()
-    err = ei.value
-    assert err.sqlstate == sqlstate, (err.sqlstate, str(err))
-    text = f"{err} {err.diag.message_hint or ''}"
-    for w in words:
-        assert w in text, text
-    return err
 
 
 def search(db: Conn, model: str, table: str, value: str | bytes, *, by: str = "text", param: bool = False,

@@ -24,6 +24,7 @@ import numpy as np
 import psycopg
 import pytest
 import speech  # tests/speech.py
+from catalog_rows import drop_prefixed
 
 import thanosql_pg
 from thanosql_pg.algorithms import registry
@@ -128,15 +129,7 @@ def conn(server_dsn: str) -> Iterator[Conn]:
     rewrites ThanoSQL in the client with this checkout's preprocessor, as the proxy does."""
     with thanosql_pg.connect(server_dsn, autocommit=True) as c:
         yield c
-        like = [PREFIX + "%"]
-        c.execute("SELECT thanosql.delete_model(name) FROM thanosql.models WHERE name LIKE %s", like)
-        for (t,) in c.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE %s", like).fetchall():
-            c.execute(f"DROP TABLE {t}")
-
-
-@pytest.fixture(scope="module")
-def files(cluster: dict) -> Path:
-    return Path(cluster["files_dir"])
+        drop_prefixed(c, PREFIX)
 
 
 def test_sql_functions_have_the_registry_s_columns(conn: Conn) -> None:

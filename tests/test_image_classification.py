@@ -36,20 +36,6 @@ SMALL = {"image_col": "path", "label_col": "label", "epochs": 1, "input_size": 3
 
 # --- fixtures and helpers ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def conn(server_dsn: str) -> Iterator[Conn]:
-    """One backend for the module: torch and timm are imported once."""
-    with psycopg.connect(server_dsn, autocommit=True) as c:
-        yield c
-        c.execute("SELECT thanosql.delete_model(name) FROM thanosql.models WHERE name LIKE %s",
-                  [PREFIX + "%"])
-
-
-@pytest.fixture(scope="module")
-def files(cluster: dict) -> Path:
-    return Path(cluster["files_dir"])
-
-
-@pytest.fixture(scope="module")
 def data(conn: Conn, files: Path) -> dict[str, str]:
     """Tables: full train/test splits, and small balanced ones."""
     train, test = digits.tables(conn, files, f"{PREFIX}_d")

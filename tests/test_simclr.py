@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import psycopg
 import pytest
 from catalog_rows import add_model
+from expect import fails
 
 PREFIX = "sc_" + uuid.uuid4().hex[:6]
 # Chosen on two busy CPU cores: about a minute to build, precision@10 ~0.4
@@ -41,44 +41,11 @@ def name(suffix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def files(cluster: dict) -> Path:
-    return Path(cluster["files_dir"])
-
-
-@pytest.fixture(scope="module")
-def px(proxy_dsn: str) -> Iterator[Conn]:
-    """One connection through the proxy for the module: one backend, torch loaded once."""
-    with psycopg.connect(proxy_dsn, autocommit=True) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def conn(server_dsn: str) -> Iterator[Conn]:
-    """Straight to the server: set-up, catalog checks, clean-up."""
-    with psycopg.connect(server_dsn, autocommit=True) as c:
-        yield c
-        like = [PREFIX + "%"]
-        c.execute("SELECT thanosql.delete_model(name) FROM thanosql.models WHERE name LIKE %s", like)
-        for (t,) in c.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE %s", like).fetchall():
-            c.execute(f"DROP TABLE IF EXISTS {t} CASCADE")
-
-
-@pytest.fixture(scope="module")
 def data(conn: Conn, files: Path) -> dict[str, Any]:
     train, test = digits.tables(conn, files, name("d"))
     queries = digits.per_class(digits.split(digits.digits(files))[1], 8)  # 80 held-out digits
     return {"train": train, "test": test, "queries": queries}
 
-
-def fails(fn: Callable[[], Any], sqlstate: str, *words: str) -> psycopg.Error:
-    with pytest.raises(psycopg.Error) as ei:
-        fn()
-    err = ei.value
-    assert err.sqlstate == sqlstate, (err.sqlstate, str(err))
-    text = f"{err} {err.diag.message_hint or ''}"
-    for w in words:
-        assert w in text, text
-    return err
 
 
 def search(db: Conn, model: str, table: str, value: str | bytes, *, emb: str = "emb", top_k: int | None = 10,

@@ -33,6 +33,7 @@ import psycopg
 import pytest
 import soundfile as sf
 import speech  # tests/speech.py
+from catalog_rows import drop_prefixed
 
 PREFIX = "sr_" + uuid.uuid4().hex[:6]
 # The cheapest reliable overfit found (2 busy CPU cores): 8 words, one batch of 8, lr 3e-3 with
@@ -49,15 +50,7 @@ def conn(proxy_dsn: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(proxy_dsn, autocommit=True) as c:
         c.add_notice_handler(lambda d: NOTICES.append(d.message_primary or ""))
         yield c
-        like = [PREFIX + "%"]
-        c.execute("SELECT thanosql.delete_model(name) FROM thanosql.models WHERE name LIKE %s", like)
-        for (t,) in c.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE %s", like).fetchall():
-            c.execute(f"DROP TABLE {t}")
-
-
-@pytest.fixture(scope="module")
-def files(cluster: dict) -> Path:
-    return Path(cluster["files_dir"])
+        drop_prefixed(c, PREFIX)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,8 @@ import digits
 import psycopg
 import pytest
 import speech
+from catalog_rows import drop_prefixed
+from expect import fails
 
 Conn = psycopg.Connection
 PREFIX = "tr_" + uuid.uuid4().hex[:6]
@@ -44,15 +46,7 @@ def conn(server_dsn: str) -> Iterator[Conn]:
         c.notices = notices  # type: ignore[attr-defined]
         c.execute("SET thanosql.progress_interval = 1000")
         yield c
-        like = [PREFIX + "%"]
-        c.execute("SELECT thanosql.delete_model(name) FROM thanosql.models WHERE name LIKE %s", like)
-        for (t,) in c.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE %s", like).fetchall():
-            c.execute(f"DROP TABLE {t}")
-
-
-@pytest.fixture(scope="module")
-def files(cluster: dict) -> Path:
-    return Path(cluster["files_dir"])
+        drop_prefixed(c, PREFIX)
 
 
 @pytest.fixture(scope="module")
@@ -100,16 +94,6 @@ def history(conn: Conn, model: str) -> list[dict[str, Any]]:
 def model_exists(conn: Conn, model: str) -> bool:
     return bool(conn.execute("SELECT count(*) FROM thanosql.models WHERE name = %s", [model]).fetchone()[0])
 
-
-def fails(fn: Any, sqlstate: str, *words: str) -> psycopg.Error:
-    with pytest.raises(psycopg.Error) as ei:
-        fn()
-    err = ei.value
-    assert err.sqlstate == sqlstate, (err.sqlstate, str(err))
-    text = f"{err} {err.diag.message_hint or ''}"
-    for w in words:
-        assert w in text, text
-    return err
 
 
 # --- early stopping on digits ------------------------------------------------------------------

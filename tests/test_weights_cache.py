@@ -23,14 +23,6 @@ SMALL = {"image_col": "path", "label_col": "label", "epochs": 1, "input_size": 3
 
 
 @pytest.fixture(scope="module")
-def conn(server_dsn: str) -> Iterator[Conn]:
-    with psycopg.connect(server_dsn, autocommit=True) as c:
-        yield c
-        c.execute("SELECT thanosql.delete_model(name) FROM thanosql.models WHERE name LIKE %s",
-                  [PREFIX + "%"])
-
-
-@pytest.fixture(scope="module")
 def model(conn: Conn, cluster: dict) -> Iterator[dict]:
     files = Path(cluster["files_dir"])
     train, test = digits.tables(conn, files, f"{PREFIX}_d", train_per_class=4, test_per_class=2)

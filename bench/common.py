@@ -231,6 +231,22 @@ def backend_memory(pid: int) -> dict[str, int]:
             **proc_status(pid, PSS_KEYS, "smaps_rollup")}
 
 
+def server_pss(data_dir: str | Path) -> int:
+    """The whole server's memory (KiB): the PSS of the postmaster and every process it
+    started (backends, background workers), so each page counts once however many of
+    them share it. A sum over the backends alone undercounts a lone backend: the pages
+    it shares with the postmaster are split with the idle background processes too."""
+    postmaster = int((Path(data_dir) / "postmaster.pid").read_text().split()[0])
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    total = 0
+    for pid in [postmaster, *map(int, children)]:
+        try:
+            total += proc_status(pid, ("Pss",), "smaps_rollup")["Pss"]
+        except (OSError, KeyError):
+            pass  # a process that ended meanwhile
+    return total
+
+
 class Sampler(threading.Thread):
     """Polls /proc/<pid>/status of some processes and keeps the peak of each key
     per process: the end-of-run value misses what a statement held while it ran."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,19 @@ def readable(path: Path) -> None:
     if path.is_dir():
         for p in path.rglob("*"):
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
+
+
+@contextmanager
+def scratch_dir(files: Path, prefix: str) -> Iterator[Path]:
+    """A test module's scratch folder (checkpoints, converted audio) under the server's
+    data directory, readable by the server, removed afterwards."""
+    d = files / "speech" / prefix
+    d.mkdir(parents=True)
+    readable(d.parent)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def write_checkpoint(folder: Path, *, tokens: list[str] | None = EN_TOKENS, seed: int = 0) -> str:

@@ -55,12 +55,8 @@ def conn(proxy_dsn: str) -> Iterator[psycopg.Connection]:
 
 @pytest.fixture(scope="module")
 def sdir(files: Path) -> Iterator[Path]:
-    """This module's scratch folder (checkpoints, converted audio), readable by the server."""
-    d = files / "speech" / PREFIX
-    d.mkdir(parents=True)
-    speech.readable(d.parent)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    with speech.scratch_dir(files, PREFIX) as d:
+        yield d
 
 
 def name(suffix: str) -> str:

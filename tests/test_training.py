@@ -267,14 +267,8 @@ def test_progress_view_after_a_cancel(server_dsn: str, conn: Conn, data: dict[st
 # --- the other families ------------------------------------------------------------------------------
 @pytest.fixture
 def sdir(files: Path) -> Iterator[Path]:
-    """A scratch folder for checkpoints, readable by the server."""
-    import shutil
-
-    d = files / "speech" / PREFIX
-    d.mkdir(parents=True)
-    speech.readable(d.parent)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    with speech.scratch_dir(files, PREFIX) as d:
+        yield d
 
 
 def test_speech_validation_split(conn: Conn, files: Path, sdir: Path) -> None:

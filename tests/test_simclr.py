@@ -168,14 +168,19 @@ def test_top_k_and_result_col(models: dict[str, Any], px: Conn, data: dict[str, 
                       f" emb_col='emb', result_col='score') AS SELECT id, emb FROM {t}")
     assert [c.name for c in rows.description] == ["id", "emb", "score"]
     assert len(rows.fetchall()) == 1000
-    # nested: a SEARCH is a subquery like any other
+    # nested: a SEARCH is a subquery like any other. The label filtered on is the best match's, so
+    # that the answer cannot be empty however (little) the model learned; it must be exactly the
+    # rows of that label among the plain top 50.
+    top = search(px, model, t, q, top_k=50, query=f"SELECT id, label, emb FROM {t}")
+    label = top[0][1]
     nested = px.execute(f"""
         SELECT s.id, s.search_result FROM (
             SEARCH IMAGE USING {model}
             OPTIONS (search_by='image', search_input='{q}', emb_col='emb', top_k=50)
             AS SELECT id, label, emb FROM {t}) AS s
-        WHERE s.label = 3 ORDER BY s.search_result DESC""").fetchall()
+        WHERE s.label = %s ORDER BY s.search_result DESC""", [label]).fetchall()
     assert 0 < len(nested) <= 50
+    assert sorted(r[0] for r in nested) == sorted(r[0] for r in top if r[1] == label)
 
 
 def test_search_plan_uses_hnsw_and_embeds_once(models: dict[str, Any], conn: Conn,

@@ -66,7 +66,7 @@ lint: $(DATA_built)
 	done
 
 pytest:
-	.venv/bin/python -m pytest -q tests
+	.venv/bin/python -m pytest -q --durations=30 tests
 
 regress:
 	@mkdir -p build/regress

@@ -1,7 +1,7 @@
 import re
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 # The release number lives in thanosql_pg/__init__.py (see scripts/build_sql.py).
 VERSION = re.search(r'^__version__ = "([^"]+)"$', (Path(__file__).parent / "thanosql_pg" / "__init__.py").read_text(),
@@ -13,6 +13,9 @@ setup(
     description="The ThanoSQL machine-learning dialect of SQL as a PostgreSQL extension",
     packages=find_packages(include=["thanosql_pg", "thanosql_pg.*"]),
     python_requires=">=3.11",
+    # The proxy's relay loops in C (thanosql_pg/proxy/_relay.c). Optional: without a compiler
+    # the install goes on and the proxy relays in Python (slower at one client, same behaviour).
+    ext_modules=[Extension("thanosql_pg.proxy._relay", ["thanosql_pg/proxy/_relay.c"], optional=True)],
     entry_points={
         "console_scripts": [
             "thanosql=thanosql_pg.cli:main",

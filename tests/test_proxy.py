@@ -109,8 +109,22 @@ def loop_pdsn(sdsn: str, upstream: tuple[str, int]) -> Iterator[str]:
     p.stop()
 
 
+@pytest.fixture(scope="session")
+def python_threads_pdsn(sdsn: str, upstream: tuple[str, int]) -> Iterator[str]:
+    """An in-process proxy relaying on threads in Python (`--relay python-threads`)."""
+    p = _start_proxy(upstream, relay="python-threads")
+    yield _dsn_via(sdsn, p)
+    p.stop()
+
+
 @pytest.fixture(
-    params=[("uvloop", "threads"), ("uvloop", "loop"), ("asyncio", "threads"), ("asyncio", "loop")],
+    params=[
+        ("uvloop", "threads"),
+        ("uvloop", "python-threads"),
+        ("uvloop", "loop"),
+        ("asyncio", "threads"),
+        ("asyncio", "loop"),
+    ],
     ids="-".join,
 )
 def any_loop_dsn(request: pytest.FixtureRequest, sdsn: str, upstream: tuple[str, int]) -> Iterator[str]:
@@ -768,12 +782,13 @@ def _outcome(conn: psycopg.Connection, sql: str, simple: bool) -> tuple:
     return ("ok", desc, cur.fetchall())
 
 
-@pytest.mark.parametrize("relay", ["threads", "loop"])
+@pytest.mark.parametrize("relay", ["threads", "python-threads", "loop"])
 @pytest.mark.parametrize("simple", [True, False], ids=["simple", "extended"])
 def test_results_identical_to_direct(
     request: pytest.FixtureRequest, sdsn: str, simple: bool, relay: str
 ) -> None:
-    pdsn = request.getfixturevalue("pdsn" if relay == "threads" else "loop_pdsn")
+    fixture = {"threads": "pdsn", "python-threads": "python_threads_pdsn", "loop": "loop_pdsn"}[relay]
+    pdsn = request.getfixturevalue(fixture)
     with connect(sdsn) as direct, connect(pdsn) as proxied:
         for sql in EQUIVALENCE_QUERIES:
             assert _outcome(proxied, sql, simple) == _outcome(direct, sql, simple), sql
@@ -921,6 +936,7 @@ def test_relay_and_workers_settings() -> None:
 
     assert _parse_args([]).relay == "threads" and _parse_args([]).workers == 1
     assert _parse_args(["--relay", "loop", "--workers", "3"]).relay == "loop"
+    assert _parse_args(["--relay", "python-threads"]).relay == "python-threads"
     for bad in (["--relay", "fast"], ["--workers", "0"]):
         with pytest.raises(SystemExit):
             _parse_args(bad)

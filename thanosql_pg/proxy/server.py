@@ -37,7 +37,7 @@ from thanosql_pg.proxy.session import ClientSession, set_nodelay
 log = logging.getLogger("thanosql_pg.proxy")
 
 MAX_REWRITE_BYTES_ENV = "THANOSQL_PROXY_MAX_REWRITE_BYTES"
-RELAY_MODES = ("threads", "loop")
+RELAY_MODES = ("threads", "python-threads", "loop")
 _CANCEL_TIMEOUT = 10.0
 
 
@@ -52,6 +52,8 @@ class ProxyConfig:
     max_rewrite_bytes: int = DEFAULT_MAX_REWRITE_BYTES
     # How a session is relayed once its startup packet is in (session.py's docstring):
     # "threads", two threads with blocking sockets per session (fastest per round trip),
+    # relaying in C once the client is authenticated (session.py, _relay.c); "python-threads",
+    # the same in Python (what "threads" falls back to when the C module was not built);
     # or "loop", the event loop (least CPU per message with many busy sessions).
     relay: str = "threads"
     # Listen with SO_REUSEPORT: set for the processes of `--workers N`, which share a port.
@@ -325,8 +327,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--relay",
         choices=RELAY_MODES,
         default="threads",
-        help="relay each session on two threads with blocking sockets (default: the fastest "
-        "round trips) or on the event loop (less CPU per message with many busy sessions)",
+        help="relay each session on two threads with blocking sockets, in C (default: the "
+        "fastest round trips) or in Python, or on the event loop (less CPU per message with "
+        "many busy sessions)",
     )
     parser.add_argument(
         "--workers",

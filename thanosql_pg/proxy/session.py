@@ -6,11 +6,14 @@ of two ways (ProxyConfig.relay, `--relay`):
 
 * "threads", the default: both connections are handed over to two threads with blocking
   sockets, one per direction. A blocking recv() wakes its thread straight from the kernel
-  with the data: no epoll_wait and no event-loop iteration per message, which is most of
-  what a round trip through a Python relay costs (pgbench -S at 1 client: about 1.5x the
-  loop's TPS, and more than pgbouncer's; bench/proxy_overhead.py). Backpressure: a write
-  returns once the kernel has taken every byte, so a slow reader holds up the thread that
-  feeds it, which then reads nothing more from the other side.
+  with the data: no epoll_wait and no event-loop iteration per message. Once the client is
+  authenticated, both threads relay in C without the GIL (_relay.c: the same framing as
+  below, message for message), calling back into Python only for a Query/Parse to rewrite
+  and for the server's Authentication/ParameterStatus messages: a message that needs no
+  Python costs a recv and a send (bench/proxy_overhead.py). "python-threads" relays the
+  same way in Python, which is also what "threads" does when the C module was not built.
+  Backpressure: a write returns once the kernel has taken every byte, so a slow reader
+  holds up the thread that feeds it, which then reads nothing more from the other side.
 * "loop": bytes are forwarded straight from `data_received` with `transport.write`, which
   sends at once when the socket can take it: no task switch and no await per message.
   Backpressure is the transport's own flow control: when one side's write buffer passes
@@ -54,6 +57,11 @@ from thanosql_pg.proxy.protocol import (
     ProtocolViolation,
     Rewriter,
 )
+
+try:  # the relay loops in C (_relay.c), built by the package's install; optional
+    from thanosql_pg.proxy import _relay as native_relay
+except ImportError:  # no compiler at install time: the same relay in Python
+    native_relay = None
 
 if TYPE_CHECKING:
     from thanosql_pg.proxy.server import ProxyServer
@@ -130,14 +138,20 @@ class SocketTransport:
             self.sock.close()
 
 
-def pump(sock: socket.socket, handle: Callable[[memoryview], None]) -> None:
-    """Read `sock` until its peer closes, handing each read to `handle` as a view of one
-    reused buffer: no allocation per read, and handlers copy whatever they keep."""
+def pump(
+    sock: socket.socket, handle: Callable[[memoryview], None], until: Callable[[], bool] | None = None
+) -> bool:
+    """Read `sock` until its peer closes (returns True), or until `until()` holds after a
+    read (returns False), handing each read to `handle` as a view of one reused buffer: no
+    allocation per read, and handlers copy whatever they keep."""
     buf = bytearray(_READ_SIZE)
     view = memoryview(buf)
     recv_into = sock.recv_into
     while n := recv_into(buf):
         handle(view[:n])
+        if until is not None and until():
+            return False
+    return True
 
 
 class UpstreamSide(asyncio.Protocol):
@@ -376,6 +390,13 @@ class ClientSession(asyncio.Protocol):
             else:
                 self.need = 1 + _unpack_header(data, pos + 1)[0]
 
+    def rewrite_body(self, type_byte: int, body: bytes) -> bytes | None:
+        """What the C relay calls for each whole Query/Parse: the replacement or None."""
+        rewriter = self.active_rewriter
+        if rewriter is None:
+            return None
+        return self.rewrite(rewriter, type_byte, body, 0, len(body))
+
     def rewrite(self, rewriter: Rewriter, type_byte: int, data: bytes, start: int, end: int) -> bytes | None:
         assert self.encoding is not None  # active_rewriter is None otherwise
         try:
@@ -484,7 +505,7 @@ class ClientSession(asyncio.Protocol):
         self.server.spawn(self.connect_upstream(packet))
 
     async def connect_upstream(self, packet: bytes) -> None:
-        threads = self.server.config.relay == "threads"
+        threads = self.server.config.relay != "loop"
         factory = asyncio.Protocol if threads else (lambda: UpstreamSide(self))
         try:
             transport = await asyncio.wait_for(self.server.open_upstream(factory), _CONNECT_TIMEOUT)
@@ -570,6 +591,14 @@ class ClientSession(asyncio.Protocol):
                 log.error("client %s: cannot start a relay thread: %s; closing its session", self.peer, exc)
                 self.thread_done(client, server)
 
+    def native(self) -> bool:
+        return native_relay is not None and self.server.config.relay == "threads"
+
+    def at_native_boundary(self) -> bool:
+        """The client's stream may go over to the C relay: authenticated, and between
+        messages (nothing pending, no message body still to come)."""
+        return self.authenticated and not self.pending and not self.skip
+
     def client_thread(
         self, client: SocketTransport, server: SocketTransport, packet: bytes, leftover: bytes
     ) -> None:
@@ -577,7 +606,23 @@ class ClientSession(asyncio.Protocol):
             server.write(packet)
             if leftover:
                 self.from_client(leftover)
-            pump(client.sock, self.from_client)
+            if not self.native():
+                pump(client.sock, self.from_client)
+            # The startup and authentication in Python (they are framed with the pre-auth
+            # limits), then the rest of the session in C.
+            elif self.at_native_boundary() or not pump(
+                client.sock, self.from_client, until=self.at_native_boundary
+            ):
+                assert native_relay is not None
+                violation = native_relay.relay_client(
+                    client.sock.fileno(),
+                    server.sock.fileno(),
+                    self.max_message_length,
+                    self.max_rewrite_bytes,
+                    self.rewrite_body,
+                )
+                if violation is not None:
+                    raise ProtocolViolation(violation)
         except ProtocolViolation as exc:
             log.warning("client %s: protocol violation: %s; closing its session", self.peer, exc)
         except OSError:
@@ -589,7 +634,11 @@ class ClientSession(asyncio.Protocol):
 
     def server_thread(self, client: SocketTransport, server: SocketTransport, side: UpstreamSide) -> None:
         try:
-            pump(server.sock, side.data_received)
+            if self.native():
+                assert native_relay is not None
+                native_relay.relay_server(server.sock.fileno(), client.sock.fileno(), self.server_message)
+            else:
+                pump(server.sock, side.data_received)
         except OSError:
             pass
         except Exception:

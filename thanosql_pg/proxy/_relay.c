@@ -1,0 +1,439 @@
+/*
+ * The proxy's relay loops in C: the two directions of one authenticated session, each run
+ * by its own thread with blocking sockets, without the GIL.
+ *
+ * Why C: at one client, a round trip through the proxy is two relayed messages, and in
+ * Python each costs a recv_into, a framing loop and a sendall under the GIL: about
+ * 15 us more per transaction than pgbouncer (bench/proxy_overhead.py). Here a message
+ * that needs no Python costs a recv and a send, nothing else; Python is called (with the
+ * GIL) only for what the session must look at:
+ *
+ *   relay_server: the server's stream, framed by its 5-byte headers. Authentication ('R')
+ *     and ParameterStatus ('S') messages of at most 64 KiB are handed whole to
+ *     on_message(type, body) *before* the bytes are forwarded, so the session knows what
+ *     they say before the client can answer them. Everything is forwarded as it arrived.
+ *   relay_client: the client's stream after authentication. Query ('Q') and Parse ('P')
+ *     messages of at most max_rewrite bytes are gathered whole and handed to
+ *     rewrite(type, body), which returns the whole replacement message or None (forward
+ *     the original). Other messages stream through as they arrive: a COPY is never
+ *     buffered whole.
+ *
+ * This is session.py's from_client / UpstreamSide.data_received, message for message; the
+ * Python ones stay for the event-loop relay, for `--relay python-threads`, and for a
+ * client's startup and authentication. Both functions return None when the peer closes
+ * (or the other thread shuts the socket down), raise OSError on a socket error, and
+ * re-raise what a callback raised; relay_client returns a str describing a protocol
+ * violation (a length out of bounds), for the caller to raise as ProtocolViolation.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#define READ_SIZE (1 << 16)     /* what one recv takes at most (session.py's _READ_SIZE) */
+#define MAX_INSPECTED (1 << 16) /* 'R'/'S' messages longer than this are only framed */
+
+static uint32_t
+be32(const unsigned char *p)
+{
+    return ((uint32_t) p[0] << 24) | ((uint32_t) p[1] << 16) | ((uint32_t) p[2] << 8) | (uint32_t) p[3];
+}
+
+/* Both run without the GIL. */
+static ssize_t
+recv_some(int fd, unsigned char *buf, size_t size)
+{
+    ssize_t n;
+
+    do
+        n = recv(fd, buf, size, 0);
+    while (n < 0 && errno == EINTR);
+    return n;
+}
+
+static int
+send_all(int fd, const unsigned char *p, size_t len)
+{
+    while (len > 0)
+    {
+        /* MSG_NOSIGNAL: a peer gone is EPIPE here, never a SIGPIPE for the process */
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+
+        if (n < 0)
+        {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += n;
+        len -= (size_t) n;
+    }
+    return 0;
+}
+
+/*
+ * on_message(type, body) with the GIL taken for the call. Returns 0, or -1 with the
+ * exception set and the GIL held (the caller then leaves).
+ */
+static int
+call_message(PyThreadState **ts, PyObject *callback, int type, const unsigned char *body, size_t len)
+{
+    PyObject   *result;
+
+    PyEval_RestoreThread(*ts);
+    result = PyObject_CallFunction(callback, "iy#", type, (const char *) body, (Py_ssize_t) len);
+    if (result == NULL)
+        return -1;
+    Py_DECREF(result);
+    *ts = PyEval_SaveThread();
+    return 0;
+}
+
+static PyObject *
+relay_server(PyObject *module, PyObject *args)
+{
+    int         server_fd, client_fd;
+    PyObject   *on_message;
+    unsigned char *buf, *inspected;
+    unsigned char header[5];
+    size_t      header_len = 0;
+    uint64_t    skip = 0;       /* body bytes of the current message still to come */
+    size_t      need = 0, have = 0; /* an inspected message's body: its length, and what is in */
+    int         inspecting = 0;
+    int         type = 0;
+    int         error = 0;      /* errno of a failed recv/send */
+    PyThreadState *ts;
+
+    if (!PyArg_ParseTuple(args, "iiO:relay_server", &server_fd, &client_fd, &on_message))
+        return NULL;
+    buf = PyMem_RawMalloc(READ_SIZE);
+    inspected = PyMem_RawMalloc(MAX_INSPECTED);
+    if (buf == NULL || inspected == NULL)
+    {
+        PyMem_RawFree(buf);
+        PyMem_RawFree(inspected);
+        return PyErr_NoMemory();
+    }
+    ts = PyEval_SaveThread();
+    for (;;)
+    {
+        ssize_t     got = recv_some(server_fd, buf, READ_SIZE);
+        size_t      n, pos = 0;
+
+        if (got == 0)
+            break;
+        if (got < 0)
+        {
+            error = errno;
+            break;
+        }
+        n = (size_t) got;
+        while (pos < n)
+        {
+            size_t      take;
+
+            if (skip)
+            {
+                take = skip < n - pos ? (size_t) skip : n - pos;
+                skip -= take;
+                pos += take;
+                continue;
+            }
+            if (inspecting)
+            {
+                take = need - have < n - pos ? need - have : n - pos;
+                memcpy(inspected + have, buf + pos, take);
+                have += take;
+                pos += take;
+                if (have == need)
+                {
+                    inspecting = 0;
+                    if (call_message(&ts, on_message, type, inspected, have) < 0)
+                        goto failed;
+                }
+                continue;
+            }
+            take = 5 - header_len < n - pos ? 5 - header_len : n - pos;
+            memcpy(header + header_len, buf + pos, take);
+            header_len += take;
+            pos += take;
+            if (header_len < 5)
+                break;          /* the rest of the header comes with the next read */
+            header_len = 0;
+            {
+                uint32_t    length = be32(header + 1);
+                uint64_t    body = length >= 4 ? (uint64_t) length - 4 : 0;
+
+                if ((header[0] == 'S' || header[0] == 'R') && (uint64_t) length + 1 <= MAX_INSPECTED)
+                {
+                    type = header[0];
+                    need = (size_t) body;
+                    have = 0;
+                    if (need == 0)
+                    {
+                        if (call_message(&ts, on_message, type, inspected, 0) < 0)
+                            goto failed;
+                    }
+                    else
+                        inspecting = 1;
+                }
+                else
+                    skip = body;
+            }
+        }
+        if (send_all(client_fd, buf, n) < 0)
+        {
+            error = errno;
+            break;
+        }
+    }
+    PyEval_RestoreThread(ts);
+    PyMem_RawFree(buf);
+    PyMem_RawFree(inspected);
+    if (error)
+    {
+        errno = error;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+
+failed:                         /* the GIL is held, the exception set */
+    PyMem_RawFree(buf);
+    PyMem_RawFree(inspected);
+    return NULL;
+}
+
+/*
+ * rewrite(type, body) with the GIL taken: 0 with the replacement in out, out_len (malloc'd,
+ * NULL when the original is to be forwarded), or -1 with the exception set and the GIL held.
+ */
+static int
+call_rewrite(PyThreadState **ts, PyObject *rewrite, int type, const unsigned char *body, size_t len,
+             unsigned char **out, size_t *out_len)
+{
+    PyObject   *result;
+
+    *out = NULL;
+    *out_len = 0;
+    PyEval_RestoreThread(*ts);
+    result = PyObject_CallFunction(rewrite, "iy#", type, (const char *) body, (Py_ssize_t) len);
+    if (result == NULL)
+        return -1;
+    if (result != Py_None)
+    {
+        char       *data;
+        Py_ssize_t  size;
+
+        if (PyBytes_AsStringAndSize(result, &data, &size) < 0)
+        {
+            Py_DECREF(result);
+            return -1;
+        }
+        /* a copy, so that the send below needs no GIL to keep the object alive */
+        *out = PyMem_RawMalloc(size > 0 ? (size_t) size : 1);
+        if (*out == NULL)
+        {
+            Py_DECREF(result);
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(*out, data, (size_t) size);
+        *out_len = (size_t) size;
+    }
+    Py_DECREF(result);
+    *ts = PyEval_SaveThread();
+    return 0;
+}
+
+static PyObject *
+relay_client(PyObject *module, PyObject *args)
+{
+    int         client_fd, server_fd;
+    unsigned long long max_length, max_rewrite;
+    PyObject   *rewrite;
+    unsigned char *buf;
+    unsigned char *message = NULL;  /* a Query/Parse gathered across reads */
+    size_t      message_need = 0, message_have = 0;
+    size_t      carry = 0;      /* a partial header (< 5 bytes) kept at the front of buf */
+    uint64_t    skip = 0;       /* body bytes of the current pass-through message still to come */
+    int         error = 0;
+    char        violation[96] = "";
+    PyThreadState *ts;
+
+    if (!PyArg_ParseTuple(args, "iiKKO:relay_client", &client_fd, &server_fd, &max_length, &max_rewrite,
+                          &rewrite))
+        return NULL;
+    buf = PyMem_RawMalloc(READ_SIZE);
+    if (buf == NULL)
+        return PyErr_NoMemory();
+    ts = PyEval_SaveThread();
+    for (;;)
+    {
+        ssize_t     got = recv_some(client_fd, buf + carry, READ_SIZE - carry);
+        size_t      n, pos = 0, out = 0; /* buf[out:pos] is forwarded as it arrived */
+
+        if (got == 0)
+            break;
+        if (got < 0)
+        {
+            error = errno;
+            break;
+        }
+        n = carry + (size_t) got;
+        carry = 0;
+        if (message != NULL)
+        {
+            size_t      take = message_need - message_have < n ? message_need - message_have : n;
+
+            memcpy(message + message_have, buf, take);
+            message_have += take;
+            pos = out = take;
+            if (message_have < message_need)
+                continue;
+            {
+                unsigned char *new;
+                size_t      new_len;
+
+                if (call_rewrite(&ts, rewrite, message[0], message + 5, message_need - 5, &new, &new_len) < 0)
+                    goto failed;
+                if (send_all(server_fd, new ? new : message, new ? new_len : message_need) < 0)
+                    error = errno;
+                PyMem_RawFree(new);
+                PyMem_RawFree(message);
+                message = NULL;
+                if (error)
+                    break;
+            }
+        }
+        else if (skip)
+        {
+            size_t      take = skip < n ? (size_t) skip : n;
+
+            skip -= take;
+            pos = take;
+        }
+        while (n - pos >= 5)
+        {
+            int         type = buf[pos];
+            uint32_t    length = be32(buf + pos + 1);
+            uint64_t    end = (uint64_t) pos + 1 + length;
+
+            if (length < 4 || length > max_length)
+            {
+                snprintf(violation, sizeof(violation), "invalid message length %u (type %#04x)",
+                         (unsigned) length, (unsigned) type);
+                /* the whole messages before it go on; nothing of it or after it */
+                if (pos > out && send_all(server_fd, buf + out, pos - out) < 0)
+                    error = errno;
+                break;
+            }
+            if ((type == 'Q' || type == 'P') && length <= max_rewrite)
+            {
+                if (end > n)
+                {
+                    /* the rest comes later: forward what precedes it, gather it whole */
+                    if (pos > out && send_all(server_fd, buf + out, pos - out) < 0)
+                    {
+                        error = errno;
+                        break;
+                    }
+                    message_need = (size_t) length + 1;
+                    message = PyMem_RawMalloc(message_need);
+                    if (message == NULL)
+                    {
+                        PyEval_RestoreThread(ts);
+                        PyMem_RawFree(buf);
+                        return PyErr_NoMemory();
+                    }
+                    message_have = n - pos;
+                    memcpy(message, buf + pos, message_have);
+                    pos = out = n;
+                    break;
+                }
+                {
+                    unsigned char *new;
+                    size_t      new_len;
+
+                    if (call_rewrite(&ts, rewrite, type, buf + pos + 5, (size_t) length - 4, &new, &new_len) < 0)
+                        goto failed;
+                    if (new != NULL)
+                    {
+                        if ((pos > out && send_all(server_fd, buf + out, pos - out) < 0)
+                            || send_all(server_fd, new, new_len) < 0)
+                            error = errno;
+                        PyMem_RawFree(new);
+                        if (error)
+                            break;
+                        out = (size_t) end;
+                    }
+                }
+            }
+            else if (end > n)
+            {
+                /* a pass-through message (COPY data): forward what is here, the rest as it comes */
+                skip = end - n;
+                pos = n;
+                break;
+            }
+            pos = (size_t) end;
+        }
+        if (error || violation[0])
+            break;
+        if (pos > out && send_all(server_fd, buf + out, pos - out) < 0)
+        {
+            error = errno;
+            break;
+        }
+        if (pos < n)
+        {
+            carry = n - pos;    /* < 5: a header cut by the read */
+            memmove(buf, buf + pos, carry);
+        }
+    }
+    PyEval_RestoreThread(ts);
+    PyMem_RawFree(buf);
+    PyMem_RawFree(message);
+    if (error)
+    {
+        errno = error;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (violation[0])
+        return PyUnicode_FromString(violation);
+    Py_RETURN_NONE;
+
+failed:
+    PyMem_RawFree(buf);
+    PyMem_RawFree(message);
+    return NULL;
+}
+
+static PyMethodDef relay_methods[] = {
+    {"relay_server", relay_server, METH_VARARGS,
+     "relay_server(server_fd, client_fd, on_message): relay the server's stream to the client until "
+     "it closes, calling on_message(type, body) for each Authentication and ParameterStatus message."},
+    {"relay_client", relay_client, METH_VARARGS,
+     "relay_client(client_fd, server_fd, max_length, max_rewrite, rewrite): relay the client's stream "
+     "to the server until it closes, replacing each Query/Parse by rewrite(type, body) unless that is "
+     "None. Returns None, or a str describing a protocol violation."},
+    {NULL, NULL, 0, NULL}
+};
+
+static struct PyModuleDef relay_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_relay",
+    .m_doc = "The proxy's relay loops in C (see session.py).",
+    .m_size = -1,
+    .m_methods = relay_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__relay(void)
+{
+    return PyModule_Create(&relay_module);
+}

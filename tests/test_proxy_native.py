@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from thanosql_pg.proxy import protocol as proto
 from thanosql_pg.proxy import session
@@ -256,3 +258,65 @@ def test_a_peer_gone_is_an_oserror() -> None:
     assert isinstance(r.error, OSError)
     for s in (r.feed, *r.socks):
         s.close()
+
+
+# --- trigger words: plain SQL never reaches Python ----------------------------------------------
+
+
+def test_only_messages_with_a_trigger_word_reach_the_rewriter() -> None:
+    words = (b"model", b"predict")
+    calls: list[bytes] = []
+
+    def rewrite(type_byte: int, body: bytes) -> bytes | None:
+        calls.append(body)
+        return None
+
+    r = _Relay(lambda fd_in, fd_out: relay.relay_client(fd_in, fd_out, 1 << 20, 1 << 20, rewrite, words))
+    texts = [b"SELECT 1", b"LIST MODEL", b"select 'PrEdIcT'", b"SELECT mode, l", b"predic", b"MODELS"]
+    stream = b"".join(proto.message(b"Q", t + b"\x00") for t in texts)
+    stream += proto.message(b"P", b"\x00SELECT $1 AS Model\x00\x00\x00")
+    r.feed.sendall(stream)
+    assert r.finish() == stream
+    parse = b"\x00SELECT $1 AS Model\x00\x00\x00"
+    assert calls == [b"LIST MODEL\x00", b"select 'PrEdIcT'\x00", b"MODELS\x00", parse]
+    for bad in ((b"Model",), (b"",), ("model",), [b"model"]):
+        with pytest.raises(TypeError):
+            relay.relay_client(0, 0, 1, 1, rewrite, bad)
+
+
+def test_the_proxy_gives_the_preprocessors_words() -> None:
+    from thanosql_pg.preprocessor import ML_WORDS
+    from thanosql_pg.proxy.server import ProxyConfig, ProxyServer
+
+    assert ProxyServer(ProxyConfig()).trigger_words == tuple(w.encode() for w in ML_WORDS)
+    assert ProxyServer(ProxyConfig(), rewriter=lambda sql, n: None).trigger_words is None  # sees everything
+
+
+ENCODINGS = ["utf-8", "latin-1", "cp1252", "shift_jis", "gbk", "big5", "euc_kr", "koi8_r", "gb18030"]
+
+
+# Letters of the words, and characters whose lowercase is (or holds) an ASCII letter.
+_TRICKY = list("modelpredictLISTBUILD fit;(\n/é日本K\u0130\u212a\u0307ßﬁ")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from(_TRICKY) | st.characters(), max_size=40),
+    encoding=st.sampled_from(ENCODINGS),
+)
+def test_the_c_check_never_misses_what_the_preprocessor_would_rewrite(text: str, encoding: str) -> None:
+    """In every client encoding, a text the preprocessor might rewrite (might_contain_ml, the
+    first thing rewrite_for_wire asks) has bytes that hold a trigger word: the C relay's
+    skip is safe. (The converse need not hold: it may call Python for nothing.)"""
+    from thanosql_pg.preprocessor import ML_WORDS
+    from thanosql_pg.preprocessor.lexer import might_contain_ml
+
+    try:
+        raw = text.encode(encoding)
+    except UnicodeEncodeError:
+        return
+    words = tuple(w.encode() for w in ML_WORDS)
+    if might_contain_ml(text):
+        assert relay.holds_a_word(raw, words), (text, encoding)
+    if any(w in text.lower() for w in ML_WORDS):
+        assert relay.holds_a_word(raw, words), (text, encoding)

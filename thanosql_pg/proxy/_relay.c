@@ -15,8 +15,9 @@
  *   relay_client: the client's stream after authentication. Query ('Q') and Parse ('P')
  *     messages of at most max_rewrite bytes are gathered whole and handed to
  *     rewrite(type, body), which returns the whole replacement message or None (forward
- *     the original). Other messages stream through as they arrive: a COPY is never
- *     buffered whole.
+ *     the original); with the rewriter's trigger words, only those that hold one of them
+ *     (plain SQL then costs no Python at all). Other messages stream through as they
+ *     arrive: a COPY is never buffered whole.
  *
  * This is session.py's from_client / UpstreamSide.data_received, message for message; the
  * Python ones stay for the event-loop relay, for `--relay python-threads`, and for a
@@ -250,6 +251,46 @@ call_rewrite(PyThreadState **ts, PyObject *rewrite, int type, const unsigned cha
     return 0;
 }
 
+#define MAX_WORDS 32
+
+/*
+ * Whether body holds one of the words (lowercase ASCII), ASCII letters compared in any case.
+ * The preprocessor returns None for any text without one of its trigger words in
+ * str.lower(); in every client encoding PostgreSQL allows, ASCII characters are their own
+ * bytes, so a text whose bytes hold none of them needs no call to Python at all.
+ */
+static int
+holds_a_word(const unsigned char *body, size_t len, const char *const *words, const size_t *lengths, int n_words)
+{
+    for (size_t i = 0; i < len; i++)
+    {
+        unsigned char c = body[i];
+
+        if (c >= 'A' && c <= 'Z')
+            c += 'a' - 'A';
+        for (int w = 0; w < n_words; w++)
+        {
+            const char *word = words[w];
+            size_t      k;
+
+            if ((unsigned char) word[0] != c || lengths[w] > len - i)
+                continue;
+            for (k = 1; k < lengths[w]; k++)
+            {
+                unsigned char d = body[i + k];
+
+                if (d >= 'A' && d <= 'Z')
+                    d += 'a' - 'A';
+                if (d != (unsigned char) word[k])
+                    break;
+            }
+            if (k == lengths[w])
+                return 1;
+        }
+    }
+    return 0;
+}
+
 static PyObject *
 relay_client(PyObject *module, PyObject *args)
 {
@@ -263,11 +304,45 @@ relay_client(PyObject *module, PyObject *args)
     uint64_t    skip = 0;       /* body bytes of the current pass-through message still to come */
     int         error = 0;
     char        violation[96] = "";
+    PyObject   *trigger = Py_None;
+    const char *words[MAX_WORDS];
+    size_t      lengths[MAX_WORDS];
+    int         n_words = -1;   /* -1: no trigger words, every Query/Parse goes to rewrite */
     PyThreadState *ts;
 
-    if (!PyArg_ParseTuple(args, "iiKKO:relay_client", &client_fd, &server_fd, &max_length, &max_rewrite,
-                          &rewrite))
+    if (!PyArg_ParseTuple(args, "iiKKO|O:relay_client", &client_fd, &server_fd, &max_length, &max_rewrite,
+                          &rewrite, &trigger))
         return NULL;
+    if (trigger != Py_None)
+    {
+        /* the tuple is held by args for the whole call, and with it the words' bytes */
+        if (!PyTuple_Check(trigger) || PyTuple_GET_SIZE(trigger) > MAX_WORDS)
+        {
+            PyErr_SetString(PyExc_TypeError, "trigger words must be a tuple of at most 32 bytes");
+            return NULL;
+        }
+        n_words = (int) PyTuple_GET_SIZE(trigger);
+        for (int w = 0; w < n_words; w++)
+        {
+            PyObject   *word = PyTuple_GET_ITEM(trigger, w);
+            char       *data;
+            Py_ssize_t  size;
+
+            if (!PyBytes_Check(word) || PyBytes_AsStringAndSize(word, &data, &size) < 0 || size == 0)
+            {
+                PyErr_SetString(PyExc_TypeError, "each trigger word must be non-empty lowercase ASCII bytes");
+                return NULL;
+            }
+            for (Py_ssize_t k = 0; k < size; k++)
+                if (data[k] >= 'A' && data[k] <= 'Z')
+                {
+                    PyErr_SetString(PyExc_TypeError, "each trigger word must be non-empty lowercase ASCII bytes");
+                    return NULL;
+                }
+            words[w] = data;
+            lengths[w] = (size_t) size;
+        }
+    }
     buf = PyMem_RawMalloc(READ_SIZE);
     if (buf == NULL)
         return PyErr_NoMemory();
@@ -299,8 +374,13 @@ relay_client(PyObject *module, PyObject *args)
                 unsigned char *new;
                 size_t      new_len;
 
-                if (call_rewrite(&ts, rewrite, message[0], message + 5, message_need - 5, &new, &new_len) < 0)
-                    goto failed;
+                if (n_words < 0 || holds_a_word(message + 5, message_need - 5, words, lengths, n_words))
+                {
+                    if (call_rewrite(&ts, rewrite, message[0], message + 5, message_need - 5, &new, &new_len) < 0)
+                        goto failed;
+                }
+                else
+                    new = NULL, new_len = 0;
                 if (send_all(server_fd, new ? new : message, new ? new_len : message_need) < 0)
                     error = errno;
                 PyMem_RawFree(new);
@@ -359,7 +439,9 @@ relay_client(PyObject *module, PyObject *args)
                     unsigned char *new;
                     size_t      new_len;
 
-                    if (call_rewrite(&ts, rewrite, type, buf + pos + 5, (size_t) length - 4, &new, &new_len) < 0)
+                    if (n_words >= 0 && !holds_a_word(buf + pos + 5, (size_t) length - 4, words, lengths, n_words))
+                        new = NULL, new_len = 0; /* plain SQL: no Python, no GIL */
+                    else if (call_rewrite(&ts, rewrite, type, buf + pos + 5, (size_t) length - 4, &new, &new_len) < 0)
                         goto failed;
                     if (new != NULL)
                     {
@@ -413,14 +495,56 @@ failed:
     return NULL;
 }
 
+/* holds_a_word(body, words) for the tests: what relay_client decides for one message */
+static PyObject *
+py_holds_a_word(PyObject *module, PyObject *args)
+{
+    Py_buffer   body;
+    PyObject   *trigger;
+    const char *words[MAX_WORDS];
+    size_t      lengths[MAX_WORDS];
+    Py_ssize_t  n;
+    int         found;
+
+    if (!PyArg_ParseTuple(args, "y*O!:holds_a_word", &body, &PyTuple_Type, &trigger))
+        return NULL;
+    n = PyTuple_GET_SIZE(trigger);
+    if (n > MAX_WORDS)
+    {
+        PyBuffer_Release(&body);
+        PyErr_SetString(PyExc_TypeError, "at most 32 words");
+        return NULL;
+    }
+    for (Py_ssize_t w = 0; w < n; w++)
+    {
+        PyObject   *word = PyTuple_GET_ITEM(trigger, w);
+
+        if (!PyBytes_Check(word) || PyBytes_GET_SIZE(word) == 0)
+        {
+            PyBuffer_Release(&body);
+            PyErr_SetString(PyExc_TypeError, "each word must be non-empty bytes");
+            return NULL;
+        }
+        words[w] = PyBytes_AS_STRING(word);
+        lengths[w] = (size_t) PyBytes_GET_SIZE(word);
+    }
+    found = holds_a_word(body.buf, (size_t) body.len, words, lengths, (int) n);
+    PyBuffer_Release(&body);
+    return PyBool_FromLong(found);
+}
+
 static PyMethodDef relay_methods[] = {
+    {"holds_a_word", py_holds_a_word, METH_VARARGS,
+     "holds_a_word(body, words): whether body holds one of the lowercase ASCII words, in any case."},
     {"relay_server", relay_server, METH_VARARGS,
      "relay_server(server_fd, client_fd, on_message): relay the server's stream to the client until "
      "it closes, calling on_message(type, body) for each Authentication and ParameterStatus message."},
     {"relay_client", relay_client, METH_VARARGS,
-     "relay_client(client_fd, server_fd, max_length, max_rewrite, rewrite): relay the client's stream "
-     "to the server until it closes, replacing each Query/Parse by rewrite(type, body) unless that is "
-     "None. Returns None, or a str describing a protocol violation."},
+     "relay_client(client_fd, server_fd, max_length, max_rewrite, rewrite, trigger_words=None): relay "
+     "the client's stream to the server until it closes, replacing each Query/Parse by rewrite(type, "
+     "body) unless that is None; with trigger_words (a tuple of lowercase ASCII bytes), rewrite is "
+     "called only for messages holding one of them, in any case. Returns None, or a str describing a "
+     "protocol violation."},
     {NULL, NULL, 0, NULL}
 };
 

@@ -78,6 +78,14 @@ def default_rewriter() -> Rewriter:
     return rewrite_for_wire
 
 
+def default_trigger_words() -> tuple[bytes, ...]:
+    """The words without which the default rewriter returns None (the preprocessor's
+    ML_WORDS): the C relay calls it only for a Query/Parse whose bytes hold one."""
+    from thanosql_pg.preprocessor import ML_WORDS
+
+    return tuple(word.encode("ascii") for word in ML_WORDS)
+
+
 def accepts_keyword(func: Callable[..., object], name: str) -> bool:
     """Whether `func` takes keyword argument `name` (or **kwargs). Checked once per server,
     so the proxy works with preprocessors from before and after the argument existed."""
@@ -102,6 +110,9 @@ class ProxyServer:
     def __init__(self, config: ProxyConfig, rewriter: Rewriter | None = None) -> None:
         self.config = config
         self.rewriter: Rewriter = rewriter if rewriter is not None else default_rewriter()
+        # Only the default rewriter's trigger words are known; another rewriter sees every
+        # Query/Parse (session.py).
+        self.trigger_words: tuple[bytes, ...] | None = default_trigger_words() if rewriter is None else None
         if config.max_rewrite_bytes < 5:
             raise ValueError(f"max_rewrite_bytes must be at least 5, not {config.max_rewrite_bytes}")
         if config.relay not in RELAY_MODES:

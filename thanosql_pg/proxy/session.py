@@ -620,6 +620,7 @@ class ClientSession(asyncio.Protocol):
                     self.max_message_length,
                     self.max_rewrite_bytes,
                     self.rewrite_body,
+                    self.server.trigger_words,
                 )
                 if violation is not None:
                     raise ProtocolViolation(violation)

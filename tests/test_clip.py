@@ -139,6 +139,29 @@ def test_build_records_model(model: dict[str, Any], conn: Conn) -> None:
     assert any(n.startswith("CLIP training done: 20 epochs") for n in model["notices"])
 
 
+def test_evaluate_retrieval_precision(model: dict[str, Any], px: Conn, conn: Conn,
+                                      data: dict[str, Any]) -> None:
+    """EVALUATE with a label column: how often an image's nearest other images (image tower)
+    share its label, as for SimCLR; the same as ranking CONVERT's embeddings here."""
+    m, test = model["model"], data["test"]
+    metrics = dict(px.execute(f"EVALUATE USING {m} OPTIONS (image_col='path', label_col='label', top_k=10)"
+                              f" AS SELECT path, label FROM {test}").fetchall())
+    print(f"\nCLIP from scratch, image-to-image retrieval on 360 held-out digits: {metrics}")
+    assert list(metrics) == ["Precision@1", "Precision@10", "Rows"] and metrics["Rows"] == 360
+    assert metrics["Precision@10"] > 0.1  # chance
+    emb = conn.execute(f"SELECT label, emb::real[] FROM {test} ORDER BY id").fetchall()
+    x = np.stack([np.asarray(e, dtype=np.float32) for _, e in emb])
+    labels = np.array([lab for lab, _ in emb])
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    ranked = np.argsort(-sim, axis=1)
+    for k in (1, 10):
+        want = np.mean([(labels[ranked[i, :k]] == labels[i]).mean() for i in range(len(x))])
+        assert metrics[f"Precision@{k}"] == pytest.approx(want, abs=0.02)
+    fails(lambda: px.execute(f"EVALUATE USING {m} OPTIONS (image_col='path', report='per_class')"
+                             f" AS SELECT path, label FROM {test}"), "22023", "must be one of summary")
+
+
 def test_search_by_image(model: dict[str, Any], px: Conn, conn: Conn, data: dict[str, Any]) -> None:
     """CLIP searches by image too: the query image itself comes first, by path or as bytea."""
     m, test = model["model"], data["test"]

@@ -88,8 +88,12 @@ FAMILY = r.register(r.Family(
         "convert": (IMAGE, TEXT, CONVERT_TYPE, r.batch_size(256, MAX_IMAGE_BATCH),
                     r.option("create_index", "bool", True), r.DEVICE),
         "search": (r.DEVICE,),
+        # with a label column: how often the nearest images share an image's label (precision@k)
+        "evaluate": (IMAGE, r.option("label_col", "str", "label"), r.batch_size(256, MAX_IMAGE_BATCH),
+                     r.retrieval_k(), r.DEVICE, r.ON_ERROR, r.report()),
     },
-    columns={"build": PAIRS, "fit": PAIRS, "convert": convert_columns},
+    columns={"build": PAIRS, "fit": PAIRS, "convert": convert_columns,
+             "evaluate": r.Columns("image_col", "label_col", modality="image")},
     carry_over=("input_size", "embedding_dim"),
     modalities=("image", "text"),
     check=settle,

@@ -26,7 +26,7 @@ token has seen the whole text whatever tokenizer a checkpoint brings.
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -193,6 +193,12 @@ class ClipEmbedder:
         if modality == "text":
             return self._text_batches(batches, reader)
         raise FeatureNotAvailable(f"CLIP models embed images and texts, not {modality}")
+
+    def evaluate(self, source: RowSource, opts: Mapping[str, Any]) -> dict[str, float]:
+        """EVALUATE on labelled images: how often an image's nearest images (by the image
+        tower, as SEARCH IMAGE by image ranks them) share its label, Precision@1 and
+        Precision@top_k, as for SimCLR (shared.images)."""
+        return images.evaluate_retrieval(source, opts, self.input_size, self.embed_images)
 
     def _text_batches(self, batches: Iterable[Sequence[Row]],
                       reader: Reader) -> Generator[list[np.ndarray | None], None, None]:

@@ -12,7 +12,7 @@ import math
 import random
 import re
 import warnings
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from thanosql_pg.algorithms.contract import Reader, Row
+from thanosql_pg.algorithms.contract import Reader, Row, RowSource
 from thanosql_pg.algorithms.shared import devices
 from thanosql_pg.algorithms.shared.limits import DEFAULT_LIMITS, MediaLimits, check_batch_pixels
+from thanosql_pg.algorithms.shared.metrics import retrieval_result
 from thanosql_pg.errors import DataError, ThanoSQLError
 
 # Horizontal flips help natural photos but change the meaning of digits, letters
@@ -286,3 +287,30 @@ def first(batches: Generator[Vectors, None, None]) -> Vectors:
         return next(batches)
     finally:
         batches.close()
+
+
+def evaluate_retrieval(source: RowSource, opts: Mapping[str, Any], size: int,
+                       embed: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
+    """EVALUATE of an image-embedding model on labelled images (SimCLR, CLIP): each image's
+    nearest other images by cosine similarity (as SEARCH IMAGE ranks them) that share its
+    label, as Precision@1 and Precision@top_k (shared.metrics). The images are decoded at
+    ``size`` in the pool, ``embed`` (NHWC uint8 → unit vectors) runs on the calling thread."""
+    check_batch_pixels(opts["batch_size"], size)
+    skip = opts.get("on_error") == "skip"
+    work = partial(decode_rows, reader=source.reader, size=size, index=None, skip=skip)
+    vectors: list[np.ndarray] = []
+    labels: list[str] = []
+    skipped = devices.Skipped(source.skipped)
+    with closing(devices.evaluation_batches(source, opts["batch_size"], work, Decoded.combine,
+                                            skipped)) as decoded:
+        for dec in decoded:
+            arr = dec.array()
+            if arr is not None:
+                vectors.append(embed(arr))
+                labels += [str(t) for t in dec.texts]
+    skipped.notice(source.notice, "EVALUATE")
+    if not vectors:
+        raise DataError("no readable images to evaluate", hint="Every row was skipped as unreadable.")
+    return retrieval_result(np.concatenate(vectors), labels, opts.get("report", "summary"), opts["top_k"],
+                            check=source.check_interrupts,
+                            extra={"Skipped": float(skipped.count)} if skip else None)

@@ -13,7 +13,6 @@ training loop are the shared ones.
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Mapping, Sequence
-from contextlib import closing
 from functools import partial
 from typing import Any
 
@@ -34,10 +33,8 @@ from thanosql_pg.algorithms.shared.images import (
     decode_rows,
     pretrained_normalization,
 )
-from thanosql_pg.algorithms.shared.limits import check_batch_pixels
-from thanosql_pg.algorithms.shared.metrics import retrieval_result
 from thanosql_pg.algorithms.simclr.augment import Augment
-from thanosql_pg.errors import DataError, FeatureNotAvailable, InvalidOption
+from thanosql_pg.errors import FeatureNotAvailable, InvalidOption
 
 FORMAT = "simclr-safetensors-v1"
 WEIGHT_DECAY = 1e-6  # SimCLR's own; contrastive training needs little regularisation
@@ -133,28 +130,8 @@ class ImageEmbedder:
         return images.embed_batches(batches, reader, self.input_size, self._embed_array)
 
     def evaluate(self, source: RowSource, opts: Mapping[str, Any]) -> dict[str, float]:
-        """EVALUATE on labelled images: retrieval precision@k, each image's nearest other
-        images by cosine similarity (as SEARCH IMAGE ranks them) sharing its label,
-        Precision@1 and Precision@top_k (shared.metrics)."""
-        check_batch_pixels(opts["batch_size"], self.input_size)
-        skip = opts.get("on_error") == "skip"
-        work = partial(decode_rows, reader=source.reader, size=self.input_size, index=None, skip=skip)
-        vectors: list[np.ndarray] = []
-        labels: list[str] = []
-        skipped = devices.Skipped(source.skipped)
-        with closing(devices.evaluation_batches(source, opts["batch_size"], work, Decoded.combine,
-                                                skipped)) as decoded:
-            for dec in decoded:
-                arr = dec.array()
-                if arr is not None:
-                    vectors.append(self._embed_array(arr))
-                    labels += [str(t) for t in dec.texts]
-        skipped.notice(source.notice, "EVALUATE")
-        if not vectors:
-            raise DataError("no readable images to evaluate", hint="Every row was skipped as unreadable.")
-        return retrieval_result(np.concatenate(vectors), labels, opts.get("report", "summary"), opts["top_k"],
-                                check=source.check_interrupts,
-                                extra={"Skipped": float(skipped.count)} if skip else None)
+        """EVALUATE on labelled images: retrieval precision@k (shared.images)."""
+        return images.evaluate_retrieval(source, opts, self.input_size, self._embed_array)
 
 
 def load(record: StoredModel, payload: bytes, device: str) -> ImageEmbedder:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import wire_samples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -77,38 +78,9 @@ class _Relay:
         return bytes(rest)
 
 
-def _data_row(value: bytes) -> bytes:
-    return proto.message(b"D", struct.pack("!hI", 1, len(value)) + value)
-
-
-def _server_stream() -> tuple[bytes, list[tuple[int, bytes, int]]]:
-    """A server stream with real 'R'/'S' messages among DataRows whose values look like them;
-    and the messages a relay must report: (type, body, offset of the message's end)."""
-    fake = proto.message(b"S", b"client_encoding\x00EUC_TW\x00") + proto.message(b"R", proto.AUTH_OK_BODY)
-    real = [
-        (b"R", struct.pack("!I", 10) + b"SCRAM-SHA-256\x00\x00"),
-        (b"R", proto.AUTH_OK_BODY),
-        (b"S", b"client_encoding\x00UTF8\x00"),
-        (b"S", b"standard_conforming_strings\x00on\x00"),
-        (b"S", b"x" * 70000 + b"\x00big\x00"),  # over the inspection limit: only framed
-        (b"S", b""),  # an empty body
-        (b"S", b"client_encoding\x00LATIN1\x00"),
-    ]
-    stream = bytearray()
-    expected = []
-    for i, (type_byte, body) in enumerate(real):
-        stream += proto.message(type_byte, body)
-        if len(body) < 60000:
-            expected.append((type_byte[0], body, len(stream)))
-        for value in (fake, fake * 3, b"y" * 100_000 + fake, b"S\x00\x00"):
-            stream += _data_row(value)
-        stream += proto.message(b"Z", b"I") if i > 2 else b""
-    return bytes(stream), expected
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_relay_server_reports_only_real_messages_and_before_forwarding_them(seed: int) -> None:
-    stream, expected = _server_stream()
+    stream, expected = wire_samples.server_stream()
     seen: list[tuple[int, bytes, int]] = []
     forwarded = [0]  # bytes the test has read back so far
 

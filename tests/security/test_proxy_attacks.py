@@ -30,6 +30,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import wire_samples
 from psycopg import errors as pgerr
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -574,30 +575,9 @@ class _StubSession:
         pass
 
 
-def _data_row(value: bytes) -> bytes:
-    return proto.message(b"D", struct.pack("!hI", 1, len(value)) + value)
-
-
 def test_server_stream_framing_finds_only_real_messages() -> None:
-    fake = proto.message(b"S", b"client_encoding\x00EUC_TW\x00") + proto.message(b"R", proto.AUTH_OK_BODY)
-    real = [
-        (b"R", struct.pack("!I", 10) + b"SCRAM-SHA-256\x00\x00"),
-        (b"R", struct.pack("!I", 12) + b"v=abc"),
-        (b"R", proto.AUTH_OK_BODY),
-        (b"S", b"client_encoding\x00UTF8\x00"),
-        (b"S", b"standard_conforming_strings\x00on\x00"),
-        (b"S", b"x" * 70000 + b"\x00big\x00"),  # over the inspection limit when split: only framed
-        (b"S", b"client_encoding\x00LATIN1\x00"),
-    ]
-    stream = bytearray()
-    expected = []
-    for i, (type_byte, body) in enumerate(real):
-        stream += proto.message(type_byte, body)
-        if len(body) < 60000:
-            expected.append((type_byte[0], body))
-        for value in (fake, fake * 3, b"y" * 100_000 + fake, b"S\x00\x00"):
-            stream += _data_row(value)
-        stream += proto.message(b"Z", b"I") if i > 2 else b""
+    stream, real = wire_samples.server_stream()
+    expected = [(t, b) for t, b, _ in real]
     rnd = random.Random(11)
     for attempt in range(60):
         session = _StubSession()

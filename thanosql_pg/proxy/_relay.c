@@ -77,6 +77,21 @@ send_all(int fd, const unsigned char *p, size_t len)
     return 0;
 }
 
+/* What a relay returns once its loop has ended, the GIL held: OSError for a socket error
+ * (errno), else the protocol violation's description, else None (the peer closed). */
+static PyObject *
+relay_result(int error, const char *violation)
+{
+    if (error)
+    {
+        errno = error;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (violation != NULL && violation[0])
+        return PyUnicode_FromString(violation);
+    Py_RETURN_NONE;
+}
+
 /*
  * on_message(type, body) with the GIL taken for the call. Returns 0, or -1 with the
  * exception set and the GIL held (the caller then leaves).
@@ -196,12 +211,7 @@ relay_server(PyObject *module, PyObject *args)
     PyEval_RestoreThread(ts);
     PyMem_RawFree(buf);
     PyMem_RawFree(inspected);
-    if (error)
-    {
-        errno = error;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    Py_RETURN_NONE;
+    return relay_result(error, NULL);
 
 failed:                         /* the GIL is held, the exception set */
     PyMem_RawFree(buf);
@@ -291,6 +301,38 @@ holds_a_word(const unsigned char *body, size_t len, const char *const *words, co
     return 0;
 }
 
+/* A tuple of non-empty lowercase ASCII bytes into words/lengths: their count, or -1 with
+ * TypeError set. The pointers live as long as the tuple. */
+static int
+parse_words(PyObject *trigger, const char **words, size_t *lengths)
+{
+    Py_ssize_t  n;
+
+    if (!PyTuple_Check(trigger) || (n = PyTuple_GET_SIZE(trigger)) > MAX_WORDS)
+    {
+        PyErr_SetString(PyExc_TypeError, "trigger words must be a tuple of at most 32 bytes");
+        return -1;
+    }
+    for (Py_ssize_t w = 0; w < n; w++)
+    {
+        PyObject   *word = PyTuple_GET_ITEM(trigger, w);
+        Py_ssize_t  size = PyBytes_Check(word) ? PyBytes_GET_SIZE(word) : 0;
+        const char *data = size ? PyBytes_AS_STRING(word) : NULL;
+
+        for (Py_ssize_t k = 0; k < size && data != NULL; k++)
+            if ((unsigned char) data[k] >= 0x80 || (data[k] >= 'A' && data[k] <= 'Z'))
+                data = NULL;
+        if (data == NULL)
+        {
+            PyErr_SetString(PyExc_TypeError, "each trigger word must be non-empty lowercase ASCII bytes");
+            return -1;
+        }
+        words[w] = data;
+        lengths[w] = (size_t) size;
+    }
+    return (int) n;
+}
+
 static PyObject *
 relay_client(PyObject *module, PyObject *args)
 {
@@ -313,36 +355,9 @@ relay_client(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "iiKKO|O:relay_client", &client_fd, &server_fd, &max_length, &max_rewrite,
                           &rewrite, &trigger))
         return NULL;
-    if (trigger != Py_None)
-    {
-        /* the tuple is held by args for the whole call, and with it the words' bytes */
-        if (!PyTuple_Check(trigger) || PyTuple_GET_SIZE(trigger) > MAX_WORDS)
-        {
-            PyErr_SetString(PyExc_TypeError, "trigger words must be a tuple of at most 32 bytes");
-            return NULL;
-        }
-        n_words = (int) PyTuple_GET_SIZE(trigger);
-        for (int w = 0; w < n_words; w++)
-        {
-            PyObject   *word = PyTuple_GET_ITEM(trigger, w);
-            char       *data;
-            Py_ssize_t  size;
-
-            if (!PyBytes_Check(word) || PyBytes_AsStringAndSize(word, &data, &size) < 0 || size == 0)
-            {
-                PyErr_SetString(PyExc_TypeError, "each trigger word must be non-empty lowercase ASCII bytes");
-                return NULL;
-            }
-            for (Py_ssize_t k = 0; k < size; k++)
-                if (data[k] >= 'A' && data[k] <= 'Z')
-                {
-                    PyErr_SetString(PyExc_TypeError, "each trigger word must be non-empty lowercase ASCII bytes");
-                    return NULL;
-                }
-            words[w] = data;
-            lengths[w] = (size_t) size;
-        }
-    }
+    /* the tuple is held by args for the whole call, and with it the words' bytes */
+    if (trigger != Py_None && (n_words = parse_words(trigger, words, lengths)) < 0)
+        return NULL;
     buf = PyMem_RawMalloc(READ_SIZE);
     if (buf == NULL)
         return PyErr_NoMemory();
@@ -480,14 +495,7 @@ relay_client(PyObject *module, PyObject *args)
     PyEval_RestoreThread(ts);
     PyMem_RawFree(buf);
     PyMem_RawFree(message);
-    if (error)
-    {
-        errno = error;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    if (violation[0])
-        return PyUnicode_FromString(violation);
-    Py_RETURN_NONE;
+    return relay_result(error, violation);
 
 failed:
     PyMem_RawFree(buf);
@@ -503,34 +511,16 @@ py_holds_a_word(PyObject *module, PyObject *args)
     PyObject   *trigger;
     const char *words[MAX_WORDS];
     size_t      lengths[MAX_WORDS];
-    Py_ssize_t  n;
-    int         found;
+    int         n,
+                found = 0;
 
-    if (!PyArg_ParseTuple(args, "y*O!:holds_a_word", &body, &PyTuple_Type, &trigger))
+    if (!PyArg_ParseTuple(args, "y*O:holds_a_word", &body, &trigger))
         return NULL;
-    n = PyTuple_GET_SIZE(trigger);
-    if (n > MAX_WORDS)
-    {
-        PyBuffer_Release(&body);
-        PyErr_SetString(PyExc_TypeError, "at most 32 words");
-        return NULL;
-    }
-    for (Py_ssize_t w = 0; w < n; w++)
-    {
-        PyObject   *word = PyTuple_GET_ITEM(trigger, w);
-
-        if (!PyBytes_Check(word) || PyBytes_GET_SIZE(word) == 0)
-        {
-            PyBuffer_Release(&body);
-            PyErr_SetString(PyExc_TypeError, "each word must be non-empty bytes");
-            return NULL;
-        }
-        words[w] = PyBytes_AS_STRING(word);
-        lengths[w] = (size_t) PyBytes_GET_SIZE(word);
-    }
-    found = holds_a_word(body.buf, (size_t) body.len, words, lengths, (int) n);
+    n = parse_words(trigger, words, lengths);
+    if (n >= 0)
+        found = holds_a_word(body.buf, (size_t) body.len, words, lengths, n);
     PyBuffer_Release(&body);
-    return PyBool_FromLong(found);
+    return n < 0 ? NULL : PyBool_FromLong(found);
 }
 
 static PyMethodDef relay_methods[] = {

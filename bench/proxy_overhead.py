@@ -95,8 +95,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--proxy-relays",
         default="threads",
-        help="comma-separated --relay modes of the proxies started here (threads, python-threads, loop; "
-        "'threads+nopin' adds --no-pin-sessions): one "
+        help="comma-separated --relay modes of the proxies started here (threads, loop): one "
         "column per mode and worker count, 'proxy_loop', 'proxy_loop_2w', ... for loop",
     )
     p.add_argument("--no-pgbouncer", action="store_true", help="leave pgbouncer out")
@@ -200,10 +199,8 @@ class Proxy:
     def __init__(self, args: argparse.Namespace, workers: int = 1, relay: str = "threads") -> None:
         self.args = args
         self.workers = workers
-        # "<relay>+nopin": that relay with --no-pin-sessions
-        self.relay, _, variant = relay.partition("+")
-        self.pin = variant != "nopin"
-        self.name = "proxy" + ("" if relay == "threads" else f"_{relay.replace('+', '_')}")
+        self.relay = relay
+        self.name = "proxy" + ("" if relay == "threads" else f"_{relay}")
         self.name += "" if workers == 1 else f"_{workers}w"
         self.proc: subprocess.Popen | None = None
         self.port: int = args.proxy_port or 0
@@ -215,7 +212,6 @@ class Proxy:
         cmd = [sys.executable, "-m", "thanosql_pg.proxy.server", "--listen-port", "0",
                "--upstream-host", self.args.upstream_host, "--upstream-port", str(self.args.port),
                "--log-level", "WARNING", "--workers", str(self.workers), "--relay", self.relay]
-        cmd += [] if self.pin else ["--no-pin-sessions"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -230,8 +226,7 @@ class Proxy:
         where = f"{self.args.proxy_host}:{self.port}"
         if self.proc is None:
             return where
-        pin = "" if self.pin else " --no-pin-sessions"
-        return f"{where} (started by this script: --workers {self.workers} --relay {self.relay}{pin})"
+        return f"{where} (started by this script: --workers {self.workers} --relay {self.relay})"
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -937,7 +937,6 @@ def test_relay_and_workers_settings() -> None:
     assert _parse_args([]).relay == "threads" and _parse_args([]).workers == 1
     assert _parse_args(["--relay", "loop", "--workers", "3"]).relay == "loop"
     assert _parse_args(["--relay", "python-threads"]).relay == "python-threads"
-    assert _parse_args([]).pin_sessions and not _parse_args(["--no-pin-sessions"]).pin_sessions
     for bad in (["--relay", "fast"], ["--workers", "0"]):
         with pytest.raises(SystemExit):
             _parse_args(bad)
@@ -1003,33 +1002,3 @@ def test_protocol_helpers() -> None:
     assert not proto.is_authentication_ok(b"\x00\x00\x00\x0a" + b"SCRAM-SHA-256\x00\x00")
     err = proto.error_response("boom", "08006")
     assert err[:1] == b"E" and sqlstate_of(err[5:]) == "08006"
-
-
-@pytest.mark.parametrize("pin", [True, False])
-def test_session_threads_share_one_cpu(upstream: tuple[str, int], sdsn: str, pin: bool) -> None:
-    """Pinned (the default), both relay threads of a session run on one CPU, sessions in turn
-    on each; unpinned, the threads keep the process's CPUs."""
-    host, port = upstream
-    config = ProxyConfig(listen_host="127.0.0.1", listen_port=0, upstream_host=host, upstream_port=port,
-                         pin_sessions=pin)
-    allowed = os.sched_getaffinity(0)
-    with BackgroundProxy(config, rewriter=lambda sql, n: None) as p:
-        conns = [connect(_dsn_via(sdsn, p)) for _ in range(2 * len(allowed))]
-        try:
-            for c in conns:
-                c.execute("SELECT 1")
-            cpus = {}
-            for t in threading.enumerate():
-                if t.name.startswith("thanosql-proxy ") and t.native_id is not None:
-                    peer = t.name.split()[1]
-                    cpus.setdefault(peer, set()).add(frozenset(os.sched_getaffinity(t.native_id)))
-            assert len(cpus) == len(conns)
-            if pin:
-                assert all(len(s) == 1 and len(next(iter(s))) == 1 for s in cpus.values()), cpus
-                used = {cpu for s in cpus.values() for cpu in next(iter(s))}
-                assert used == allowed  # sessions go round the CPUs
-            else:
-                assert all(s == {frozenset(allowed)} for s in cpus.values()), cpus
-        finally:
-            for c in conns:
-                c.close()

@@ -56,9 +56,6 @@ class ProxyConfig:
     # the same in Python (what "threads" falls back to when the C module was not built);
     # or "loop", the event loop (least CPU per message with many busy sessions).
     relay: str = "threads"
-    # Relaying on threads: run both threads of a session on one CPU, sessions in turn on
-    # each CPU the process may use (session.py, ClientSession.pin).
-    pin_sessions: bool = True
     # Listen with SO_REUSEPORT: set for the processes of `--workers N`, which share a port.
     reuse_port: bool = False
 
@@ -134,9 +131,6 @@ class ProxyServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.AbstractServer | None = None
         self.port: int = config.listen_port
-        # CPUs for pinned sessions, taken in turn; each worker process starts elsewhere.
-        self._cpus = sorted(os.sched_getaffinity(0))
-        self._cpu_turn = os.getpid()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -183,11 +177,6 @@ class ProxyServer:
             await self.stop()
 
     # --- used by sessions ----------------------------------------------------------------------
-
-    def next_cpu(self) -> int:
-        """The CPU for the next pinned session (called on the event loop's thread)."""
-        self._cpu_turn += 1
-        return self._cpus[self._cpu_turn % len(self._cpus)]
 
     def session_rewriter(self, standard_conforming_strings: bool) -> Rewriter:
         """The rewriter for a session in this state of standard_conforming_strings."""
@@ -352,13 +341,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="relay each session on two threads with blocking sockets, in C (default: the "
         "fastest round trips) or in Python, or on the event loop (less CPU per message with "
         "many busy sessions)",
-    )
-    parser.add_argument(
-        "--no-pin-sessions",
-        dest="pin_sessions",
-        action="store_false",
-        help="let the scheduler place each session's relay threads (default: both on one CPU, "
-        "sessions in turn on each CPU)",
     )
     parser.add_argument(
         "--workers",
@@ -540,7 +522,6 @@ def main(argv: list[str] | None = None) -> int:
         upstream_port=args.upstream_port,
         max_rewrite_bytes=args.max_rewrite_bytes,
         relay=args.relay,
-        pin_sessions=args.pin_sessions,
     )
     if args.pid_file:
         with open(args.pid_file, "w") as f:

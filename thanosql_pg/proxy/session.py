@@ -283,7 +283,6 @@ class ClientSession(asyncio.Protocol):
         # Relaying on threads (relay_on_threads): how many of the two are still running.
         self.threaded = False
         self.running = 0
-        self.cpu: int | None = None  # the CPU both relay threads run on (ProxyConfig.pin_sessions)
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -580,7 +579,6 @@ class ClientSession(asyncio.Protocol):
         self.pending.clear()
         side = UpstreamSide(self)
         self.running = 2
-        self.cpu = self.server.next_cpu() if self.server.config.pin_sessions else None
         for name, target, args in (
             ("client", self.client_thread, (client, server, packet, leftover)),
             ("server", self.server_thread, (client, server, side)),
@@ -601,19 +599,9 @@ class ClientSession(asyncio.Protocol):
         messages (nothing pending, no message body still to come)."""
         return self.authenticated and not self.pending and not self.skip
 
-    def pin(self) -> None:
-        """Both relay threads of a session on one CPU: they take turns (a request, then its
-        answer), and a turn then wakes a thread on the CPU whose caches hold the session,
-        not one on another CPU (bench/proxy_overhead.py: about 6% more round trips at one
-        client on 2 cores; sessions go round the CPUs, so many clients still use them all)."""
-        if self.cpu is not None:
-            with contextlib.suppress(OSError):  # the CPU went away (hotplug, a changed cpuset)
-                os.sched_setaffinity(0, {self.cpu})  # 0: this thread
-
     def client_thread(
         self, client: SocketTransport, server: SocketTransport, packet: bytes, leftover: bytes
     ) -> None:
-        self.pin()
         try:
             server.write(packet)
             if leftover:
@@ -646,7 +634,6 @@ class ClientSession(asyncio.Protocol):
             self.thread_done(client, server)
 
     def server_thread(self, client: SocketTransport, server: SocketTransport, side: UpstreamSide) -> None:
-        self.pin()
         try:
             if self.native():
                 assert native_relay is not None

@@ -1,4 +1,4 @@
-"""The proxy's relay loops in C (thanosql_pg/proxy/_relay.c), driven over socket pairs.
+"""The proxy's relay loops in C (thanosql_pg/proxy/relay.c), driven over socket pairs.
 
 The proxy tests (test_proxy.py, security/test_proxy_attacks.py) run whole sessions through
 them; these feed each direction streams cut at every kind of place (a header split byte by
@@ -30,7 +30,7 @@ relay = session.native_relay
 def test_the_c_relay_is_built_and_is_the_default() -> None:
     # The install builds it (setup.py); without a C compiler the proxy falls back to Python,
     # which works but does not reach pgbouncer's speed at one client (bench/proxy_overhead.py).
-    assert relay is not None, "thanosql_pg/proxy/_relay.c was not built: install gcc and python3-dev"
+    assert relay is not None, "thanosql_pg/proxy/relay.c was not built: install gcc and python3-dev"
     from thanosql_pg.proxy.server import ProxyConfig
 
     assert ProxyConfig().relay == "threads"

@@ -52,7 +52,7 @@ class ProxyConfig:
     max_rewrite_bytes: int = DEFAULT_MAX_REWRITE_BYTES
     # How a session is relayed once its startup packet is in (session.py's docstring):
     # "threads", two threads with blocking sockets per session (fastest per round trip),
-    # relaying in C once the client is authenticated (session.py, _relay.c); "python-threads",
+    # relaying in C once the client is authenticated (session.py, relay.c); "python-threads",
     # the same in Python (what "threads" falls back to when the C module was not built);
     # or "loop", the event loop (least CPU per message with many busy sessions).
     relay: str = "threads"

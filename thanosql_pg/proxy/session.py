@@ -7,7 +7,7 @@ of two ways (ProxyConfig.relay, `--relay`):
 * "threads", the default: both connections are handed over to two threads with blocking
   sockets, one per direction. A blocking recv() wakes its thread straight from the kernel
   with the data: no epoll_wait and no event-loop iteration per message. Once the client is
-  authenticated, both threads relay in C without the GIL (_relay.c: the same framing as
+  authenticated, both threads relay in C without the GIL (relay.c: the same framing as
   below, message for message), calling back into Python only for a Query/Parse to rewrite
   and for the server's Authentication/ParameterStatus messages: a message that needs no
   Python costs a recv and a send (bench/proxy_overhead.py). "python-threads" relays the
@@ -58,8 +58,8 @@ from thanosql_pg.proxy.protocol import (
     Rewriter,
 )
 
-try:  # the relay loops in C (_relay.c), built by the package's install; optional
-    from thanosql_pg.proxy import _relay as native_relay
+try:  # the relay loops in C (relay.c), built by the package's install; optional
+    from thanosql_pg.proxy import relay as native_relay
 except ImportError:  # no compiler at install time: the same relay in Python
     native_relay = None
 

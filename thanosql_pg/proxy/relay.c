@@ -540,14 +540,14 @@ static PyMethodDef relay_methods[] = {
 
 static struct PyModuleDef relay_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "_relay",
+    .m_name = "relay",
     .m_doc = "The proxy's relay loops in C (see session.py).",
     .m_size = -1,
     .m_methods = relay_methods,
 };
 
 PyMODINIT_FUNC
-PyInit__relay(void)
+PyInit_relay(void)
 {
     return PyModule_Create(&relay_module);
 }

@@ -159,6 +159,12 @@ ensure_cleanup(void)
 	cleanup_registered = true;
 }
 
+void
+thanosql_progress_session_init(void)
+{
+	ensure_cleanup();
+}
+
 static void
 copy_text(char *dst, int len, text *t)
 {
@@ -280,6 +286,106 @@ thanosql_work(PG_FUNCTION_ARGS)
 			n++;
 	}
 	PG_RETURN_INT32(n);
+}
+
+/*
+ * The writers, called in-process by thanosql_pg (through ctypes, see
+ * thanosql_pg/server/native.py), never through SQL: no session can mark
+ * itself busy or write a row it is not running. They never raise an error
+ * (nothing may longjmp through Python's frames): strings arrive as C strings
+ * in the server's encoding, already cut to the slots' sizes.
+ */
+static void
+copy_cstring(char *dst, int len, const char *src)
+{
+	strlcpy(dst, src ? src : "", len);
+}
+
+/* A BUILD/FIT/EVALUATE/CONVERT starts. */
+extern PGDLLEXPORT void thanosql_progress_begin(const char *statement, const char *model);
+void
+thanosql_progress_begin(const char *statement, const char *model)
+{
+	ProgressSlot *s = my_slot();
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (s == NULL || !cleanup_registered)
+		return;
+	SpinLockAcquire(&s->mutex);
+	s->roleid = GetUserId();
+	s->dbid = MyDatabaseId;
+	copy_cstring(s->statement, STATEMENT_LEN, statement);
+	copy_cstring(s->model, MODEL_LEN, model);
+	s->phase[0] = '\0';
+	s->epoch = s->epochs = 0;
+	s->step = s->steps = 0;
+	s->loss = s->rate = 0;
+	s->eta = -1;
+	s->started = s->updated = now;
+	s->pid = MyProcPid;
+	s->busy = true;
+	SpinLockRelease(&s->mutex);
+}
+
+/* Where the running statement is; loss NaN and eta < 0 when unknown. */
+extern PGDLLEXPORT void thanosql_progress_report(const char *phase, int epoch, int epochs, int64 step,
+												 int64 steps, double loss, double rate, double eta);
+void
+thanosql_progress_report(const char *phase, int epoch, int epochs, int64 step, int64 steps,
+						 double loss, double rate, double eta)
+{
+	ProgressSlot *s = my_slot();
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (s == NULL || s->pid != MyProcPid)
+		return;
+	SpinLockAcquire(&s->mutex);
+	copy_cstring(s->phase, PHASE_LEN, phase);
+	s->epoch = epoch;
+	s->epochs = epochs;
+	s->step = step;
+	s->steps = steps;
+	s->loss = loss;
+	s->rate = rate;
+	s->eta = eta;
+	s->updated = now;
+	SpinLockRelease(&s->mutex);
+}
+
+/* The statement ended (an error or cancel clears the slot at abort as well). */
+extern PGDLLEXPORT void thanosql_progress_finish(void);
+void
+thanosql_progress_finish(void)
+{
+	clear_slot(false);
+}
+
+/*
+ * Marks this session as running a model (or not) and returns how many
+ * sessions of the server are, this one included; 0 without shared memory
+ * (the caller then cannot share).
+ */
+extern PGDLLEXPORT int thanosql_busy(int busy);
+int
+thanosql_busy(int busy)
+{
+	ProgressSlot *s = my_slot();
+	int			n = 0;
+
+	if (s == NULL || !cleanup_registered)
+		return 0;
+	SpinLockAcquire(&s->mutex);
+	s->busy = busy != 0;
+	if (busy)
+		s->dbid = MyDatabaseId;
+	SpinLockRelease(&s->mutex);
+	for (int i = 0; i < nslots; i++)
+	{
+		/* a racy read is fine: this is a hint for choosing a thread count */
+		if (slots[i].busy)
+			n++;
+	}
+	return n;
 }
 
 PG_FUNCTION_INFO_V1(thanosql_progress_available);

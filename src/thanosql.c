@@ -20,6 +20,7 @@
 
 #include "preload.h"
 #include "progress.h"
+#include "signals.h"
 
 PG_MODULE_MAGIC;
 
@@ -41,6 +42,7 @@ static int	keep_versions = 3;
 static int	max_threads = 0;
 static char *cache_dir = NULL;
 static int	cache_size = 8192;
+static int	max_text_bytes = 65536;
 
 /*
  * PL/Python reports an exception raised by Python code as
@@ -121,6 +123,10 @@ _PG_init(void)
 							"Longest audio clip (in seconds) that thanosql decodes.",
 							NULL, &max_audio_seconds, 1800, 1, 86400,
 							PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("thanosql.max_text_bytes",
+							"Longest text (in bytes) that thanosql tokenizes: a search text, a caption.",
+							NULL, &max_text_bytes, 65536, 1, 64 * 1024 * 1024,
+							PGC_SUSET, GUC_UNIT_BYTE, NULL, NULL, NULL);
 	DefineCustomIntVariable("thanosql.keep_versions",
 							"Earlier versions of a model kept by BUILD (overwrite) and FIT, for rollback.",
 							NULL, &keep_versions, 3, 0, 1000,
@@ -192,4 +198,20 @@ Datum
 thanosql_native_version(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_TEXT_P(cstring_to_text(THANOSQL_VERSION));
+}
+
+PG_FUNCTION_INFO_V1(thanosql_session_init);
+
+/*
+ * Called by thanosql._load() once per session, on the backend's main thread,
+ * before thanosql_pg (and torch's threads) start: PostgreSQL's signal handlers
+ * are made to run on this thread only, and the progress slot is cleared when a
+ * transaction aborts or the backend exits. Idempotent, so harmless to anyone.
+ */
+Datum
+thanosql_session_init(PG_FUNCTION_ARGS)
+{
+	thanosql_guard_signals();
+	thanosql_progress_session_init();
+	PG_RETURN_VOID();
 }

@@ -39,8 +39,7 @@ def test_list_model_columns_and_rows(db: psycopg.Connection, unique_name: str) -
 
 def test_describe_model(db: psycopg.Connection, unique_name: str) -> None:
     mid = add_model(db, unique_name)
-    db.execute("SELECT thanosql._record_metrics(%s, 'EVALUATE', 10, '{\"Accuracy\": 0.9}',"
-               " thanosql._current_role())", (mid,))
+    db.execute("SELECT thanosql._write_metrics(%s, 'EVALUATE', 10, '{\"Accuracy\": 0.9}')", (mid,))
     cur = db.execute(f"DESCRIBE MODEL {unique_name}")
     row = dict(zip([c.name for c in cur.description], cur.fetchone(), strict=True))
     assert row["algorithm"] == "ConvNeXt_Tiny"
@@ -94,12 +93,13 @@ def test_models_belong_to_their_owner(cluster: dict, roles: tuple[str, str], uni
         with pytest.raises(errors.UndefinedObject):
             b.execute(f"DELETE MODEL {unique_name}")
         # Nor can another role take the name.
-        assert b.execute("SELECT thanosql._model_name_taken(%s)", (unique_name,)).fetchone()[0]
+        with pytest.raises(errors.DuplicateObject, match="belongs to another role"):
+            b.execute("SELECT * FROM thanosql._claim_model(%s, true, false)", (unique_name,))
         # Nor write weights into it, directly or through the writer functions.
         with pytest.raises(errors.InsufficientPrivilege, match="permission denied for table"):
             b.execute("INSERT INTO thanosql.model_chunks VALUES (%s, 99, 'x')", (mid,))
         with pytest.raises(errors.InsufficientPrivilege, match="permission denied to write"):
-            b.execute("SELECT thanosql._model_put_chunk(%s, 99, 'x', thanosql._current_role())", (mid,))
+            b.execute("SELECT thanosql._put_model_chunk(%s, 99, 'x')", (mid,))
         # Only the owner grants.
         with pytest.raises(errors.UndefinedObject):
             b.execute("SELECT thanosql.grant_model(%s, %s, 'MODIFY')", (unique_name, other))
@@ -151,7 +151,7 @@ def test_jit_is_off_after_loading(direct: psycopg.Connection) -> None:
 
 def test_pg_dump_and_restore_carry_models(cluster: dict, direct: psycopg.Connection) -> None:
     src, dst = (f"tq_dump_{uuid.uuid4().hex[:8]}" for _ in range(2))
-    weights = bytes(range(256)) * 5000  # > 1 chunk is not needed; content must survive
+    weights = bytes(range(256)) * 5000  # two chunks; content must survive
     direct.execute(f"CREATE DATABASE {src}")
     direct.execute(f"CREATE DATABASE {dst}")
     base = cluster["server"].rsplit("/", 1)[0]
@@ -163,8 +163,9 @@ def test_pg_dump_and_restore_carry_models(cluster: dict, direct: psycopg.Connect
         dump = subprocess.run([f"{PG_BIN}/pg_dump", "-Fc", f"{base}/{src}"], capture_output=True, check=True)
         subprocess.run([f"{PG_BIN}/pg_restore", "-d", f"{base}/{dst}"], input=dump.stdout, check=True)
         with psycopg.connect(f"{base}/{dst}", autocommit=True) as conn:
-            row = conn.execute("SELECT m.name, c.data FROM thanosql.models m"
-                               " JOIN thanosql.model_chunks c ON c.model_id = m.id").fetchone()
+            row = conn.execute("SELECT m.name, string_agg(c.data, '' ORDER BY c.seq)"
+                               " FROM thanosql.models m JOIN thanosql.model_chunks c ON c.model_id = m.id"
+                               " GROUP BY m.name").fetchone()
             assert row == ("dumped", weights)
             # The identity sequence came along too: a new model does not clash.
             add_model(conn, "after_restore")

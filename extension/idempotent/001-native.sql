@@ -7,6 +7,12 @@ CREATE OR REPLACE FUNCTION thanosql._native_version() RETURNS text
     AS 'MODULE_PATHNAME', 'thanosql_native_version' LANGUAGE C STRICT IMMUTABLE
     SET search_path = pg_catalog, pg_temp;
 
+-- Once per session, before thanosql_pg loads (thanosql._load calls it): PostgreSQL's
+-- signal handlers run on the backend's main thread only, whatever threads torch starts.
+CREATE OR REPLACE FUNCTION thanosql._session_init() RETURNS void
+    AS 'MODULE_PATHNAME', 'thanosql_session_init' LANGUAGE C VOLATILE
+    SET search_path = pg_catalog, pg_temp;
+
 CREATE OR REPLACE FUNCTION thanosql._clean_next_error() RETURNS void
     AS 'MODULE_PATHNAME', 'thanosql_clean_next_error' LANGUAGE C VOLATILE
     SET search_path = pg_catalog, pg_temp;

@@ -1,7 +1,9 @@
 -- The only way into the catalog tables: SECURITY DEFINER functions that check
 -- the acting role's privileges themselves (RLS does not apply to them, as
--- they run as the extension's owner). Each takes the caller's role last; see
--- 010-privileges.sql for why and how it is checked.
+-- they run as the extension's owner). PUBLIC cannot execute them: each is the
+-- implementation behind a C gate (src/act.c) that PUBLIC calls, which reads
+-- the acting role from the server (GetUserId()) and passes it last, as
+-- ``who``. No caller can name the role it acts as.
 
 -- Models are changed on the primary only: on a hot standby every writer says so
 -- (PostgreSQL's own read-only error, 25006, with a hint) before doing anything.
@@ -23,7 +25,6 @@ RETURNS thanosql.models LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path
 DECLARE
     m thanosql.models;
 BEGIN
-    PERFORM thanosql._acting_role(who);
     SELECT * INTO m FROM thanosql.models WHERE name OPERATOR(pg_catalog.=) p_model;
     IF NOT FOUND OR NOT thanosql._has_model_privilege(m.id, m.owner, 'USE', who) THEN
         RAISE EXCEPTION 'model "%" does not exist', p_model USING ERRCODE = 'undefined_object',
@@ -46,7 +47,6 @@ RETURNS thanosql.models LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path
 DECLARE
     m thanosql.models;
 BEGIN
-    PERFORM thanosql._acting_role(who);
     SELECT * INTO m FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) p_model_id;
     IF NOT FOUND OR NOT thanosql._has_model_privilege(m.id, m.owner, privilege, who) THEN
         RAISE EXCEPTION 'permission denied to % of model %', what, p_model_id
@@ -57,7 +57,8 @@ END $$;
 
 -- Locks a model's row for a change: at once or a 55P03 error naming the session
 -- that holds it (a BUILD or FIT in progress), or, with ``wait``, after it.
-CREATE OR REPLACE FUNCTION thanosql._lock_model(p_model_id bigint, p_name text, wait boolean)
+CREATE OR REPLACE FUNCTION thanosql._lock_model(p_model_id bigint, p_name text, wait boolean,
+                                                who pg_catalog.regrole)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF wait THEN
@@ -66,15 +67,17 @@ BEGIN
         PERFORM 1 FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) p_model_id FOR UPDATE NOWAIT;
     END IF;
 EXCEPTION WHEN lock_not_available THEN
-    RAISE EXCEPTION 'model "%" is being changed by another session%', p_name, thanosql._holder(p_name)
+    RAISE EXCEPTION 'model "%" is being changed by another session%', p_name, thanosql._holder(p_name, who)
         USING ERRCODE = 'lock_not_available',
               HINT = 'Try again when that statement has finished, or add wait=True to OPTIONS to wait for it.';
 END $$;
 
 -- Who holds a model name right now, for "being built by another session"
 -- errors: the session's pid and role from thanosql.progress, when the server
--- has it (shared_preload_libraries), else nothing.
-CREATE OR REPLACE FUNCTION thanosql._holder(p_name text) RETURNS text
+-- has it (shared_preload_libraries), else nothing. Only a session that ``who``
+-- could see in thanosql.progress is named (its own role's, or any for
+-- superusers and members of pg_read_all_stats), never another role's.
+CREATE OR REPLACE FUNCTION thanosql._holder(p_name text, who pg_catalog.regrole) RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     holder text;
@@ -90,6 +93,8 @@ BEGIN
                SELECT d.oid FROM pg_catalog.pg_database d
                 WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
        AND s.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
+       AND (pg_catalog.pg_has_role(who, s.role, 'USAGE')
+            OR pg_catalog.pg_has_role(who, 'pg_read_all_stats', 'USAGE'))
      LIMIT 1;
     RETURN COALESCE(holder, '');
 END $$;
@@ -101,12 +106,11 @@ END $$;
 -- instead of training to the end and losing. Returns the model's id and
 -- whether it existed.
 CREATE OR REPLACE FUNCTION thanosql._model_claim(p_name text, overwrite boolean, wait boolean,
-                                                 caller pg_catalog.regrole,
+                                                 who pg_catalog.regrole,
                                                  OUT model_id bigint, OUT existed boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     writable boolean := thanosql._writable();
-    who pg_catalog.regrole := thanosql._acting_role(caller);
     m thanosql.models;
     saved_timeout text := pg_catalog.current_setting('lock_timeout');
 BEGIN
@@ -122,7 +126,7 @@ BEGIN
                     HINT = 'Add overwrite=True to OPTIONS to replace it (the current version is kept), or choose another name.';
             END IF;
             PERFORM thanosql._model_for(p_name, who, 'MODIFY');
-            PERFORM thanosql._lock_model(m.id, p_name, wait);
+            PERFORM thanosql._lock_model(m.id, p_name, wait, who);
             model_id := m.id;
             existed := true;
             RETURN;
@@ -142,7 +146,7 @@ BEGIN
         EXCEPTION
             WHEN lock_not_available THEN
                 PERFORM pg_catalog.set_config('lock_timeout', saved_timeout, true);
-                RAISE EXCEPTION 'model "%" is being built by another session%', p_name, thanosql._holder(p_name)
+                RAISE EXCEPTION 'model "%" is being built by another session%', p_name, thanosql._holder(p_name, who)
                     USING ERRCODE = 'lock_not_available',
                           HINT = 'Wait for it to finish, or add wait=True to OPTIONS to wait for it.';
             WHEN unique_violation THEN
@@ -153,21 +157,26 @@ BEGIN
     RAISE EXCEPTION 'model "%" already exists', p_name USING ERRCODE = 'duplicate_object';
 END $$;
 
--- BUILD/FIT done: a new version of a claimed model (its weights follow through
--- _model_put_chunk). Keeps thanosql.keep_versions earlier versions and drops
--- older ones with their weights. Returns the new version number.
+-- BUILD/FIT done: a new version of a claimed model. Its weights follow through
+-- _model_put_chunk, then _model_seal computes their size and hash from the
+-- stored bytes. Keeps thanosql.keep_versions earlier versions and drops older
+-- ones with their weights. Returns the new version number.
 CREATE OR REPLACE FUNCTION thanosql._model_write(
     p_model_id bigint, p_algorithm text, p_family text, p_options jsonb, p_labels jsonb, p_label_type text,
-    p_format text, p_size_bytes bigint, p_sha256 text, p_statement text, p_rows bigint,
-    caller pg_catalog.regrole)
+    p_format text, p_statement text, p_rows bigint, who pg_catalog.regrole)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     writable boolean := thanosql._writable();
-    who pg_catalog.regrole := thanosql._acting_role(caller);
     m thanosql.models;
     v integer;
     keep integer := COALESCE(pg_catalog.current_setting('thanosql.keep_versions', true), '3')::integer;
 BEGIN
+    IF p_statement IS NULL OR p_statement OPERATOR(pg_catalog.<>) ALL (ARRAY['BUILD', 'FIT']) THEN
+        RAISE EXCEPTION 'a model version is made by BUILD or FIT, not %', p_statement
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM thanosql._bounded_json(p_options, 'options', 1048576);
+    PERFORM thanosql._bounded_json(p_labels, 'labels', 16777216);
     SELECT * INTO m FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) p_model_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'model % was deleted while this statement ran', p_model_id
@@ -179,16 +188,13 @@ BEGIN
     END IF;
     SELECT COALESCE(pg_catalog.max(mv.version), m.version) OPERATOR(pg_catalog.+) 1 INTO v
       FROM thanosql.model_versions mv WHERE mv.model_id OPERATOR(pg_catalog.=) m.id;
-    IF p_sha256 IS NOT NULL AND p_sha256 !~ '^[0-9a-f]{64}$' THEN
-        RAISE EXCEPTION 'invalid weights hash' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
     INSERT INTO thanosql.model_versions (model_id, version, algorithm, family, options, labels, label_type, format,
                                          size_bytes, payload_sha256, statement, rows, created_by)
-    VALUES (m.id, v, p_algorithm, p_family, p_options, p_labels, p_label_type, p_format, p_size_bytes,
-            p_sha256, p_statement, p_rows, pg_catalog.pg_get_userbyid(who));
+    VALUES (m.id, v, p_algorithm, p_family, p_options, p_labels, p_label_type, p_format, 0,
+            NULL, p_statement, p_rows, pg_catalog.pg_get_userbyid(who));
     UPDATE thanosql.models
        SET algorithm = p_algorithm, family = p_family, options = p_options, labels = p_labels,
-           label_type = p_label_type, format = p_format, size_bytes = p_size_bytes, version = v,
+           label_type = p_label_type, format = p_format, size_bytes = 0, version = v,
            updated_at = pg_catalog.now()
      WHERE id OPERATOR(pg_catalog.=) m.id;
     DELETE FROM thanosql.model_versions mv
@@ -201,25 +207,108 @@ BEGIN
     RETURN v;
 END $$;
 
--- One chunk of the current version's weights (thanosql_pg writes them right after _model_write).
+-- One chunk of the current version's weights (thanosql_pg writes them right after
+-- _model_write): CHUNK bytes each (src: thanosql_pg/server/catalog.py), the last
+-- one shorter; never into a version that is sealed.
 CREATE OR REPLACE FUNCTION thanosql._model_put_chunk(p_model_id bigint, p_seq integer, p_data bytea,
-                                                     caller pg_catalog.regrole)
+                                                     who pg_catalog.regrole)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     writable boolean := thanosql._writable();
-    m thanosql.models := thanosql._model_by_id(p_model_id, caller, 'MODIFY', 'write the weights');
+    m thanosql.models := thanosql._model_by_id(p_model_id, who, 'MODIFY', 'write the weights');
 BEGIN
+    IF p_seq IS NULL OR p_seq OPERATOR(pg_catalog.<) 0 OR p_data IS NULL
+       OR pg_catalog.length(p_data) OPERATOR(pg_catalog.>) 1048576 THEN
+        RAISE EXCEPTION 'a weights chunk has a sequence number from 0 and at most 1048576 bytes'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT 1 FROM thanosql.model_versions v
+                WHERE v.model_id OPERATOR(pg_catalog.=) m.id AND v.version OPERATOR(pg_catalog.=) m.version
+                  AND v.payload_sha256 IS NOT NULL) THEN
+        RAISE EXCEPTION 'version % of model "%" is sealed: its weights cannot change', m.version, m.name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'BUILD or FIT makes a new version.';
+    END IF;
     INSERT INTO thanosql.model_chunks (model_id, version, seq, data) VALUES (p_model_id, m.version, p_seq, p_data);
+END $$;
+
+-- The hash that names a version's weights (and their file in the server's
+-- weights cache), computed here from the stored chunks, never taken from a
+-- caller: SHA-256 over the SHA-256 of each chunk, in order, so that it is
+-- computed one chunk at a time. thanosql_pg.server.weights_cache computes the
+-- same over a file in 1 MiB pieces.
+CREATE OR REPLACE FUNCTION thanosql._weights_digest(p_model_id bigint, p_version integer) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.encode(pg_catalog.sha256(COALESCE(
+               pg_catalog.string_agg(pg_catalog.sha256(c.data), ''::pg_catalog.bytea ORDER BY c.seq), ''::pg_catalog.bytea)), 'hex')
+      FROM thanosql.model_chunks c
+     WHERE c.model_id OPERATOR(pg_catalog.=) p_model_id AND c.version OPERATOR(pg_catalog.=) p_version
+$$;
+
+-- The weights of the current version are complete: checks that the chunks are
+-- 0..n-1, all but the last of 1 MiB, then records their size and hash. A sealed
+-- version takes no more chunks. Returns the hash.
+CREATE OR REPLACE FUNCTION thanosql._model_seal(p_model_id bigint, who pg_catalog.regrole)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    writable boolean := thanosql._writable();
+    m thanosql.models := thanosql._model_by_id(p_model_id, who, 'MODIFY', 'write the weights');
+    n bigint;
+    top integer;
+    short bigint;
+    total bigint;
+    digest text;
+BEGIN
+    SELECT pg_catalog.count(*), pg_catalog.max(c.seq), COALESCE(pg_catalog.sum(pg_catalog.length(c.data)), 0)
+      INTO n, top, total
+      FROM thanosql.model_chunks c
+     WHERE c.model_id OPERATOR(pg_catalog.=) m.id AND c.version OPERATOR(pg_catalog.=) m.version;
+    SELECT pg_catalog.count(*) INTO short
+      FROM thanosql.model_chunks c
+     WHERE c.model_id OPERATOR(pg_catalog.=) m.id AND c.version OPERATOR(pg_catalog.=) m.version
+       AND c.seq OPERATOR(pg_catalog.<>) top AND pg_catalog.length(c.data) OPERATOR(pg_catalog.<>) 1048576;
+    IF n OPERATOR(pg_catalog.=) 0 OR top OPERATOR(pg_catalog.<>) (n OPERATOR(pg_catalog.-) 1)
+       OR short OPERATOR(pg_catalog.>) 0 THEN
+        RAISE EXCEPTION 'the weights of model "%" are incomplete: chunks 0..n-1 of 1 MiB (the last shorter) are expected',
+            m.name USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    digest := thanosql._weights_digest(m.id, m.version);
+    UPDATE thanosql.model_versions v SET payload_sha256 = digest, size_bytes = total
+     WHERE v.model_id OPERATOR(pg_catalog.=) m.id AND v.version OPERATOR(pg_catalog.=) m.version
+       AND v.payload_sha256 IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'version % of model "%" is sealed already', m.version, m.name
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    UPDATE thanosql.models SET size_bytes = total WHERE id OPERATOR(pg_catalog.=) m.id;
+    RETURN digest;
+END $$;
+
+-- A jsonb value that a caller hands a writer, bounded before it is stored: the
+-- catalog's readers (DESCRIBE MODEL) must never be made to fail by its size.
+CREATE OR REPLACE FUNCTION thanosql._bounded_json(value jsonb, what text, max_bytes integer) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_catalog.pg_column_size(value) OPERATOR(pg_catalog.>) max_bytes THEN
+        RAISE EXCEPTION 'the model''s % take % bytes, more than the % allowed', what,
+            pg_catalog.pg_column_size(value), max_bytes USING ERRCODE = 'program_limit_exceeded';
+    END IF;
 END $$;
 
 -- The per-epoch history of the BUILD/FIT that made the current version: a
 -- jsonb array of objects with model_epochs' column names.
-CREATE OR REPLACE FUNCTION thanosql._record_epochs(p_model_id bigint, p_epochs jsonb, caller pg_catalog.regrole)
+CREATE OR REPLACE FUNCTION thanosql._record_epochs(p_model_id bigint, p_epochs jsonb, who pg_catalog.regrole)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     writable boolean := thanosql._writable();
-    m thanosql.models := thanosql._model_by_id(p_model_id, caller, 'MODIFY', 'write the history');
+    m thanosql.models := thanosql._model_by_id(p_model_id, who, 'MODIFY', 'write the history');
 BEGIN
+    PERFORM thanosql._bounded_json(p_epochs, 'epoch history', 4194304);
+    IF EXISTS (SELECT 1 FROM thanosql.model_epochs e
+                WHERE e.model_id OPERATOR(pg_catalog.=) m.id AND e.version OPERATOR(pg_catalog.=) m.version) THEN
+        RAISE EXCEPTION 'version % of model "%" has its history already', m.version, m.name
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
     INSERT INTO thanosql.model_epochs (model_id, version, epoch, metric, train_loss, train_metric, validation_loss,
                                        validation_metric, learning_rate, seconds, samples_per_second)
     SELECT m.id, m.version, e.epoch, e.metric, e.train_loss, e.train_metric, e.validation_loss,
@@ -230,15 +319,14 @@ BEGIN
 END $$;
 
 -- Makes a kept version the current one again (PREDICT uses it from now on).
-CREATE OR REPLACE FUNCTION thanosql._rollback_model(p_model text, p_version integer, caller pg_catalog.regrole)
+CREATE OR REPLACE FUNCTION thanosql._rollback_model(p_model text, p_version integer, who pg_catalog.regrole)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     writable boolean := thanosql._writable();
-    who pg_catalog.regrole := thanosql._acting_role(caller);
     m thanosql.models := thanosql._model_for(p_model, who, 'MODIFY');
     v thanosql.model_versions;
 BEGIN
-    PERFORM thanosql._lock_model(m.id, p_model, false);
+    PERFORM thanosql._lock_model(m.id, p_model, false, who);
     SELECT * INTO v FROM thanosql.model_versions
      WHERE model_id OPERATOR(pg_catalog.=) m.id AND version OPERATOR(pg_catalog.=) p_version;
     IF NOT FOUND THEN
@@ -253,15 +341,20 @@ BEGIN
     RETURN v.version;
 END $$;
 
--- BUILD/FIT/EVALUATE results into the metrics history (USE suffices: a role
--- allowed to EVALUATE a model records its results).
+-- BUILD/FIT/EVALUATE results into the metrics history. Only the owner and MODIFY
+-- grantees write a model's history: an EVALUATE by a USE grantee returns its
+-- results without recording them.
 CREATE OR REPLACE FUNCTION thanosql._record_metrics(p_model_id bigint, p_statement text, p_rows bigint,
-                                                    p_metrics jsonb, caller pg_catalog.regrole)
+                                                    p_metrics jsonb, who pg_catalog.regrole)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    who pg_catalog.regrole := thanosql._acting_role(caller);
-    m thanosql.models := thanosql._model_by_id(p_model_id, who, 'USE', 'record the metrics');
+    m thanosql.models := thanosql._model_by_id(p_model_id, who, 'MODIFY', 'record the metrics');
 BEGIN
+    IF p_statement IS NULL OR p_statement OPERATOR(pg_catalog.<>) ALL (ARRAY['BUILD', 'FIT', 'EVALUATE']) THEN
+        RAISE EXCEPTION 'metrics are recorded for BUILD, FIT or EVALUATE, not %', p_statement
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM thanosql._bounded_json(p_metrics, 'metrics', 65536);
     INSERT INTO thanosql.model_metrics (model_id, statement, rows, metrics, by_role, version)
     VALUES (p_model_id, p_statement, p_rows, p_metrics, pg_catalog.pg_get_userbyid(who), m.version);
     IF p_statement OPERATOR(pg_catalog.=) ANY (ARRAY['BUILD', 'FIT']) THEN
@@ -270,11 +363,10 @@ BEGIN
     END IF;
 END $$;
 
-CREATE OR REPLACE FUNCTION thanosql._delete_model(p_model text, if_exists boolean, caller pg_catalog.regrole)
+CREATE OR REPLACE FUNCTION thanosql._delete_model(p_model text, if_exists boolean, who pg_catalog.regrole)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     writable boolean := thanosql._writable();
-    who pg_catalog.regrole := thanosql._acting_role(caller);
     m thanosql.models;
 BEGIN
     SELECT * INTO m FROM thanosql.models WHERE name OPERATOR(pg_catalog.=) p_model;
@@ -287,7 +379,7 @@ BEGIN
             HINT = 'LIST MODEL shows the models you can use; DROP MODEL IF EXISTS skips missing ones.';
     END IF;
     PERFORM thanosql._model_for(p_model, who, 'MODIFY');  -- raises permission denied, with a hint
-    PERFORM thanosql._lock_model(m.id, p_model, false);
+    PERFORM thanosql._lock_model(m.id, p_model, false, who);
     DELETE FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) m.id;
     RETURN p_model;
 END $$;
@@ -336,43 +428,40 @@ BEGIN
     RETURN m;
 END $$;
 
-CREATE OR REPLACE FUNCTION thanosql._grant_model(p_model text, p_grantee text, p_privilege text,
-                                                 caller pg_catalog.regrole)
+CREATE OR REPLACE FUNCTION thanosql._grant_model(p_model text, p_grantee name, p_privilege text,
+                                                 who pg_catalog.regrole)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     writable boolean := thanosql._writable();
-    who pg_catalog.regrole := thanosql._acting_role(caller);
     priv text := thanosql._model_privilege_name(p_privilege);
     m thanosql.models := thanosql._owned_model(p_model, who, 'grant privileges on it');
 BEGIN
     INSERT INTO thanosql.model_grants (model_id, grantee, privilege)
-    VALUES (m.id, thanosql._grantee(p_grantee), priv) ON CONFLICT DO NOTHING;
+    VALUES (m.id, thanosql._grantee(p_grantee::text), priv) ON CONFLICT DO NOTHING;
 END $$;
 
-CREATE OR REPLACE FUNCTION thanosql._revoke_model(p_model text, p_grantee text, p_privilege text,
-                                                  caller pg_catalog.regrole)
+CREATE OR REPLACE FUNCTION thanosql._revoke_model(p_model text, p_grantee name, p_privilege text,
+                                                  who pg_catalog.regrole)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     writable boolean := thanosql._writable();
-    who pg_catalog.regrole := thanosql._acting_role(caller);
     priv text := thanosql._model_privilege_name(p_privilege);
     m thanosql.models := thanosql._owned_model(p_model, who, 'revoke privileges on it');
 BEGIN
     DELETE FROM thanosql.model_grants g
     WHERE g.model_id OPERATOR(pg_catalog.=) m.id
-      AND g.grantee OPERATOR(pg_catalog.=) thanosql._grantee(p_grantee)
+      AND g.grantee OPERATOR(pg_catalog.=) thanosql._grantee(p_grantee::text)
       AND g.privilege OPERATOR(pg_catalog.=) priv;
 END $$;
 
 -- Like ALTER TABLE ... OWNER TO: the owner may give a model to a role it is a
 -- member of (a superuser, to any role).
-CREATE OR REPLACE FUNCTION thanosql._alter_model_owner(p_model text, p_new_owner text, caller pg_catalog.regrole)
+CREATE OR REPLACE FUNCTION thanosql._alter_model_owner(p_model text, p_new_owner name, who pg_catalog.regrole)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     writable boolean := thanosql._writable();
-    who pg_catalog.regrole := thanosql._acting_role(caller);
     m thanosql.models := thanosql._owned_model(p_model, who, 'change its owner');
-    new_owner pg_catalog.regrole := thanosql._grantee(p_new_owner);
+    new_owner pg_catalog.regrole := thanosql._grantee(p_new_owner::text);
 BEGIN
     IF new_owner OPERATOR(pg_catalog.=) 0 OR NOT pg_catalog.pg_has_role(who, new_owner, 'MEMBER') THEN
         RAISE EXCEPTION 'must be able to SET ROLE "%" to give it model "%"', p_new_owner, p_model
@@ -381,11 +470,3 @@ BEGIN
     UPDATE thanosql.models SET owner = new_owner, updated_at = pg_catalog.now()
      WHERE id OPERATOR(pg_catalog.=) m.id;
 END $$;
-
--- Whether a model name is taken, including by models RLS hides from the
--- caller: lets BUILD fail fast with a clear message instead of a unique
--- violation after training. Reveals only that the name is taken.
-CREATE OR REPLACE FUNCTION thanosql._model_name_taken(model text) RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (SELECT 1 FROM thanosql.models WHERE name OPERATOR(pg_catalog.=) model)
-$$;

@@ -63,31 +63,55 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     ORDER BY e.epoch
 $$;
 
+-- The writers of model management. Each is a C gate (src/act.c): it calls the
+-- SECURITY DEFINER function of the same name with a leading underscore
+-- (030-writers.sql), passing the role the server sees calling, never one the
+-- caller names.
+
 -- Makes a kept version current again, atomically; needs MODIFY on the model.
 CREATE OR REPLACE FUNCTION thanosql.rollback_model(model text, version integer)
-RETURNS integer LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT thanosql._rollback_model(model, version, thanosql._current_role())
-$$;
+RETURNS integer AS 'MODULE_PATHNAME', 'thanosql_act' LANGUAGE C
+SET search_path = pg_catalog, pg_temp;
 
 CREATE OR REPLACE FUNCTION thanosql.delete_model(model text, if_exists boolean DEFAULT false)
-RETURNS text LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT thanosql._delete_model(model, if_exists, thanosql._current_role())
-$$;
+RETURNS text AS 'MODULE_PATHNAME', 'thanosql_act' LANGUAGE C
+SET search_path = pg_catalog, pg_temp;
 
 -- grantee: a role as GRANT names it ('bob', '"Bob"', 'public'); privilege:
 -- 'USE' (PREDICT, EVALUATE, CONVERT, SEARCH, FIT from) or 'MODIFY' (also
 -- overwrite, FIT into, DELETE).
 CREATE OR REPLACE FUNCTION thanosql.grant_model(model text, grantee name, privilege text DEFAULT 'USE')
-RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT thanosql._grant_model(model, grantee::text, privilege, thanosql._current_role())
-$$;
+RETURNS void AS 'MODULE_PATHNAME', 'thanosql_act' LANGUAGE C
+SET search_path = pg_catalog, pg_temp;
 
 CREATE OR REPLACE FUNCTION thanosql.revoke_model(model text, grantee name, privilege text DEFAULT 'USE')
-RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT thanosql._revoke_model(model, grantee::text, privilege, thanosql._current_role())
-$$;
+RETURNS void AS 'MODULE_PATHNAME', 'thanosql_act' LANGUAGE C
+SET search_path = pg_catalog, pg_temp;
 
 CREATE OR REPLACE FUNCTION thanosql.alter_model_owner(model text, new_owner name)
-RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT thanosql._alter_model_owner(model, new_owner::text, thanosql._current_role())
-$$;
+RETURNS void AS 'MODULE_PATHNAME', 'thanosql_act' LANGUAGE C
+SET search_path = pg_catalog, pg_temp;
+
+-- The writers of BUILD and FIT, which thanosql_pg calls as the statement's role
+-- (thanosql_pg/server/catalog.py); C gates like the above.
+CREATE OR REPLACE FUNCTION thanosql._claim_model(p_name text, overwrite boolean, wait boolean,
+                                                 OUT model_id bigint, OUT existed boolean)
+AS 'MODULE_PATHNAME', 'thanosql_act' LANGUAGE C SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION thanosql._write_model(
+    p_model_id bigint, p_algorithm text, p_family text, p_options jsonb, p_labels jsonb, p_label_type text,
+    p_format text, p_statement text, p_rows bigint)
+RETURNS integer AS 'MODULE_PATHNAME', 'thanosql_act' LANGUAGE C SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION thanosql._put_model_chunk(p_model_id bigint, p_seq integer, p_data bytea)
+RETURNS void AS 'MODULE_PATHNAME', 'thanosql_act' LANGUAGE C SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION thanosql._seal_model(p_model_id bigint)
+RETURNS text AS 'MODULE_PATHNAME', 'thanosql_act' LANGUAGE C SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION thanosql._write_epochs(p_model_id bigint, p_epochs jsonb)
+RETURNS void AS 'MODULE_PATHNAME', 'thanosql_act' LANGUAGE C SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION thanosql._write_metrics(p_model_id bigint, p_statement text, p_rows bigint,
+                                                   p_metrics jsonb)
+RETURNS void AS 'MODULE_PATHNAME', 'thanosql_act' LANGUAGE C SET search_path = pg_catalog, pg_temp;

@@ -25,6 +25,7 @@ if native != SQL_VERSION:
     fail("this session runs the thanosql C module %s, but the extension's SQL is %s" % (native, SQL_VERSION),
          hint="Reconnect: a session keeps the module it loaded first. If this persists, install "
               "thanosql %s's files (make install)." % SQL_VERSION, sqlstate="55000")
+plpy.execute("SELECT thanosql._session_init()")  # before torch can start a thread
 loaded = sys.modules.get("thanosql_pg")
 if loaded is None:
     lib = plpy.execute("SELECT pg_catalog.current_setting('thanosql.python_lib_dir') AS d")[0]["d"]

@@ -1,29 +1,11 @@
 -- What thanosql statements are doing right now, server-wide (src/progress.c):
 -- shared memory, not tables, so a cancelled BUILD leaves no trace. Needs
--- shared_preload_libraries = 'thanosql'; without it the writers do nothing and
+-- shared_preload_libraries = 'thanosql'; without it nothing is recorded and
 -- the view says what to configure.
 
-CREATE OR REPLACE FUNCTION thanosql._progress_start(statement text, model text) RETURNS void
-    AS 'MODULE_PATHNAME', 'thanosql_progress_start' LANGUAGE C VOLATILE
-    SET search_path = pg_catalog, pg_temp;
-
-CREATE OR REPLACE FUNCTION thanosql._progress_update(phase text, epoch integer, epochs integer, step bigint,
-                                                     steps bigint, loss double precision,
-                                                     samples_per_second double precision,
-                                                     eta_seconds double precision) RETURNS void
-    AS 'MODULE_PATHNAME', 'thanosql_progress_update' LANGUAGE C VOLATILE
-    SET search_path = pg_catalog, pg_temp;
-
-CREATE OR REPLACE FUNCTION thanosql._progress_end() RETURNS void
-    AS 'MODULE_PATHNAME', 'thanosql_progress_end' LANGUAGE C VOLATILE
-    SET search_path = pg_catalog, pg_temp;
-
--- Marks this session as running a model (or not); returns how many sessions
--- of the server are (0 without shared memory). thanosql_pg sizes its thread
--- pool from it.
-CREATE OR REPLACE FUNCTION thanosql._work(busy boolean) RETURNS integer
-    AS 'MODULE_PATHNAME', 'thanosql_work' LANGUAGE C VOLATILE STRICT
-    SET search_path = pg_catalog, pg_temp;
+-- The statements write their slots in-process (thanosql_pg calls the C module's
+-- functions directly, src/progress.c): no SQL function writes them, so no
+-- session can mark itself busy or fake another's row.
 
 CREATE OR REPLACE FUNCTION thanosql._progress_available() RETURNS boolean
     AS 'MODULE_PATHNAME', 'thanosql_progress_available' LANGUAGE C VOLATILE

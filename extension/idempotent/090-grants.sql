@@ -8,9 +8,26 @@ GRANT SELECT ON thanosql.models, thanosql.model_chunks, thanosql.model_grants, t
                 thanosql.model_versions, thanosql.model_epochs, thanosql.progress TO PUBLIC;
 REVOKE ALL ON SEQUENCE thanosql.models_id_seq FROM PUBLIC;
 
--- These take a role without checking that the caller may act as it: only the
--- other SECURITY DEFINER functions call them.
+-- The implementations behind the C gates (src/act.c), and their helpers: they
+-- take the acting role as an argument, so only the gates (which derive it) and
+-- the extension's owner call them. New functions get EXECUTE for PUBLIC by
+-- default: tests/security/test_inventory.py lists every one PUBLIC keeps.
 REVOKE ALL ON FUNCTION thanosql._model_for(text, pg_catalog.regrole, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION thanosql._owned_model(text, pg_catalog.regrole, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION thanosql._model_by_id(bigint, pg_catalog.regrole, text, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION thanosql._lock_model(bigint, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._lock_model(bigint, text, boolean, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._holder(text, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._model_claim(text, boolean, boolean, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._model_write(bigint, text, text, jsonb, jsonb, text, text, text, bigint,
+                                             pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._model_put_chunk(bigint, integer, bytea, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._model_seal(bigint, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._record_epochs(bigint, jsonb, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._record_metrics(bigint, text, bigint, jsonb, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._rollback_model(text, integer, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._delete_model(text, boolean, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._grant_model(text, name, text, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._revoke_model(text, name, text, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._alter_model_owner(text, name, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._grant_visible_to(bigint, pg_catalog.regrole, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._weights_digest(bigint, integer) FROM PUBLIC;

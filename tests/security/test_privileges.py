@@ -90,7 +90,8 @@ def test_catalog_tables_are_not_writable_directly(
     ):
         with pytest.raises(errors.InsufficientPrivilege):
             m.execute(sql)
-    # The writers check the acting role: mallory cannot act as alice.
+    # The writers' implementations take the acting role as an argument: PUBLIC cannot
+    # execute them, so mallory cannot act as alice by naming her.
     alice = connect_as(mallory).execute(
         "SELECT pg_get_userbyid(owner) FROM thanosql.models WHERE id = %s", (mid,)).fetchone()
     assert alice is None  # not even visible
@@ -98,29 +99,31 @@ def test_catalog_tables_are_not_writable_directly(
     for sql, args in (
         ("SELECT * FROM thanosql._model_claim('x', false, false, %s::regrole)", (owner,)),
         ("SELECT * FROM thanosql._model_claim(%s, true, false, %s::regrole)", (name, owner)),
-        ("SELECT thanosql._model_write(%s, 'a', 'f', '{}', NULL, NULL, 'x', 0, NULL, 'BUILD', 1,"
-         " %s::regrole)",
+        ("SELECT thanosql._model_write(%s, 'a', 'f', '{}', NULL, NULL, 'x', 'BUILD', 1, %s::regrole)",
          (mid, owner)),
         ("SELECT thanosql._record_epochs(%s, '[]', %s::regrole)", (mid, owner)),
+        ("SELECT thanosql._record_metrics(%s, 'EVALUATE', 1, '{}', %s::regrole)", (mid, owner)),
         ("SELECT thanosql._rollback_model(%s, 1, %s::regrole)", (name, owner)),
         ("SELECT thanosql._model_put_chunk(%s, 5, 'x', %s::regrole)", (mid, owner)),
+        ("SELECT thanosql._model_seal(%s, %s::regrole)", (mid, owner)),
         ("SELECT thanosql._delete_model(%s, false, %s::regrole)", (name, owner)),
         ("SELECT thanosql._grant_model(%s, %s, 'MODIFY', %s::regrole)", (name, mallory, owner)),
         ("SELECT thanosql._alter_model_owner(%s, %s, %s::regrole)", (name, mallory, owner)),
         ("SELECT * FROM thanosql._model_for(%s, %s::regrole, 'USE')", (name, owner)),
+        ("SELECT thanosql._holder(%s, %s::regrole)", (name, owner)),
+        ("SELECT thanosql._grant_visible_to(%s, 0, %s::regrole)", (mid, owner)),
     ):
-        with pytest.raises(errors.InsufficientPrivilege):
+        with pytest.raises(errors.InsufficientPrivilege, match="permission denied for function"):
             m.execute(sql, args)
-    # Acting as herself, she still cannot touch alice's model (it "does not exist" to her).
+    # Through the gates, she acts as herself: alice's model "does not exist" to her.
     with pytest.raises(errors.InsufficientPrivilege):
-        m.execute("SELECT thanosql._model_write(%s, 'a', 'f', '{}', NULL, NULL, 'x', 0, NULL, 'BUILD', 1,"
-                  " thanosql._current_role())", (mid,))
+        m.execute("SELECT thanosql._write_model(%s, 'a', 'f', '{}', NULL, NULL, 'x', 'BUILD', 1)", (mid,))
     with pytest.raises(errors.DuplicateObject, match="belongs to another role"):
-        m.execute("SELECT * FROM thanosql._model_claim(%s, true, false, thanosql._current_role())", (name,))
+        m.execute("SELECT * FROM thanosql._claim_model(%s, true, false)", (name,))
     with pytest.raises(errors.UndefinedObject):
         m.execute("SELECT thanosql.rollback_model(%s, 1)", (name,))
     with pytest.raises(errors.InsufficientPrivilege):
-        m.execute("SELECT thanosql._model_put_chunk(%s, 5, 'x', thanosql._current_role())", (mid,))
+        m.execute("SELECT thanosql._put_model_chunk(%s, 5, 'x')", (mid,))
     # And a model of her own cannot take alice's name.
     with pytest.raises(errors.DuplicateObject):
         add_model(m, name)
@@ -178,8 +181,9 @@ def test_grants_name_existing_roles_and_are_private(
     seen = a.execute("SELECT count(*) FROM thanosql.model_grants WHERE model_id = %s", (mid,)).fetchone()
     assert seen == (1,)
     assert m.execute("SELECT count(*) FROM thanosql.model_grants").fetchone() == (0,)
-    assert not m.execute("SELECT thanosql._grant_visible(%s, %s::regrole, %s::regrole)",
-                         (mid, f'"{mixed}"', alice)).fetchone()[0]
+    # asking as herself (the gate passes her role, whatever she would like to be)
+    assert not m.execute("SELECT thanosql._grant_visible(%s, %s::regrole)", (mid, f'"{mixed}"')).fetchone()[0]
+    assert a.execute("SELECT thanosql._grant_visible(%s, %s::regrole)", (mid, f'"{mixed}"')).fetchone()[0]
 
 
 def test_load_ignores_the_callers_search_path(

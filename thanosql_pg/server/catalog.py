@@ -1,16 +1,17 @@
 """The model catalog: thanosql.models rows and their weights in model_chunks.
 
 Reads go through SPI under the caller's role, so row-level security decides
-who sees which model. Writes go through the extension's SECURITY DEFINER
-functions (extension/idempotent/030-writers.sql), which check the caller's
-privileges themselves: PUBLIC cannot write the tables directly. Both happen in
-the calling statement's transaction, so a failed or rolled-back statement
-leaves nothing behind.
+who sees which model. Writes go through the extension's C gates
+(extension/idempotent/040-management.sql, src/act.c), which call the SECURITY
+DEFINER writers as the role the server sees calling: this code never names a
+role, and PUBLIC cannot write the tables directly. Both happen in the calling
+statement's transaction, so a failed or rolled-back statement leaves nothing
+behind. The weights' size and hash are computed by the server from the chunks
+it stores (thanosql._model_seal), never sent.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import plpy
 
 from thanosql_pg.errors import InsufficientPrivilege, UndefinedModel
 
-CHUNK_BYTES = 1 << 20  # 1 MiB chunks keep each TOAST value small
+CHUNK_BYTES = 1 << 20  # 1 MiB chunks keep each TOAST value small; the writers insist on it
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class ModelRecord:
     format: str
     size_bytes: int
     version: int
-    payload_sha256: str | None = None  # hex; None for models from before 0.2.0
+    payload_sha256: str | None = None  # hex, made by the server (_model_seal); None if never sealed
 
 
 # A model's current row, with its version's weights hash (server.weights_cache).
@@ -44,8 +45,6 @@ _COLUMNS = ("m.id, m.name, m.algorithm, m.family, pg_catalog.pg_get_userbyid(m.o
             " m.options, m.labels, m.label_type, m.format, m.size_bytes, m.version, v.payload_sha256")
 _FROM = ("thanosql.models m LEFT JOIN thanosql.model_versions v ON v.model_id OPERATOR(pg_catalog.=) m.id"
          " AND v.version OPERATOR(pg_catalog.=) m.version")
-# The caller's role, evaluated as the caller (the writers verify it).
-_CALLER = "thanosql._current_role()"
 
 
 def _record(row: dict[str, Any]) -> ModelRecord:
@@ -98,15 +97,7 @@ def get(name: str, privilege: str = "USE") -> ModelRecord:
 
 
 def require_modify(rec: ModelRecord) -> None:
-    ok = plpy.execute(
-        _plan(
-            "can_modify",
-            "SELECT thanosql._has_model_privilege(m.id, m.owner, 'MODIFY', thanosql._current_role()) AS ok"
-            " FROM thanosql.models m WHERE m.id OPERATOR(pg_catalog.=) $1", ["bigint"]
-        ),
-        [rec.id],
-    )[0]["ok"]
-    if not ok:
+    if not can_modify(rec):
         raise InsufficientPrivilege(
             f'permission denied to modify model "{rec.name}"',
             hint=f'Model "{rec.name}" belongs to role {rec.owner}; ask its owner to run '
@@ -130,7 +121,7 @@ def claim(name: str, *, overwrite: bool, wait: bool = False) -> Claim:
     existing model (overwrite, FIT) is locked. Raises 42710 for a taken name
     without overwrite, 42501 without MODIFY."""
     row = plpy.execute(
-        _plan("claim", "SELECT model_id, existed FROM thanosql._model_claim($1, $2, $3, " + _CALLER + ")",
+        _plan("claim", "SELECT model_id, existed FROM thanosql._claim_model($1, $2, $3)",
               ["text", "bool", "bool"]),
         [name, overwrite, wait],
     )[0]
@@ -156,17 +147,16 @@ def save(
     plpy.execute(
         _plan(
             "write",
-            "SELECT thanosql._model_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, " + _CALLER + ")",
-            ["bigint", "text", "text", "jsonb", "jsonb", "text", "text", "bigint", "text", "text", "bigint"],
+            "SELECT thanosql._write_model($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            ["bigint", "text", "text", "jsonb", "jsonb", "text", "text", "text", "bigint"],
         ),
         [claimed.model_id, algorithm, family, json.dumps(options),
-         json.dumps(labels) if labels is not None else None, label_type, format, len(payload),
-         hashlib.sha256(payload).hexdigest(), statement, rows],
+         json.dumps(labels) if labels is not None else None, label_type, format, statement, rows],
     )
-    put = _plan("chunk", "SELECT thanosql._model_put_chunk($1, $2, $3, " + _CALLER + ")",
-                ["bigint", "int4", "bytea"])
+    put = _plan("chunk", "SELECT thanosql._put_model_chunk($1, $2, $3)", ["bigint", "int4", "bytea"])
     for seq, start in enumerate(range(0, len(payload), CHUNK_BYTES)):
         plpy.execute(put, [claimed.model_id, seq, payload[start : start + CHUNK_BYTES]])
+    plpy.execute(_plan("seal", "SELECT thanosql._seal_model($1)", ["bigint"]), [claimed.model_id])
     row = plpy.execute(
         _plan("by_id", f"SELECT {_COLUMNS} FROM {_FROM} WHERE m.id OPERATOR(pg_catalog.=) $1",
               ["bigint"]),
@@ -179,7 +169,7 @@ def record_epochs(rec: ModelRecord, epochs: list[dict[str, Any]]) -> None:
     """The per-epoch history of the BUILD/FIT that made the current version."""
     if epochs:
         plpy.execute(
-            _plan("epochs", "SELECT thanosql._record_epochs($1, $2, " + _CALLER + ")", ["bigint", "jsonb"]),
+            _plan("epochs", "SELECT thanosql._write_epochs($1, $2)", ["bigint", "jsonb"]),
             [rec.id, json.dumps(epochs)],
         )
 
@@ -200,13 +190,24 @@ def load_payload(rec: ModelRecord) -> bytes:
     return b"".join(parts)
 
 
-def record_metrics(rec: ModelRecord, statement: str, rows: int, metrics: dict[str, float]) -> None:
-    plpy.execute(
+def can_modify(rec: ModelRecord) -> bool:
+    """Whether the current role holds MODIFY on ``rec`` (owner, member of the owner, or grantee)."""
+    return bool(plpy.execute(
         _plan(
-            "metrics",
-            "SELECT thanosql._record_metrics($1, $2, $3, $4, " + _CALLER + ")",
-            ["bigint", "text", "bigint", "jsonb"],
+            "can_modify",
+            "SELECT thanosql._has_model_privilege(m.id, m.owner, 'MODIFY', thanosql._current_role()) AS ok"
+            " FROM thanosql.models m WHERE m.id OPERATOR(pg_catalog.=) $1", ["bigint"]
         ),
+        [rec.id],
+    )[0]["ok"])
+
+
+def record_metrics(rec: ModelRecord, statement: str, rows: int, metrics: dict[str, float]) -> None:
+    """Into the model's metrics history: only the owner and MODIFY grantees write it (an
+    EVALUATE by a USE grantee returns its results unrecorded)."""
+    plpy.execute(
+        _plan("metrics", "SELECT thanosql._write_metrics($1, $2, $3, $4)",
+              ["bigint", "text", "bigint", "jsonb"]),
         [rec.id, statement, rows, json.dumps(metrics)],
     )
 

@@ -3,8 +3,8 @@
 Every backend used to give torch all the cores: N sessions running models ran
 N x cores threads on the same cores, and four PREDICT sessions together got a
 fifth of what one got alone. Now a session that starts running a model tells
-the server (thanosql._work, a slot in shared memory) and gets back how many
-sessions are running models right now; it takes its share of
+the server (a slot in shared memory, written in-process: server/native.py) and
+gets back how many sessions are running models right now; it takes its share of
 thanosql.max_threads for this call. Without shared memory (the library not in
 shared_preload_libraries) nobody can count, and each session takes them all,
 as before.
@@ -20,6 +20,7 @@ from typing import Any
 import plpy
 
 from thanosql_pg.errors import OutOfMemory
+from thanosql_pg.server import native
 
 _plans: dict[str, Any] = {}
 _depth = 0  # nested entry points (CONVERT's CREATE TABLE AS calls convert_batch) count once
@@ -61,7 +62,7 @@ def running_model() -> Iterator[int]:
         finally:
             _depth -= 1
         return
-    busy = int(plpy.execute(_plan("busy", "SELECT thanosql._work(true) AS n"))[0]["n"])
+    busy = native.busy(True)
     rows = plpy.execute(_plan(
         "max", "SELECT setting FROM pg_catalog.pg_settings WHERE name OPERATOR(pg_catalog.=)"
                " 'thanosql.max_threads'"))
@@ -73,10 +74,7 @@ def running_model() -> Iterator[int]:
         yield threads
     finally:
         _depth = 0
-        try:
-            plpy.execute(_plan("idle", "SELECT thanosql._work(false)"))
-        except plpy.SPIError:
-            pass  # the statement is failing: the abort clears the slot
+        native.busy(False)  # the abort clears the slot too
 
 
 def set_threads(n: int) -> None:

@@ -123,24 +123,21 @@ def resolve_column(name: str, available: list[str], *, option: str) -> str:
 def statement_progress(statement: str, model: str, phase: str) -> Iterator[None]:
     """Around a BUILD/FIT/EVALUATE/CONVERT: its row in thanosql.progress, in ``phase``
     until the statement reports another (training: 'train', 'validate')."""
-    plpy.execute(_plan("progress_start", "SELECT thanosql._progress_start($1, $2)", ["text", "text"]),
-                 [statement, model])
+    from thanosql_pg.server import native
+
+    native.progress_begin(statement, model)
     report_progress(phase, 0, 0, 0, 0, None, None, None)
     try:
         yield
     finally:
-        try:
-            plpy.execute(_plan("progress_end", "SELECT thanosql._progress_end()"))
-        except plpy.SPIError:
-            pass  # the statement is failing (cancel...): the C module clears the slot at abort
+        native.progress_finish()  # an error or cancel clears the slot at abort too
 
 
 def report_progress(phase: str, epoch: int, epochs: int, step: int, steps: int, loss: float | None,
                     samples_per_second: float | None, eta_seconds: float | None) -> None:
-    plpy.execute(
-        _plan("progress", "SELECT thanosql._progress_update($1, $2, $3, $4, $5, $6, $7, $8)",
-              ["text", "int4", "int4", "int8", "int8", "float8", "float8", "float8"]),
-        [phase, epoch, epochs, step, steps, loss, samples_per_second, eta_seconds])
+    from thanosql_pg.server import native
+
+    native.progress_report(phase, epoch, epochs, step, steps, loss, samples_per_second, eta_seconds)
 
 
 class TrainingData:

@@ -20,6 +20,7 @@ from thanosql_pg.algorithms import registry
 from thanosql_pg.errors import (
     FeatureNotAvailable,
     InvalidOption,
+    InvalidParameterValue,
     ObjectNotInPrerequisiteState,
     ThanoSQLError,
     UndefinedColumn,
@@ -315,21 +316,22 @@ def _resolve(statement: str, model: str, options: dict[str, Any]) -> tuple[Any, 
 
 @entry_point
 def prepare(statement: str, model: str, options: str) -> str:
+    """PREDICT's and CONVERT's configuration, kept in this backend (server/handles.py): the
+    result names it by a handle and shows the input column, which the rewritten SQL reads."""
+    from thanosql_pg.server import handles
+
     rec, opts = _resolve(statement, model, json.loads(options))
     family = registry.family(rec.family)
     family_module(family)
     columns = family.statement_columns(statement, opts)
     opts.update(model=rec.name, model_id=rec.id, version=rec.version, statement=statement,
                 input_col=opts[columns.input], input_option=columns.input, modality=columns.modality)
-    return json.dumps(opts)
+    return handles.issue(opts, {"input_col": opts["input_col"]})
 
 
-@entry_point
-@runs_model
-def predict_batch(cfg: str, vals: list[str | None]) -> list[Any]:
-    from thanosql_pg.server import models
-
-    opts = json.loads(cfg)
+def _batch_values(opts: dict[str, Any], vals: list[str | None]) -> list[list[Any]]:
+    """A batch function's values, decoded, in slices of the prepared ``batch_size``: however
+    many values a caller passes, the model never sees more at once."""
     # vals come from `to_jsonb(row) -> input_col`: a NULL column value is JSON
     # null, while SQL NULL means the row has no such column at all.
     if any(v is None for v in vals):
@@ -337,8 +339,23 @@ def predict_batch(cfg: str, vals: list[str | None]) -> list[Any]:
             f'column "{opts["input_col"]}" does not exist in the query after AS',
             hint=f"Name an existing column with {opts['input_option']}=..., or select it in the query.",
         )
-    predictor = models.cached(opts)
-    return predictor.predict_values([json.loads(v) for v in vals], opts)
+    size = max(1, registry.rows_per_call(opts["statement"], opts))
+    return [[json.loads(v) for v in vals[i:i + size]] for i in range(0, len(vals), size)]
+
+
+@entry_point
+@runs_model
+def predict_batch(cfg: str, vals: list[str | None]) -> list[Any]:
+    from thanosql_pg.server import handles, models
+
+    opts = handles.take(cfg)
+    if opts["statement"] != "predict":
+        raise InvalidParameterValue(
+            "thanosql.predict_batch takes the result of thanosql.prepare('predict', ...)")
+    out: list[Any] = []
+    for values in _batch_values(opts, vals):
+        out.extend(models.cached(opts).predict_values(values, opts))
+    return out
 
 
 @caller_sql_entry_point(whole_call=False)
@@ -389,7 +406,9 @@ def _evaluate(model: str, options: str, query: str, report: str) -> list[tuple[A
     if made != report:
         raise FeatureNotAvailable(f"{rec.algorithm} models did not make EVALUATE report '{report}'",
                                   hint=f"Their model module returned report '{made}'.")
-    if not data.in_recovery():  # a standby cannot write the model's history: the primary keeps it
+    # The model's history is written by its owner and MODIFY grantees only, and on the
+    # primary (a standby cannot write it): a USE grantee's EVALUATE is not recorded.
+    if not data.in_recovery() and catalog.can_modify(rec):
         catalog.record_metrics(rec, "EVALUATE", rows, metrics)
     if out is None:
         return [(k, float(v)) for k, v in metrics.items()] + [("Rows", float(rows))]
@@ -436,15 +455,16 @@ def convert(model: str, options: str, query: str, source_table: str | None) -> l
 @entry_point
 @runs_model
 def convert_batch(cfg: str, vals: list[str | None]) -> list[str | None]:
-    from thanosql_pg.server import embeddings
+    from thanosql_pg.server import embeddings, handles
 
-    opts = json.loads(cfg)
-    if any(v is None for v in vals):  # see predict_batch: SQL NULL means no such column
-        raise UndefinedColumn(
-            f'column "{opts["input_col"]}" does not exist in the query after AS',
-            hint=f"Name an existing column with {opts['input_option']}=..., or select it in the query.",
-        )
-    return embeddings.embed_values(opts, [json.loads(v) for v in vals])
+    opts = handles.take(cfg)
+    if opts["statement"] != "convert":
+        raise InvalidParameterValue(
+            "thanosql.convert_batch takes the result of thanosql.prepare('convert', ...)")
+    out: list[str | None] = []
+    for values in _batch_values(opts, vals):
+        out.extend(embeddings.embed_values(opts, values))
+    return out
 
 
 _NO_INPUT = object()

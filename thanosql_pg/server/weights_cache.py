@@ -9,7 +9,10 @@ once in the OS page cache, shared by all, and a session that writes to a
 tensor (FIT trains its base model) gets private copies of just those pages.
 
 The file is checked against the catalog's hash each time a session maps it, so a
-damaged or stale file is never used: it is rewritten from the database. The
+damaged or stale file is never used: it is rewritten from the database. That
+hash is the server's own (thanosql._model_seal computes it from the stored
+chunks; no caller can write one), so a file is only ever used for the weights
+whose bytes it holds. The
 database stays the source of truth (dump/restore, replicas); the cache is
 disposable.
 
@@ -51,6 +54,19 @@ def settings() -> tuple[Path | None, int]:
     return Path(where or "thanosql_cache").absolute(), size_mb << 20
 
 
+PIECE = 1 << 20  # the chunk size the catalog's hash is made of (catalog.CHUNK_BYTES)
+
+
+def weights_digest(data: bytes | memoryview) -> str:
+    """The catalog's hash of weights (thanosql._weights_digest): SHA-256 over the SHA-256
+    of each 1 MiB piece, in order."""
+    view = memoryview(data)
+    outer = hashlib.sha256()
+    for start in range(0, len(view), PIECE):
+        outer.update(hashlib.sha256(view[start:start + PIECE]).digest())
+    return outer.hexdigest()
+
+
 def payload(record: Any, read: Any) -> bytes | memoryview:
     """The weights of ``record``'s current version: a memoryview of the shared file,
     or (no cache) the bytes ``read(record)`` returns from the catalog."""
@@ -63,7 +79,7 @@ def payload(record: Any, read: Any) -> bytes | memoryview:
         if mapped is not None:
             return mapped
     data = read(record)
-    digest = hashlib.sha256(data).hexdigest()
+    digest = weights_digest(data)
     if expected and digest != expected:
         raise DataCorrupted(f'the weights of model "{record.name}" do not match their recorded hash',
                             hint="The stored model is damaged: restore it from a backup, or BUILD it again.")
@@ -88,7 +104,7 @@ def _map_checked(path: Path, sha256: str) -> memoryview | None:
     except OSError:
         return None
     view = memoryview(mapped)
-    if hashlib.sha256(view).hexdigest() != sha256:
+    if weights_digest(view) != sha256:
         view.release()
         mapped.close()
         try:

@@ -1,0 +1,63 @@
+"""What ``thanosql.prepare`` decided, kept in the backend: the batch functions take
+nothing else.
+
+PREDICT and CONVERT call ``thanosql.prepare`` once per statement, then
+``predict_batch``/``convert_batch`` once per batch of rows. The batch functions
+used to take the whole configuration back as jsonb, so a caller could hand them
+one that ``prepare`` never made (a batch size it had refused, another device or
+modality). Now ``prepare`` keeps its result here, under a random handle that
+only this backend knows, and returns the handle with the few fields the
+rewritten SQL reads (the input column); the batch functions look the handle up
+and use the stored configuration, whatever else their argument holds. A handle
+is good for the role that prepared it, in this backend, until it is one of the
+oldest ``MAX_HANDLES``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections import OrderedDict
+from typing import Any
+
+import plpy
+
+from thanosql_pg.errors import InvalidParameterValue
+
+MAX_HANDLES = 64  # a statement needs one; nested and repeated statements a few
+
+_issued: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
+_plan: Any = None
+
+
+def _role() -> int:
+    """The current role's OID, as the server sees it (a handle is not for another role)."""
+    global _plan
+    if _plan is None:
+        _plan = plpy.prepare("SELECT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER))::oid AS r")
+    return int(plpy.execute(_plan)[0]["r"])
+
+
+def issue(config: dict[str, Any], shown: dict[str, Any]) -> str:
+    """Keep ``config``; the jsonb ``prepare`` returns: the handle plus ``shown``."""
+    handle = secrets.token_urlsafe(18)
+    _issued[handle] = (_role(), dict(config))
+    while len(_issued) > MAX_HANDLES:
+        _issued.popitem(last=False)
+    return json.dumps({**shown, "handle": handle})
+
+
+def take(prepared: str) -> dict[str, Any]:
+    """The configuration ``prepare`` kept for the handle in ``prepared`` (a copy)."""
+    try:
+        handle = json.loads(prepared).get("handle")
+    except (ValueError, AttributeError):
+        handle = None
+    found = _issued.get(handle) if isinstance(handle, str) else None
+    if found is None or found[0] != _role():
+        raise InvalidParameterValue(
+            "this configuration was not made by thanosql.prepare in this session",
+            hint="Pass the result of thanosql.prepare(statement, model, options), called in the same"
+                 " statement (as PREDICT and CONVERT do).")
+    _issued.move_to_end(handle)
+    return dict(found[1])

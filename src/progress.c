@@ -24,7 +24,6 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/backendid.h"
-#include "mb/pg_wchar.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
@@ -163,129 +162,6 @@ void
 thanosql_progress_session_init(void)
 {
 	ensure_cleanup();
-}
-
-static void
-copy_text(char *dst, int len, text *t)
-{
-	char	   *s = text_to_cstring(t);
-
-	/* cut at a character boundary */
-	strlcpy(dst, s, pg_mbcliplen(s, strlen(s), len - 1) + 1);
-	pfree(s);
-}
-
-PG_FUNCTION_INFO_V1(thanosql_progress_start);
-
-/* _progress_start(statement text, model text): a BUILD/FIT/EVALUATE/CONVERT starts. */
-Datum
-thanosql_progress_start(PG_FUNCTION_ARGS)
-{
-	ProgressSlot *s = my_slot();
-	TimestampTz now = GetCurrentTimestamp();
-
-	if (s == NULL)
-		PG_RETURN_VOID();
-	ensure_cleanup();
-	SpinLockAcquire(&s->mutex);
-	s->roleid = GetUserId();
-	s->dbid = MyDatabaseId;
-	s->statement[0] = s->model[0] = s->phase[0] = '\0';
-	SpinLockRelease(&s->mutex);
-	/* text_to_cstring allocates: not under a spinlock */
-	{
-		char		statement[STATEMENT_LEN];
-		char		model[MODEL_LEN];
-
-		statement[0] = model[0] = '\0';
-		if (!PG_ARGISNULL(0))
-			copy_text(statement, STATEMENT_LEN, PG_GETARG_TEXT_PP(0));
-		if (!PG_ARGISNULL(1))
-			copy_text(model, MODEL_LEN, PG_GETARG_TEXT_PP(1));
-		SpinLockAcquire(&s->mutex);
-		memcpy(s->statement, statement, STATEMENT_LEN);
-		memcpy(s->model, model, MODEL_LEN);
-		s->epoch = s->epochs = 0;
-		s->step = s->steps = 0;
-		s->loss = s->rate = 0;
-		s->eta = -1;
-		s->started = s->updated = now;
-		s->pid = MyProcPid;
-		s->busy = true;
-		SpinLockRelease(&s->mutex);
-	}
-	PG_RETURN_VOID();
-}
-
-PG_FUNCTION_INFO_V1(thanosql_progress_update);
-
-/*
- * _progress_update(phase text, epoch int, epochs int, step bigint, steps bigint,
- *                  loss float8, rate float8, eta float8)
- */
-Datum
-thanosql_progress_update(PG_FUNCTION_ARGS)
-{
-	ProgressSlot *s = my_slot();
-	char		phase[PHASE_LEN];
-
-	if (s == NULL || s->pid != MyProcPid)
-		PG_RETURN_VOID();
-	phase[0] = '\0';
-	if (!PG_ARGISNULL(0))
-		copy_text(phase, PHASE_LEN, PG_GETARG_TEXT_PP(0));
-	SpinLockAcquire(&s->mutex);
-	memcpy(s->phase, phase, PHASE_LEN);
-	s->epoch = PG_ARGISNULL(1) ? 0 : PG_GETARG_INT32(1);
-	s->epochs = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2);
-	s->step = PG_ARGISNULL(3) ? 0 : PG_GETARG_INT64(3);
-	s->steps = PG_ARGISNULL(4) ? 0 : PG_GETARG_INT64(4);
-	s->loss = PG_ARGISNULL(5) ? get_float8_nan() : PG_GETARG_FLOAT8(5);
-	s->rate = PG_ARGISNULL(6) ? 0 : PG_GETARG_FLOAT8(6);
-	s->eta = PG_ARGISNULL(7) ? -1 : PG_GETARG_FLOAT8(7);
-	s->updated = GetCurrentTimestamp();
-	SpinLockRelease(&s->mutex);
-	PG_RETURN_VOID();
-}
-
-PG_FUNCTION_INFO_V1(thanosql_progress_end);
-
-Datum
-thanosql_progress_end(PG_FUNCTION_ARGS)
-{
-	clear_slot(false);
-	PG_RETURN_VOID();
-}
-
-PG_FUNCTION_INFO_V1(thanosql_work);
-
-/*
- * _work(busy boolean) RETURNS integer: marks this session as running a model
- * (or not) and returns how many sessions of the server are, this one
- * included; 0 without shared memory (the caller then cannot share).
- */
-Datum
-thanosql_work(PG_FUNCTION_ARGS)
-{
-	ProgressSlot *s = my_slot();
-	bool		busy = PG_GETARG_BOOL(0);
-	int			n = 0;
-
-	if (s == NULL)
-		PG_RETURN_INT32(0);
-	ensure_cleanup();
-	SpinLockAcquire(&s->mutex);
-	s->busy = busy;
-	if (busy)
-		s->dbid = MyDatabaseId;
-	SpinLockRelease(&s->mutex);
-	for (int i = 0; i < nslots; i++)
-	{
-		/* a racy read is fine: this is a hint for choosing a thread count */
-		if (slots[i].busy)
-			n++;
-	}
-	PG_RETURN_INT32(n);
 }
 
 /*

@@ -10,9 +10,9 @@ MODULE_big = thanosql
 OBJS = src/thanosql.o src/progress.o src/preload.o src/signals.o src/act.o
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 
-# One release number, in thanosql_pg/__init__.py: the control file, the SQL
+# One release number, in thanosql_pg/_version.py: the control file, the SQL
 # scripts (scripts/build_sql.py) and the C module take it from there.
-RELEASE := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' thanosql_pg/__init__.py)
+RELEASE := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' thanosql_pg/_version.py)
 # The install script of every earlier release, frozen, so that databases at any
 # release can be updated (and the upgrade tests can install them).
 DATA = $(wildcard extension/frozen/thanosql--*.sql)
@@ -34,12 +34,12 @@ include $(PGXS)
 
 # The scripts and the control file are generated; the C module is rebuilt when
 # the release number changes.
-$(DATA_built) thanosql.control &: scripts/build_sql.py thanosql.control.in thanosql_pg/__init__.py \
+$(DATA_built) thanosql.control &: scripts/build_sql.py thanosql.control.in thanosql_pg/_version.py \
 		extension/prelude.sql $(wildcard extension/migrations/*/*.sql extension/idempotent/*.sql)
 	python3 scripts/build_sql.py
 all: thanosql.control
 install: thanosql.control
-src/thanosql.o: thanosql_pg/__init__.py
+src/thanosql.o: thanosql_pg/_version.py
 
 THANOSQL = .venv/bin/thanosql
 STATUS = $(THANOSQL) status --json

@@ -3,9 +3,9 @@ from pathlib import Path
 
 from setuptools import Extension, find_packages, setup
 
-# The release number lives in thanosql_pg/__init__.py (see scripts/build_sql.py).
-VERSION = re.search(r'^__version__ = "([^"]+)"$', (Path(__file__).parent / "thanosql_pg" / "__init__.py").read_text(),
-                    re.M).group(1)
+# The release number lives in thanosql_pg/_version.py (see scripts/build_sql.py).
+VERSION = re.search(r'^__version__ = "([^"]+)"$',
+                    (Path(__file__).parent / "thanosql_pg" / "_version.py").read_text(), re.M).group(1)
 
 setup(
     name="thanosql_pg",

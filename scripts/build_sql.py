@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Builds the extension's SQL scripts and control file from extension/ sources.
 
-The release number lives in one place, ``__version__`` in thanosql_pg/__init__.py;
+The release number lives in one place, ``__version__`` in thanosql_pg/_version.py;
 the control file, the C module (via the Makefile) and the SQL take it from there.
 
 Sources (see extension/README.md):
@@ -43,10 +43,10 @@ HEADER = """\
 
 
 def package_version() -> str:
-    text = (ROOT / "thanosql_pg" / "__init__.py").read_text()
+    text = (ROOT / "thanosql_pg" / "_version.py").read_text()
     m = re.search(r'^__version__ = "([0-9]+\.[0-9]+\.[0-9]+)"$', text, re.M)
     if not m:
-        sys.exit("build_sql: no __version__ = \"X.Y.Z\" in thanosql_pg/__init__.py")
+        sys.exit("build_sql: no __version__ = \"X.Y.Z\" in thanosql_pg/_version.py")
     return m.group(1)
 
 

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dsn=${1:?usage: scripts/dev_reload_sql.sh DSN}
-ver=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' thanosql_pg/__init__.py)
+ver=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' thanosql_pg/_version.py)
 libdir=$(/usr/lib/postgresql/15/bin/pg_config --pkglibdir)
 { echo "BEGIN;"; cat extension/prelude.sql extension/idempotent/*.sql; echo "COMMIT;"; } \
   | sed -e "s|@VERSION@|$ver|g" -e "s|MODULE_PATHNAME|$libdir/thanosql|g" \

@@ -11,7 +11,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   $PY -m venv "$VENV"
 fi
 stamp="$VENV/.thanosql-installed"
-want=$(cat requirements.txt requirements-lint.txt setup.py thanosql_pg/__init__.py thanosql_pg/proxy/relay.c | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-lint.txt setup.py thanosql_pg/_version.py thanosql_pg/proxy/relay.c | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "install-venv: up to date"
   exit 0

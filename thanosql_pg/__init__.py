@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.2.0"
+from thanosql_pg._version import __version__
+
+__all__ = ["__version__", "connect", "load_ipython_extension", "unload_ipython_extension"]
 
 
 def connect(dsn: str | None = None, **kwargs: Any) -> Any:

@@ -35,7 +35,7 @@ def on_load(sql_version: str | None = None) -> None:
     release of the SQL that calls it. An older release's _load passes nothing:
     its SQL functions would call this package with other arguments."""
     if sql_version is None:
-        from thanosql_pg import __version__
+        from thanosql_pg._version import __version__
 
         rows = plpy.execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'thanosql'")
         found = rows[0]["extversion"] if rows.nrows() else "unknown"

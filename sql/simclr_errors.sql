@@ -79,9 +79,9 @@ CONVERT USING no_such_model OPTIONS (image_col='img') AS SELECT * FROM pics;
 SEARCH IMAGE USING no_such_model OPTIONS (search_input='/tmp/q.png', emb_col='convert_result') AS SELECT * FROM pics;
 \echo :LAST_ERROR_SQLSTATE
 -- a classification model does not CONVERT (a catalog row is enough: the family is checked first)
-SELECT model_id AS mid FROM thanosql._model_claim('classifier_regress', false, false, thanosql._current_role()) \gset
-SELECT thanosql._model_write(:mid, 'ConvNeXt_Tiny', 'image_classification', '{}', NULL, NULL, 'none', 0, NULL, 'BUILD',
-                             0, thanosql._current_role()) AS version;
+SELECT model_id AS mid FROM thanosql._claim_model('classifier_regress', false, false) \gset
+SELECT thanosql._write_model(:mid, 'ConvNeXt_Tiny', 'image_classification', '{}', NULL, NULL, 'none', 'BUILD', 0)
+    AS version;
 CONVERT USING classifier_regress OPTIONS (image_col='img') AS SELECT * FROM pics;
 \echo :LAST_ERROR_SQLSTATE
 -- only search_input takes a parameter; top_k must be positive

@@ -46,7 +46,8 @@ def test_describe_model(db: psycopg.Connection, unique_name: str) -> None:
     assert row["options"] == {"epochs": 1}
     assert row["labels"] == [0, 1]
     assert row["size_bytes"] == len(b"\x00weights")
-    assert row["metrics"][0]["metrics"] == {"Accuracy": 0.9}
+    assert row["metrics_history"][0]["metrics"] == {"Accuracy": 0.9}
+    assert row["epoch_history"] == []
     db.execute(f"DROP MODEL {unique_name}")
 
 

@@ -9,10 +9,13 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     FROM thanosql.models m ORDER BY m.name
 $$;
 
+-- One model: ``metrics_history`` is what BUILD, FIT and EVALUATE measured over time
+-- (thanosql.model_metrics), ``versions`` the kept versions, ``epoch_history`` the
+-- per-epoch training history of the current version (thanosql.training_info).
 CREATE OR REPLACE FUNCTION thanosql.describe_model(model text)
 RETURNS TABLE (name text, algorithm text, family text, owner name, options jsonb, labels jsonb,
-               label_type text, metrics jsonb, size_bytes bigint, version integer,
-               created_at timestamptz, updated_at timestamptz, versions jsonb, history jsonb)
+               label_type text, metrics_history jsonb, size_bytes bigint, version integer,
+               created_at timestamptz, updated_at timestamptz, versions jsonb, epoch_history jsonb)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY SELECT m.name, m.algorithm, m.family, pg_catalog.pg_get_userbyid(m.owner), m.options, m.labels,

@@ -40,3 +40,7 @@ UPDATE thanosql.model_versions v
                pg_catalog.sum(pg_catalog.length(c.data)) AS total
           FROM thanosql.model_chunks c GROUP BY c.model_id, c.version) d
  WHERE d.model_id OPERATOR(pg_catalog.=) v.model_id AND d.version OPERATOR(pg_catalog.=) v.version;
+
+-- describe_model's columns say which history is which (metrics_history, epoch_history):
+-- a function's result columns change only by dropping it.
+DROP FUNCTION IF EXISTS thanosql.describe_model(text);

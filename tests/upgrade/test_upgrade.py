@@ -135,7 +135,8 @@ def test_update_keeps_every_model(release: str, roles: list[str], dbs: Databases
         assert "metrics_history" in columns and "epoch_history" in columns and "metrics" not in columns
         assert [h["statement"] for h in described.fetchone()[columns.index("metrics_history")]] == ["BUILD"]
         assert su.execute("SELECT count(*) FROM thanosql.model_versions WHERE payload_sha256 IS NULL"
-                          " OR payload_sha256 <> thanosql._weights_digest(model_id, version)").fetchone() == (0,)
+                          " OR payload_sha256 <> thanosql._weights_digest(model_id, version)"
+                          ).fetchone() == (0,)
         # every family still trains on from its stored model
         run(su, "FIT MODEL up_speech_model USING up_speech_model OPTIONS (audio_col='audio_path',"
                 " text_col='text', epochs=1, batch_size=4) AS SELECT * FROM up_speech")

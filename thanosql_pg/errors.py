@@ -98,10 +98,6 @@ class UndefinedAlgorithm(UndefinedObject):
     """An algorithm name that no registered family has."""
 
 
-class DuplicateModel(ThanoSQLError, code="42710"):  # duplicate_object
-    pass
-
-
 class DatatypeMismatch(ThanoSQLError, code="42804"):
     pass
 

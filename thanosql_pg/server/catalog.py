@@ -212,15 +212,6 @@ def record_metrics(rec: ModelRecord, statement: str, rows: int, metrics: dict[st
     )
 
 
-def current_version(rec_id: int) -> int | None:
-    rows = plpy.execute(
-        _plan("version", "SELECT version FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) $1",
-              ["bigint"]),
-        [rec_id],
-    )
-    return rows[0]["version"] if rows.nrows() else None
-
-
 def _iterate(cursor: Any, size: int) -> Iterator[dict[str, Any]]:
     while True:
         rows = cursor.fetch(size)

@@ -137,8 +137,3 @@ def cached(opts: dict[str, Any]) -> Predictor:
     predictor = load(record, module_for(record), device)
     _cache[model_id] = (key, predictor)
     return predictor
-
-
-def clear() -> None:
-    _cache.clear()
-    gc.collect()

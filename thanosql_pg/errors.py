@@ -223,3 +223,25 @@ class LexicalCharacterNotInRepertoire(LexicalError, CharacterNotInRepertoire):
 
 class LexicalInvalidEscape(LexicalError, InvalidEscapeSequence):
     pass
+
+
+class TokenLimitExceeded(LimitExceeded):
+    """A text the lexer does not read to the end with ``max_tokens`` given: more tokens
+    than that (comments and literals count), or a run of characters pglast could only
+    scan all at once or in quadratic time (below). What it read before stopping is
+    in ``tokens`` (comments left out), what pglast scanned in ``shadow`` (a prefix of
+    the text's shadow). Either way what the lexer holds stays proportional to
+    ``max_tokens``, whatever the length of the text."""
+
+    def __init__(self, message: str, max_tokens: int, position: int, tokens: list[Any],
+                 shadow: str) -> None:
+        super().__init__(
+            f"statement too long to rewrite: {message}",
+            detail=f"ThanoSQL reads statements of at most {max_tokens} tokens (names, numbers, literals, "
+            "operators, comments).",
+            hint="Split the statement, or move its data into a table; thanosql-proxy's "
+            "--max-rewrite-tokens sets the limit.",
+            position=position + 1,
+        )
+        self.tokens = tokens
+        self.shadow = shadow

@@ -405,3 +405,20 @@ def test_no_session_can_mark_itself_busy_or_write_progress(mallory: str, connect
     with pytest.raises(errors.InsufficientPrivilege):
         m.execute(f"CREATE FUNCTION {mallory}.busy_" + uuid.uuid4().hex[:6] + "(int) RETURNS int"
                   " AS '$libdir/thanosql', 'thanosql_busy' LANGUAGE C")
+
+
+def test_server_side_rewrites_are_bounded(mallory: str, connect_as: Connect, sentinel: Sentinel) -> None:
+    """The proxy bounds what it lexes (--max-rewrite-tokens); thanosql.execute and
+    thanosql.rewrite, which lex inside the backend, do too: 4 MB of PREDICT USING m AS
+    SELECT 1,1,... is a 54000 error, and the backend does not balloon."""
+    m = connect_as(mallory)
+    pid = m.execute("SELECT pg_backend_pid()").fetchone()[0]
+    for fn in ("thanosql.execute", "thanosql.rewrite"):
+        start = time.monotonic()
+        with pytest.raises(errors.ProgramLimitExceeded, match="too long to rewrite"):
+            m.execute(f"SELECT * FROM {fn}('PREDICT USING m AS SELECT ' || repeat('1,', 2000000) || '1')")
+        assert time.monotonic() - start < 20
+    peak_kb = next(int(line.split()[1]) for line in open(f"/proc/{pid}/status")
+                   if line.startswith("VmHWM:"))
+    assert peak_kb < 600 * 1024, f"the backend peaked at {peak_kb // 1024} MB"
+    assert m.execute("SELECT 1").fetchone() == (1,)

@@ -59,6 +59,13 @@ def quote_ident_if_needed(name: str) -> str:
     return quote_ident(name)
 
 
+def _tag_number(digits: str) -> int:
+    """N of a dollar-quote tag $tagN$ that dollar_quote() might choose; -1 for none it would."""
+    if digits[:1] == "0" or len(digits) >= 19:
+        return -1
+    return int(digits) if digits else 0
+
+
 def dollar_quote(body: str, tag: str = "q") -> str:
     """``$tag$body$tag$`` with a tag chosen so that ``body`` cannot close it early."""
     # The lexer closes at the first occurrence of the delimiter; it must be the one we
@@ -67,14 +74,15 @@ def dollar_quote(body: str, tag: str = "q") -> str:
     # then take the first free one: trying candidates one by one, each a search of the
     # whole body, was quadratic (a body full of $q1$ $q2$ ... took seconds).
     prefix = re.escape("$" + tag)
-    found = re.findall(prefix + r"([0-9]*)(?=\$)", body)
+    # Candidates are $tag$ (N = 0) and $tag1$, $tag2$, ...: never digits with a leading 0,
+    # nor 19 or more of them: N never gets that big, and int() refuses thousands of digits.
+    # A set, not a list of every match: memory for the distinct N only.
+    used = {_tag_number(m.group(1)) for m in re.finditer(prefix + r"([0-9]*)(?=\$)", body)}
     # A trailing "$tagN" holds no other "$", so it can only start at the last one.
     trailing = re.fullmatch(prefix + r"([0-9]*)", body[body.rfind("$") :]) if "$" in body else None
     if trailing is not None:
-        found.append(trailing.group(1))
-    # Candidates are $tag$ (N = 0) and $tag1$, $tag2$, ...: never digits with a leading 0,
-    # nor 19 or more of them: N never gets that big, and int() refuses thousands of digits.
-    used = {int(digits) if digits else 0 for digits in found if digits[:1] != "0" and len(digits) < 19}
+        used.add(_tag_number(trailing.group(1)))
+    used.discard(-1)
     n = min(set(range(len(used) + 1)) - used)
     delim = f"${tag}{n}$" if n else f"${tag}$"
     return delim + body + delim
@@ -90,9 +98,14 @@ _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 _QUOTE_OR_BACKSLASH = re.compile(r"['\\]")
 # After a closing quote, the constant goes on at the next quote when only whitespace
 # holding a newline lies between, -- comments included ({quotecontinue}; /* */ does not
-# count, nor \v before PostgreSQL 16). Linear: no group can cross the first newline,
-# and a failing match gives back each repetition once.
-CONTINUATION = re.compile(r"(?:[ \t\f]|--[^\n\r]*)*[\n\r](?:[ \t\n\r\f]|--[^\n\r]*[\n\r])*'")
+# count, nor \v before PostgreSQL 16): what
+# (?:[ \t\f]|--[^\n\r]*)*[\n\r](?:[ \t\n\r\f]|--[^\n\r]*[\n\r])*' matches, read by
+# continuation_end() in constant memory. (Python's re keeps a backtracking frame for
+# every repetition of a group: that pattern took 500 MB for 4 MB of spaces after a
+# quote. Here only single-character classes repeat, and comment lines at most 1024 at
+# a time.)
+_CONTINUATION_HEAD = re.compile(r"[ \t\f]*(?:--[^\n\r]*)?[\n\r][ \t\n\r\f]*")
+_CONTINUATION_COMMENTS = re.compile(r"(?:--[^\n\r]*[\n\r][ \t\n\r\f]*){1,1024}")
 _ESCAPE_HINT = "Unicode escapes must be \\uXXXX or \\UXXXXXXXX."
 
 
@@ -147,13 +160,28 @@ def read_string(text: str, start: int, quote: int, *, escapes: bool, out: bytear
                 buf.append(0x27)
             pos = j + 2
             continue
-        m = CONTINUATION.match(text, j + 1)
-        if m is None:
+        after = continuation_end(text, j + 1)
+        if after < 0:
             break
-        pos = m.end()
+        pos = after
     if check_bytes and buf is not None:
         _verify_utf8(bytes(buf), start)
     return j + 1
+
+
+def continuation_end(text: str, pos: int) -> int:
+    """Where the constant that closed just before ``text[pos]`` goes on (the index
+    after the quote that continues it), or -1 when it does not go on."""
+    m = _CONTINUATION_HEAD.match(text, pos)
+    if m is None:
+        return -1
+    pos = m.end()
+    while text.startswith("--", pos):
+        m = _CONTINUATION_COMMENTS.match(text, pos)
+        if m is None:  # a comment up to the end of the text
+            return -1
+        pos = m.end()
+    return pos + 1 if text.startswith("'", pos) else -1
 
 
 def _escape(text: str, i: int, out: bytearray | None) -> tuple[int, bool]:

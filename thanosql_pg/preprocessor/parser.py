@@ -23,7 +23,13 @@ from typing import Any
 from pglast import parser as pg
 
 from thanosql_pg.algorithms import registry
-from thanosql_pg.errors import FeatureNotAvailable, InvalidOption, NumericValueOutOfRange, ThanoSQLError
+from thanosql_pg.errors import (
+    FeatureNotAvailable,
+    InvalidOption,
+    NumericValueOutOfRange,
+    ThanoSQLError,
+    TokenLimitExceeded,
+)
 from thanosql_pg.errors import SyntaxError as SQLSyntaxError
 from thanosql_pg.preprocessor import ast
 from thanosql_pg.preprocessor.lexer import (
@@ -42,7 +48,7 @@ from thanosql_pg.preprocessor.literals import (
     parse_number,
     quote_ident_if_needed,
 )
-from thanosql_pg.preprocessor.sqltree import first_statement_kind, load_shallow, parse_json
+from thanosql_pg.preprocessor.sqltree import check_depth, first_statement_kind, load_shallow, parse_json
 
 LPAREN, RPAREN, SEMI, COMMA, EQ, MINUS, PLUS = (
     "ASCII_40",
@@ -93,7 +99,8 @@ _QUERY_KINDS: dict[str, type[ast.QueryStatement]] = {
 }
 
 
-def parse(sql: str, *, standard_conforming_strings: bool = True) -> list[ast.Statement]:
+def parse(sql: str, *, standard_conforming_strings: bool = True, max_tokens: int | None = None
+          ) -> list[ast.Statement]:
     """The outermost ThanoSQL statements in ``sql``, in order (nested ones hang below).
 
     ``standard_conforming_strings``: the session's setting, which decides whether
@@ -101,17 +108,30 @@ def parse(sql: str, *, standard_conforming_strings: bool = True) -> list[ast.Sta
     Plain SQL yields an empty list. Raises ThanoSQLError with a position on errors.
     A text the lexer rejects raises only if a ThanoSQL statement starts before
     the bad spot; otherwise it is plain SQL for the server to reject.
+    ``max_tokens`` bounds the tokens read (lexer.lex): a longer text raises
+    TokenLimitExceeded (54000) when a ThanoSQL statement starts in its first
+    ``max_tokens`` tokens (StatementTooComplex, 54001, when these are too deep
+    already), and is plain SQL otherwise, like one the lexer rejects.
     """
     if not might_contain_ml(sql):
         return []
     check_text(sql)
     scs = standard_conforming_strings
     try:
-        tokens, shadow = lex(sql, standard_conforming_strings=scs)
+        tokens, shadow = lex(sql, standard_conforming_strings=scs, max_tokens=max_tokens)
+    except TokenLimitExceeded as exc:
+        head = Parser(sql, exc.tokens, exc.shadow, scs)
+        k = head.first_ml_statement()
+        if k < 0:
+            return []
+        head.check_depth_from(k)  # too deep already: 54001, as without the limit
+        raise
     except LexicalError as exc:
         prefix = sql[: exc.start]
         try:
-            head, head_shadow = lex(prefix, standard_conforming_strings=scs)
+            head, head_shadow = lex(prefix, standard_conforming_strings=scs, max_tokens=max_tokens)
+        except TokenLimitExceeded as limit:
+            head, head_shadow = limit.tokens, limit.shadow  # a ThanoSQL statement in these starts before
         except LexicalError:
             raise exc from None
         if Parser(prefix, head, head_shadow, scs).has_ml_statement():
@@ -194,12 +214,26 @@ class Parser:
 
     def has_ml_statement(self) -> bool:
         """Does a ThanoSQL statement start anywhere (no parsing, no errors)?"""
+        return self.first_ml_statement() >= 0
+
+    def first_ml_statement(self) -> int:
+        """The index of the first token of the first ThanoSQL statement, or -1."""
         start: str | None = "statement"
         for k in range(len(self.tokens)):
             if start is not None and self._starts_ml(k, start == "paren"):
-                return True
+                return k
             start = self._start_after(k, top=True)
-        return False
+        return -1
+
+    def check_depth_from(self, k: int) -> None:
+        """StatementTooComplex if the tokens of the statement starting at ``k`` (to a
+        top-level ``;``) are already too deep to parse: what parsing all of them would
+        say first (sqltree.check_depth on the query after AS)."""
+        end = k
+        while end < len(self.tokens) and not (self.tokens[end].name == SEMI and self.depth[end] == 0):
+            end += 1
+        query = next((j + 1 for j in range(k, end) if self.tokens[j].word == "as"), k)
+        check_depth(self.tokens[k:end], self.tokens[min(query, end - 1)].position)
 
     def _start_after(self, k: int, top: bool) -> str | None:
         t = self.tokens[k]

@@ -139,7 +139,8 @@ def load_shallow(tree: str, depth: int = 12) -> Any:
     return json.loads("".join(parts))
 
 
-def split_plain(sql: str, *, standard_conforming_strings: bool = True) -> list[tuple[str, str | None]]:
+def split_plain(sql: str, *, standard_conforming_strings: bool = True,
+                max_tokens: int | None = None) -> list[tuple[str, str | None]]:
     """The statements of plain SQL ``sql`` as the server would run them, each with, for
     the last one only, its node type from the grammar ("SelectStmt", "InsertStmt", ...).
 
@@ -147,12 +148,13 @@ def split_plain(sql: str, *, standard_conforming_strings: bool = True) -> list[t
     RULE action keeps its ";", and literals are read under the session's
     standard_conforming_strings); pglast's split runs the parser only, which never
     recurses on the tree. Raises LexicalError or SyntaxError (with positions in
-    ``sql``), or StatementTooComplex where the last statement is too deep to classify.
+    ``sql``), or StatementTooComplex where the last statement is too deep to classify;
+    ``max_tokens`` bounds what is lexed (errors.TokenLimitExceeded, 54000).
     """
     from thanosql_pg.errors import SyntaxError as SQLSyntaxError
     from thanosql_pg.preprocessor.lexer import lex, unshadow_message
 
-    tokens, shadow = lex(sql, standard_conforming_strings=standard_conforming_strings)
+    tokens, shadow = lex(sql, standard_conforming_strings=standard_conforming_strings, max_tokens=max_tokens)
     try:
         slices = pg.split(shadow, with_parser=True, only_slices=True)
     except pg.ParseError as exc:

@@ -9,7 +9,8 @@ Use it from code in one of three ways:
 
 From the command line, ``--workers N`` runs N such proxies as processes sharing the port
 (SO_REUSEPORT), for many busy clients on several cores: one Python process relays on one
-core at a time, whatever its threads.
+core at a time, whatever its threads. A worker that dies (the OOM killer, a crash) is
+started again, sooner or later as it keeps dying; the others and their sessions go on.
 """
 
 from __future__ import annotations
@@ -27,16 +28,18 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from thanosql_pg.proxy.protocol import DEFAULT_MAX_REWRITE_BYTES, Rewriter
+from thanosql_pg.proxy.protocol import DEFAULT_MAX_REWRITE_BYTES, DEFAULT_MAX_REWRITE_TOKENS, Rewriter
 from thanosql_pg.proxy.session import ClientSession, set_nodelay
 
 log = logging.getLogger("thanosql_pg.proxy")
 
 MAX_REWRITE_BYTES_ENV = "THANOSQL_PROXY_MAX_REWRITE_BYTES"
+MAX_REWRITE_TOKENS_ENV = "THANOSQL_PROXY_MAX_REWRITE_TOKENS"
 RELAY_MODES = ("threads", "python-threads", "loop")
 _CANCEL_TIMEOUT = 10.0
 
@@ -50,6 +53,9 @@ class ProxyConfig:
     # Query/Parse messages longer than this are relayed untouched instead of being buffered
     # whole and rewritten (protocol.DEFAULT_MAX_REWRITE_BYTES).
     max_rewrite_bytes: int = DEFAULT_MAX_REWRITE_BYTES
+    # The most tokens the default rewriter reads of one of them (protocol.DEFAULT_MAX_REWRITE_TOKENS):
+    # past it, SQLSTATE 54000 for a ThanoSQL statement, plain SQL untouched.
+    max_rewrite_tokens: int = DEFAULT_MAX_REWRITE_TOKENS
     # How a session is relayed once its startup packet is in (session.py's docstring):
     # "threads", two threads with blocking sockets per session (fastest per round trip),
     # relaying in C once the client is authenticated (session.py, relay.c); "python-threads",
@@ -115,19 +121,29 @@ class ProxyServer:
         self.trigger_words: tuple[bytes, ...] | None = default_trigger_words() if rewriter is None else None
         if config.max_rewrite_bytes < 5:
             raise ValueError(f"max_rewrite_bytes must be at least 5, not {config.max_rewrite_bytes}")
+        if config.max_rewrite_tokens < 1:
+            raise ValueError(f"max_rewrite_tokens must be at least 1, not {config.max_rewrite_tokens}")
         if config.relay not in RELAY_MODES:
             raise ValueError(f"relay must be one of {', '.join(RELAY_MODES)}, not {config.relay!r}")
         # One callable per value of standard_conforming_strings, made once: sessions switch
-        # between them when the server reports a change.
+        # between them when the server reports a change. The token bound goes to rewriters
+        # that take it (the preprocessor's).
+        bound: dict[str, Any] = {}
+        if accepts_keyword(self.rewriter, "max_tokens"):
+            bound["max_tokens"] = config.max_rewrite_tokens
         if accepts_keyword(self.rewriter, "standard_conforming_strings"):
             self._rewriters = {
-                scs: functools.partial(self.rewriter, standard_conforming_strings=scs)
+                scs: functools.partial(self.rewriter, standard_conforming_strings=scs, **bound)
                 for scs in (True, False)
             }
         else:
-            self._rewriters = {True: self.rewriter, False: self.rewriter}
+            rewriter = functools.partial(self.rewriter, **bound) if bound else self.rewriter
+            self._rewriters = {True: rewriter, False: rewriter}
         self.upstream_description = config.upstream_description
         self.sessions: set[ClientSession] = set()
+        # Held while a session rewrites a large Query/Parse (session.LARGE_REWRITE): one at a
+        # time, so that rewrites hold the memory of one, and one thread wants the GIL for them.
+        self.large_rewrites = threading.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.AbstractServer | None = None
         self.port: int = config.listen_port
@@ -335,6 +351,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"rewritten (default ${MAX_REWRITE_BYTES_ENV}, else {DEFAULT_MAX_REWRITE_BYTES})",
     )
     parser.add_argument(
+        "--max-rewrite-tokens",
+        type=_positive,
+        default=_env_positive(MAX_REWRITE_TOKENS_ENV, DEFAULT_MAX_REWRITE_TOKENS),
+        help="the most tokens read of a Query/Parse to rewrite: past it, a ThanoSQL statement gets "
+        "SQLSTATE 54000 and plain SQL is relayed untouched; bounds the rewrite's memory (about 400 "
+        f"bytes a token) (default ${MAX_REWRITE_TOKENS_ENV}, else {DEFAULT_MAX_REWRITE_TOKENS})",
+    )
+    parser.add_argument(
         "--relay",
         choices=RELAY_MODES,
         default="threads",
@@ -347,7 +371,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=_positive,
         default=1,
         help="processes sharing the listening port (SO_REUSEPORT: the kernel spreads new "
-        "connections over them), each with its own event loop; default 1",
+        "connections over them), each with its own event loop; one that dies is started again "
+        "(after a pause growing to 30 s while it keeps dying young); default 1",
     )
     parser.add_argument("--log-file", help="append log lines here instead of stderr")
     parser.add_argument("--pid-file", help="write the process id here while running")
@@ -384,6 +409,16 @@ def _env_max_rewrite_bytes() -> int:
         sys.exit(f"thanosql-proxy: {MAX_REWRITE_BYTES_ENV}={text!r}: {exc}")
 
 
+def _env_positive(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        return _positive(text)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        sys.exit(f"thanosql-proxy: {name}={text!r}: {exc}")
+
+
 def _ready_line(config: ProxyConfig, port: int) -> str:
     # The one line that tells whoever started us that we're ready to accept connections.
     return (
@@ -415,11 +450,22 @@ class _Stop(Exception):
     """SIGTERM or SIGINT reached the parent of the workers."""
 
 
+# A dead worker is started again at once, and again after a pause if the new one dies
+# young (before _STABLE_AFTER seconds): _FIRST_BACKOFF, doubling up to _MAX_BACKOFF while
+# they keep dying young. A crash loop costs little then, and each death is in the log.
+_STABLE_AFTER = 30.0
+_FIRST_BACKOFF = 0.5
+_MAX_BACKOFF = 30.0
+_POLL = 0.2  # how often the parent looks for dead workers
+
+
 def _run_workers(config: ProxyConfig, workers: int, use_uvloop: bool) -> int:
     """`--workers N`: N forked processes, each a whole proxy with its own event loop,
     listening on one port with SO_REUSEPORT, so the kernel spreads connections over them.
-    The parent only starts them, prints the ready line once all are listening, and stops
-    them on SIGTERM/SIGINT; if one dies, it stops the others and fails."""
+    The parent starts them, prints the ready line once all are listening, starts again
+    any that dies (the kernel sends new connections to the others meanwhile; the others'
+    sessions are untouched), and stops them all on SIGTERM/SIGINT. It fails only if a
+    worker fails to start at first."""
     # Reserve the port first (bound, never listening: only listening sockets get
     # connections), so that `--listen-port 0` gives every worker the same one.
     family = socket.getaddrinfo(config.listen_host, config.listen_port, type=socket.SOCK_STREAM)[0][0]
@@ -430,37 +476,68 @@ def _run_workers(config: ProxyConfig, workers: int, use_uvloop: bool) -> int:
     worker_config = dataclasses.replace(config, listen_port=port, reuse_port=True)
     # Loaded once here, shared copy-on-write by the workers.
     default_rewriter()
-    children: dict[int, int] = {}  # pid -> read end of its ready pipe
+    children: dict[int, int] = {}  # pid -> its slot (0 .. workers - 1)
+    born = [0.0] * workers  # when each slot's worker was started
+    deaths = [0] * workers  # each slot's deaths in a row, all but the first before _STABLE_AFTER
+    due: dict[int, float] = {}  # slot -> when to start it again
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     for sig in stop_signals:
         signal.signal(sig, _raise_stop)
-    status = 0
-    try:
-        for _ in range(workers):
-            read_end, write_end = os.pipe()
-            # Blocked across the fork, so that _Stop is never raised in a new worker.
-            signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+
+    def fork(slot: int, ready_end: int | None, close: list[int]) -> int:
+        # Stop signals blocked across the fork, so that _Stop is never raised in a new
+        # worker, and the parent records it before it can be stopped.
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+        try:
             pid = os.fork()
-            if pid == 0:  # the worker
-                for fd in (read_end, *children.values()):
-                    os.close(fd)
-                placeholder.close()
-                for sig in stop_signals:
-                    signal.signal(sig, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
-                _worker(worker_config, use_uvloop, write_end)
+            if pid == 0:  # the worker: never back into the parent's code
+                try:
+                    for fd in close:
+                        os.close(fd)
+                    placeholder.close()
+                    for sig in stop_signals:
+                        signal.signal(sig, signal.SIG_DFL)
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+                    _worker(worker_config, use_uvloop, ready_end)
+                finally:
+                    os._exit(1)
+            children[pid] = slot
+            born[slot] = time.monotonic()
+        finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+        return pid
+
+    try:
+        pipes: list[int] = []
+        for slot in range(workers):
+            read_end, write_end = os.pipe()
+            fork(slot, write_end, [read_end, *pipes])
             os.close(write_end)
-            children[pid] = read_end
-        for read_end in children.values():
+            pipes.append(read_end)
+        for read_end in pipes:
             with os.fdopen(read_end) as pipe:
                 if pipe.read() != "ready":
                     raise OSError("a worker failed to start (see the log)")
         print(_ready_line(config, port), flush=True)
-        pid, _ = os.wait()
-        del children[pid]
-        log.error("thanosql-proxy: worker %d exited; stopping the others", pid)
-        status = 1
+        while True:
+            time.sleep(_POLL)
+            while children:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    break
+                slot = children.pop(pid)
+                lived = time.monotonic() - born[slot]
+                deaths[slot] = 1 if lived >= _STABLE_AFTER else deaths[slot] + 1
+                pause = _backoff(deaths[slot])
+                due[slot] = time.monotonic() + pause
+                log.error("thanosql-proxy: worker %d (pid %d) %s after %.1f s; starting another in %.1f s",
+                          slot, pid, _describe_exit(wait_status), lived, pause)
+            now = time.monotonic()
+            for slot, when in list(due.items()):
+                if when <= now:
+                    del due[slot]
+                    pid = fork(slot, None, [])
+                    log.warning("thanosql-proxy: worker %d started again (pid %d)", slot, pid)
     except _Stop:
         pass
     finally:
@@ -471,7 +548,23 @@ def _run_workers(config: ProxyConfig, workers: int, use_uvloop: bool) -> int:
         for pid in children:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-    return status
+    return 0
+
+
+def _backoff(deaths: int) -> float:
+    """The pause before starting a worker again after `deaths` deaths in a row."""
+    return 0.0 if deaths <= 1 else min(_MAX_BACKOFF, _FIRST_BACKOFF * 2 ** (deaths - 2))
+
+
+def _describe_exit(wait_status: int) -> str:
+    if os.WIFSIGNALED(wait_status):
+        sig = os.WTERMSIG(wait_status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"was killed by {name}"
+    return f"exited with status {os.waitstatus_to_exitcode(wait_status)}"
 
 
 def _raise_stop(signum: int, frame: object) -> None:
@@ -489,15 +582,17 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _worker(config: ProxyConfig, use_uvloop: bool, ready_fd: int) -> None:
-    """A forked worker's whole life: never returns into the parent's code."""
+def _worker(config: ProxyConfig, use_uvloop: bool, ready_fd: int | None) -> None:
+    """A forked worker's whole life: never returns into the parent's code. It writes
+    "ready" to `ready_fd` once listening (none for a worker started again)."""
     code = 0
     _die_with_parent()
-    pipe = os.fdopen(ready_fd, "w")
+    pipe = os.fdopen(ready_fd, "w") if ready_fd is not None else None
     try:
         def ready(port: int) -> None:
-            pipe.write("ready")
-            pipe.close()
+            if pipe is not None:
+                pipe.write("ready")
+                pipe.close()
 
         _run(config, use_uvloop, ready)
     except BaseException as exc:  # reported, then the process ends
@@ -521,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         upstream_host=args.upstream_host,
         upstream_port=args.upstream_port,
         max_rewrite_bytes=args.max_rewrite_bytes,
+        max_rewrite_tokens=args.max_rewrite_tokens,
         relay=args.relay,
     )
     if args.pid_file:

@@ -27,7 +27,11 @@ client -> server: framed (type byte + int32 length) so Query and Parse messages 
 rewritten; every other message is forwarded as the bytes that arrived, many per write,
 and a large message (COPY data) streams through without being buffered whole. Nothing is
 rewritten before the server's AuthenticationOk, and a Query/Parse longer than
-`max_rewrite_bytes` streams through untouched like any other message.
+`max_rewrite_bytes` streams through untouched like any other message. A Query/Parse
+longer than LARGE_REWRITE is rewritten by one thread of the process at a time (the
+server's `large_rewrites` lock), so that what rewrites hold, and how many threads want
+the GIL for it, stays that of one whatever the number of clients sending them; relaying
+on the loop, it is rewritten on another thread, the client's stream held back meanwhile.
 
 server -> client: framed by reading only the 5-byte headers, then forwarded as it arrived;
 only ParameterStatus and Authentication messages are looked inside. That is how the
@@ -78,6 +82,9 @@ STARTUP_TIMEOUT = 60.0
 _MAX_INSPECTED_LENGTH = 1 << 16
 # What one read takes at most when relaying on threads (a COPY arrives in 8 KiB sends).
 _READ_SIZE = 1 << 16
+# A Query/Parse longer than this is rewritten under the server's large_rewrites lock (and off
+# the event loop when relaying on it): such a rewrite may take a good part of a second.
+LARGE_REWRITE = 1 << 16
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -283,6 +290,9 @@ class ClientSession(asyncio.Protocol):
         # Relaying on threads (relay_on_threads): how many of the two are still running.
         self.threaded = False
         self.running = 0
+        # Relaying on the loop, while a large Query/Parse is rewritten on another thread
+        # (rewrite_later): what the client sent after it, relayed once it is done.
+        self.held: bytearray | None = None
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -296,7 +306,10 @@ class ClientSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            if self.relaying:
+            if self.held is not None:  # a large rewrite is under way: after it
+                self.held += data
+                self.transport.pause_reading()
+            elif self.relaying:
                 self.from_client(data)
             else:
                 self.startup_data(data)
@@ -368,6 +381,12 @@ class ClientSession(asyncio.Protocol):
             ):
                 if end > n:
                     break  # wait for the whole message (at most max_rewrite bytes)
+                if length > LARGE_REWRITE and not self.threaded:
+                    # On the event loop: rewritten on another thread, the rest after it.
+                    if pos > out_start:
+                        upstream.write(data[out_start:pos])
+                    self.rewrite_later(rewriter, data[pos:end], data[end:])
+                    return
                 new = self.rewrite(rewriter, type_byte, data, pos + 5, end)
                 if new is not None:
                     if pos > out_start:
@@ -400,11 +419,38 @@ class ClientSession(asyncio.Protocol):
     def rewrite(self, rewriter: Rewriter, type_byte: int, data: bytes, start: int, end: int) -> bytes | None:
         assert self.encoding is not None  # active_rewriter is None otherwise
         try:
+            if end - start > LARGE_REWRITE:
+                with self.server.large_rewrites:
+                    return proto.rewrite_message(type_byte, data[start:end], self.encoding, rewriter)
             return proto.rewrite_message(type_byte, data[start:end], self.encoding, rewriter)
         except Exception:
             # A preprocessor bug must not break plain SQL: send the text as the client wrote it.
             log.exception("client %s: rewriting failed; forwarding the statement unchanged", self.peer)
             return None
+
+    def rewrite_later(self, rewriter: Rewriter, message: bytes, rest: bytes) -> None:
+        """Relaying on the loop: rewrite the whole Query/Parse `message` on another thread,
+        then relay it and `rest` (what followed it), holding back what the client sends
+        meanwhile (`held`)."""
+        self.held = bytearray(rest)
+        self.transport.pause_reading()
+        self.server.spawn(self._rewrite_later(rewriter, message))
+
+    async def _rewrite_later(self, rewriter: Rewriter, message: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.run_in_executor(
+                None, self.rewrite, rewriter, message[0], message, 5, len(message))
+        finally:
+            held = self.held
+            self.held = None
+        if self.closed or self.upstream is None or held is None:
+            return
+        self.upstream.write(message if new is None else new)
+        if held:
+            self.data_received(bytes(held))  # may hold back again
+        if not self.closed and self.held is None:
+            self.transport.resume_reading()
 
     # --- what the server tells us (framed by UpstreamSide) -------------------------------------
 
@@ -538,7 +584,7 @@ class ClientSession(asyncio.Protocol):
             leftover = bytes(self.pending)
             self.pending.clear()
             self.data_received(leftover)
-        if not self.closed:
+        if not self.closed and self.held is None:
             self.transport.resume_reading()
 
     # --- relaying on threads -------------------------------------------------------------------

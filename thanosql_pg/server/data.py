@@ -8,7 +8,8 @@ images included) whatever the size of the table. The table lives in the
 statement's transaction: it is dropped at exit, and a failed or cancelled
 statement rolls its creation back. On a hot standby, where no temporary table
 can be made, EVALUATE reads the two columns once into memory instead (MemoryRows,
-bounded by MEMORY_ROWS_BYTES).
+bounded by MEMORY_ROWS_BYTES and MEMORY_ROWS_MAX, measured by the server before any
+row is read).
 """
 
 from __future__ import annotations
@@ -325,9 +326,15 @@ def _check_rows(nrows: int, stats: dict[str, Any], input_col: str, target_col: s
         )
 
 
-# What EVALUATE on a standby may hold in memory (inputs and labels as stored: paths, or
-# the bytes of bytea images); more is refused before it is all read.
+# What EVALUATE on a standby may hold in memory: every row it reads counts, its input and
+# its label as Python holds them, plus the Python objects of the row itself (measured:
+# about 250 bytes a row, twice that while it is fetched), and the rows are bounded in
+# number too. The query's rows are measured by the server before any reaches Python
+# (``_read_rows``): more is refused (54000) with nothing read.
 MEMORY_ROWS_BYTES = 1 << 30
+MEMORY_ROWS_MAX = 1_000_000
+MEMORY_ROW_OVERHEAD = 512
+MEMORY_FETCH_BYTES = 16 << 20  # rows per fetch: about this much at a time
 MemoryRow = tuple[int, Any, "str | None", int]  # (rn, input, label as text, the label's rank)
 
 
@@ -390,57 +397,139 @@ class MemoryRows(TrainingData):
 
 def _read_rows(query: str, inp: str, tgt: str | None) -> tuple[list[MemoryRow], str | None]:
     """(rows (rn, input, label as text, label's rank), the label's SQL type) of ``query``,
-    read once through a cursor, refused past MEMORY_ROWS_BYTES."""
-    y = f"q.{plpy.quote_ident(tgt)}" if tgt is not None else "NULL::text"
-    base = (f"SELECT pg_catalog.row_number() OVER () AS rn, q.{plpy.quote_ident(inp)} AS x, {y} AS y"
-            f" FROM ({query}) AS q")
-
-    def run(rank: str) -> Any:
-        return plpy.cursor(f"SELECT r.rn, r.x, r.y::text AS y, {rank} AS k,"
-                           f" pg_catalog.pg_typeof(r.y)::text AS t FROM ({base}) AS r ORDER BY r.rn")
-
+    read once through a cursor. The server measures every row first (``_sized_query``):
+    past MEMORY_ROWS_MAX rows or MEMORY_ROWS_BYTES, 54000 before any row's value is read."""
     with as_caller():  # the whole read: functions in the query resolve names as the caller's
-        return _read_cursor(run, tgt)
+        kind = _input_kind(query, inp)
+        y = f"q.{plpy.quote_ident(tgt)}" if tgt is not None else "NULL::pg_catalog.text"
+        # one row past the bound is enough to refuse them: the server stops there
+        rows = (f"SELECT q.{plpy.quote_ident(inp)} AS x, {y} AS y FROM ({query}) AS q"
+                f" LIMIT {int(MEMORY_ROWS_MAX) + 1}")
+
+        def run(ordered: bool) -> Any:
+            return plpy.cursor(_sized_query(rows, ordered, kind, MEMORY_ROWS_BYTES, MEMORY_ROWS_MAX))
+
+        return _read_cursor(run, tgt, MEMORY_ROWS_BYTES, MEMORY_ROWS_MAX)
 
 
-def _read_cursor(run: Callable[[str], Any], tgt: str | None) -> tuple[list[MemoryRow], str | None]:
+_BYTEA = 17
+_RECORD = 2249
+# The type a query's column has, through its domains: how Python will hold its values.
+_BASE_TYPE = (
+    "WITH RECURSIVE d(oid, depth) AS (SELECT $1::pg_catalog.oid, 0"
+    " UNION ALL SELECT t.typbasetype, d.depth OPERATOR(pg_catalog.+) 1 FROM pg_catalog.pg_type t, d"
+    "  WHERE t.oid OPERATOR(pg_catalog.=) d.oid AND t.typtype OPERATOR(pg_catalog.=) 'd'"
+    "  AND d.depth OPERATOR(pg_catalog.<) 32)"
+    " SELECT t.oid::pg_catalog.int8 AS oid, t.typtype::pg_catalog.text AS typtype,"
+    " t.typcategory::pg_catalog.text AS category FROM d, pg_catalog.pg_type t"
+    " WHERE t.oid OPERATOR(pg_catalog.=) d.oid ORDER BY d.depth DESC LIMIT 1"
+)
+
+
+def _input_kind(query: str, inp: str) -> str:
+    """How Python will hold the input column's values: 'bytea' (bytes of its length),
+    'container' (lists and dicts: arrays, composites, many objects per value) or 'text'
+    (a str, or a number, as large as its text). LIMIT 0: the query does not run."""
+    res = plpy.execute(f"SELECT q.{plpy.quote_ident(inp)} AS x FROM ({query}) AS q LIMIT 0")
+    rows = plpy.execute(_plan("base_type", _BASE_TYPE, ["oid"]), [res.coltypes()[0]])
+    t = rows[0] if rows.nrows() else {"oid": 0, "typtype": "b", "category": "U"}
+    if t["oid"] == _BYTEA:
+        return "bytea"
+    if t["category"] == "A" or t["typtype"] in ("c", "p") or t["oid"] == _RECORD:
+        return "container"
+    return "text"
+
+
+def _text_size(expr: str) -> str:
+    """SQL for the most bytes Python holds for a text: one per character when it is ASCII,
+    up to four otherwise (a str is as wide as its widest character)."""
+    octets, chars = f"pg_catalog.octet_length({expr})", f"pg_catalog.char_length({expr})"
+    return (f"COALESCE(CASE WHEN {octets} OPERATOR(pg_catalog.=) {chars} THEN {octets}"
+            f" ELSE 4 OPERATOR(pg_catalog.*) {chars} END, 0)::pg_catalog.int8")
+
+
+def _sized_query(rows: str, ordered: bool, kind: str, max_bytes: int, max_rows: int) -> str:
+    """The rows (x, y) of ``rows``, numbered ``rn`` in the order they come, each with its label
+    as text, its label's rank ``k`` (``ordered``: by the label type's order; 0 for a type
+    without one) and type ``t``; and what the server measured of all of them: ``n`` rows
+    holding ``total`` bytes (inputs, labels and MEMORY_ROW_OVERHEAD a row, as Python will
+    hold them, the largest row once more for its copy while it is fetched), and
+    ``ahead16``/``ahead256`` the bytes of the rows after each (how many to fetch at once).
+
+    The measures come first, in the order the rows come (no sort): past ``max_rows`` or
+    ``max_bytes`` no row carries its values, so nothing reaches Python and the sorts after
+    (the labels' ranks, the rows' order) handle nulls. Every operator is qualified: the
+    caller's search_path is in effect, and the bounds must not depend on it."""
+    if kind == "bytea":
+        x_size = "COALESCE(pg_catalog.octet_length(i.x), 0)::pg_catalog.int8"
+    else:
+        x_size = _text_size("i.x::pg_catalog.text")
+        if kind == "container":  # lists of Python ints or dicts: many times the text's bytes
+            x_size = f"32 OPERATOR(pg_catalog.*) {x_size}"
+    sized = (f"SELECT i.x, i.y, {x_size} OPERATOR(pg_catalog.+) {_text_size('i.y::pg_catalog.text')}"
+             f" OPERATOR(pg_catalog.+) {MEMORY_ROW_OVERHEAD} AS b FROM ({rows}) AS i")
+    ahead = ("COALESCE(pg_catalog.sum(s.b) OVER (ROWS BETWEEN 1 FOLLOWING AND {} FOLLOWING), 0)"
+             "::pg_catalog.int8")
+    measured = (
+        "SELECT pg_catalog.row_number() OVER () AS rn, s.x, s.y,"
+        " (pg_catalog.sum(s.b) OVER () OPERATOR(pg_catalog.+) pg_catalog.max(s.b) OVER ())::pg_catalog.int8"
+        f" AS total, pg_catalog.count(*) OVER () AS n, {ahead.format(16)} AS ahead16,"
+        f" {ahead.format(256)} AS ahead256 FROM ({sized}) AS s")
+    fits = (f"m.n OPERATOR(pg_catalog.<=) {int(max_rows)}"
+            f" AND m.total OPERATOR(pg_catalog.<=) {int(max_bytes)}")
+    label = f"CASE WHEN {fits} THEN m.y END"
+    rank = f"pg_catalog.dense_rank() OVER (ORDER BY {label})" if ordered else "0"
+    return (f"SELECT r.* FROM (SELECT m.rn, CASE WHEN {fits} THEN m.x END AS x,"
+            f" ({label})::pg_catalog.text AS y, {rank} AS k, pg_catalog.pg_typeof(m.y)::pg_catalog.text AS t,"
+            f" m.total, m.n, m.ahead16, m.ahead256 FROM ({measured}) AS m) AS r ORDER BY r.rn")
+
+
+def _read_cursor(run: Callable[[bool], Any], tgt: str | None, max_bytes: int,
+                 max_rows: int) -> tuple[list[MemoryRow], str | None]:
     try:
-        cursor = run("pg_catalog.dense_rank() OVER (ORDER BY r.y)")
-        first = cursor.fetch(100)
+        cursor = run(True)
+        batch = cursor.fetch(1)
     except plpy.SPIError as e:
         if e.sqlstate == "42703" or tgt is None:
             raise
-        cursor = run("0")  # a label type without an ordering (json, point): text order
-        first = cursor.fetch(100)
+        cursor = run(False)  # a label type without an ordering (json, point): text order
+        batch = cursor.fetch(1)
+    if batch:
+        _check_measured(cursor, int(batch[0]["n"]), int(batch[0]["total"]), max_bytes, max_rows)
     rows: list[MemoryRow] = []
     label_type = None
-    size = 0
-    batch = first
     while batch:
         for r in batch:
-            size += len(r["x"]) if isinstance(r["x"], (bytes, str)) else 16
-            if size > MEMORY_ROWS_BYTES:
-                cursor.close()
-                raise LimitExceeded(
-                    f"EVALUATE on a standby holds its rows in memory: the query's inputs pass"
-                    f" {MEMORY_ROWS_BYTES >> 20} MB",
-                    hint="Evaluate fewer rows (a WHERE clause), or run EVALUATE on the primary server.")
             rows.append((r["rn"], r["x"], r["y"], r["k"]))
             label_type = label_type or (r["t"] if tgt is not None else None)
+        last = batch[-1]
+        size = (256 if last["ahead256"] <= MEMORY_FETCH_BYTES else
+                16 if last["ahead16"] <= MEMORY_FETCH_BYTES else 1)
+        del batch, last  # the fetched dicts go before the next fetch comes
         check_interrupts()
-        batch = cursor.fetch(100)
+        batch = cursor.fetch(size)
     return rows, label_type
+
+
+def _check_measured(cursor: Any, nrows: int, total: int, max_bytes: int, max_rows: int) -> None:
+    """54000 when the server measured the rows over the bounds (no row carries its values then)."""
+    hint = "Evaluate fewer rows (a WHERE clause), or run EVALUATE on the primary server."
+    if nrows > max_rows:
+        cursor.close()
+        raise LimitExceeded(f"EVALUATE on a standby holds its rows in memory, at most {max_rows} rows:"
+                            " the query returns more", hint=hint)
+    if total > max_bytes:
+        cursor.close()
+        raise LimitExceeded(
+            f"EVALUATE on a standby holds its rows in memory, at most {max_bytes >> 20} MB: the query's"
+            f" rows take {-(-total >> 20)} MB (their inputs and labels, and {MEMORY_ROW_OVERHEAD} bytes"
+            " a row)", hint=hint)
 
 
 def weights_dirs(data_dir: str) -> list[str]:
     """Local places for pretrained weights, searched in order: $THANOSQL_WEIGHTS_DIR
-    (the server's environment; several joined with ':'), the thanosql.weights_dir
-    setting when the extension defines it, and <thanosql.data_dir>/weights."""
+    (the server's environment; several joined with ':') and <thanosql.data_dir>/weights."""
     dirs = [d for d in os.environ.get("THANOSQL_WEIGHTS_DIR", "").split(":") if d]
-    setting = plpy.execute(
-        _plan("wdir", "SELECT pg_catalog.current_setting('thanosql.weights_dir', true) AS d"))
-    if setting[0]["d"]:
-        dirs.append(setting[0]["d"])
     if data_dir:
         dirs.append(os.path.join(data_dir, "weights"))
     return dirs  # missing ones included: the first one is named in "weights not found" hints

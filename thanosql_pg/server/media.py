@@ -15,7 +15,8 @@ nothing about the rest of the file system.
 
 ``MediaReader`` is built on the main thread (it asks the server for the
 settings once per statement) and is then pure Python: decoding threads call
-``read`` and use ``limits`` (thanosql.max_image_pixels, thanosql.max_audio_seconds).
+``read`` and use ``limits`` (thanosql.max_image_pixels, thanosql.max_audio_seconds,
+thanosql.max_text_bytes).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ _SETTINGS_SQL = (
     "SELECT pg_catalog.current_setting('thanosql.data_dir') AS data_dir,"
     " pg_catalog.pg_has_role('pg_read_server_files', 'USAGE') AS unrestricted,"
     f" {_SETTING.format('thanosql.max_image_pixels')} AS max_image_pixels,"
-    f" {_SETTING.format('thanosql.max_audio_seconds')} AS max_audio_seconds"
+    f" {_SETTING.format('thanosql.max_audio_seconds')} AS max_audio_seconds,"
+    f" {_SETTING.format('thanosql.max_text_bytes')} AS max_text_bytes"
 )
 _plan: Any = None
 
@@ -61,6 +63,7 @@ class MediaReader:
         limits = MediaLimits(
             max_image_pixels=int(row["max_image_pixels"] or DEFAULT_LIMITS.max_image_pixels),
             max_audio_seconds=int(row["max_audio_seconds"] or DEFAULT_LIMITS.max_audio_seconds),
+            max_text_bytes=int(row["max_text_bytes"] or DEFAULT_LIMITS.max_text_bytes),
         )
         return cls(row["data_dir"] or "", bool(row["unrestricted"]), column=column, from_json=from_json,
                    limits=limits)

@@ -4,8 +4,12 @@ options) before anything is allocated for it.
 
 A stored model keeps a compact config (``compact_config``): only what decides the
 network's shapes and forward pass, each value bounded far above any published CLIP
-(ViT-bigG: width 1664, 48 layers, 257 positions), so that a damaged or hostile
-catalog row fails here with XX001 instead of exhausting the server.
+(ViT-bigG: width 1664, 48 layers, 257 positions; ViT-L/14 at 336 pixels: 577), so that
+a damaged or hostile catalog row fails here with XX001 instead of exhausting the
+server. What sizes the work without showing in the weights' shapes is bounded too: the
+number of attention heads (heads of at least shared.architecture.MIN_HEAD_DIM
+channels), and the tokens a forward pass attends over, quadratically (image patches
+and the text context: at most 1,024, where every published CLIP has 577 or fewer).
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import math
 from typing import Any
 
 from thanosql_pg.algorithms.clip import MIN_INPUT_SIZE, text
+from thanosql_pg.algorithms.shared.architecture import check_heads
 from thanosql_pg.algorithms.shared.images import FLIP_MIN_SIZE
 from thanosql_pg.algorithms.shared.limits import MAX_INPUT_SIZE
 from thanosql_pg.errors import DataCorrupted
 
-MAX_IMAGE_TOKENS = 4096  # patches per image at input_size: attention memory is quadratic in it
+MAX_IMAGE_TOKENS = 1024  # patches per image at input_size: attention is quadratic in it (ViT-B/32: 49)
 MAX_PARAMETERS = 4_000_000_000
 MAX_PROJECTION = 16384
 
@@ -28,7 +33,9 @@ _INT_BOUNDS: dict[str, tuple[int, int]] = {
     "num_hidden_layers": (1, 128),
     "num_attention_heads": (1, 256),
 }
-_TEXT_BOUNDS = {**_INT_BOUNDS, "vocab_size": (2, text.MAX_VOCAB), "max_position_embeddings": (4, 4096)}
+# the text context (attention is quadratic in it): CLIP's is 77, the from-scratch model's SCRATCH_CONTEXT
+MAX_CONTEXT = 1024
+_TEXT_BOUNDS = {**_INT_BOUNDS, "vocab_size": (2, text.MAX_VOCAB), "max_position_embeddings": (4, MAX_CONTEXT)}
 _VISION_BOUNDS = {**_INT_BOUNDS, "image_size": (MIN_INPUT_SIZE, MAX_INPUT_SIZE), "patch_size": (1, 512),
                   "num_channels": (3, 3)}
 POOLINGS = ("cls", "mean")
@@ -82,9 +89,8 @@ def _check_tower(where: str, d: Any, bounds: dict[str, tuple[int, int]]) -> dict
     if not isinstance(d, dict):
         raise DataCorrupted(f"CLIP config {where} is not an object")
     out: dict[str, Any] = {k: check_int(where, k, d.get(k), b) for k, b in bounds.items()}
-    if out["hidden_size"] % out["num_attention_heads"]:
-        raise DataCorrupted(f"CLIP config {where}: hidden_size {out['hidden_size']} is not a multiple of"
-                            f" num_attention_heads {out['num_attention_heads']}")
+    # the heads' count shapes no weight: many narrow heads would multiply the attention's cost
+    check_heads(f"CLIP config {where}", out["hidden_size"], out["num_attention_heads"])
     act = d.get("hidden_act")
     if act not in _ACTIVATIONS:
         raise DataCorrupted(f"CLIP config {where}.hidden_act is {act!r}; expected one of {_ACTIVATIONS}")

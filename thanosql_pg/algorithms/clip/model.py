@@ -40,6 +40,7 @@ from thanosql_pg.algorithms import registry
 from thanosql_pg.algorithms.clip import config, text
 from thanosql_pg.algorithms.contract import Base, Reader, Row, RowSource, StoredModel, Trained, check_format
 from thanosql_pg.algorithms.shared import devices, images, training, weights
+from thanosql_pg.algorithms.shared.architecture import invalid_model, shape_mismatch
 from thanosql_pg.algorithms.shared.images import FLIP_MIN_SIZE, Decoded, ImageInput, decode_rows
 from thanosql_pg.algorithms.shared.limits import MAX_EMBEDDING_DIM, check_batch_pixels
 from thanosql_pg.errors import (
@@ -270,12 +271,14 @@ class ClipEmbedder:
 
 
 def _text_of(row: Row, reader: Reader) -> str:
-    """A row's text, checked: text (not bytea, numbers ...), and not blank."""
+    """A row's text, checked: text (not bytea, numbers ...), within thanosql.max_text_bytes
+    (before anything else looks at it), and not blank."""
     v, where = row.value, f" in row {row.rn}" if row.rn > 0 else ""
     if not isinstance(v, str):
         kind = "bytea" if isinstance(v, (bytes, bytearray, memoryview)) else type(v).__name__
         raise ValueTypeMismatch(f'"{reader.column}" must hold text to embed as text; got {kind}{where}',
                                 hint="Name a text column (text_col), or cast it: SELECT col::text AS col ...")
+    reader.limits.check_text(v, f'the text of "{reader.column}"{where}')
     if not v.strip():
         raise DataError(f'"{reader.column}" holds an empty text{where}',
                         hint="An empty text means nothing to search by: filter such rows out"
@@ -335,21 +338,37 @@ def _state(payload: bytes | memoryview) -> dict[str, torch.Tensor]:
 
 def load(record: StoredModel, payload: bytes | memoryview, device: str) -> ClipEmbedder:
     """A stored model. Its options and payload are checked as untrusted input (the owner
-    can edit the catalog row): DataCorrupted (XX001) for anything BUILD does not write."""
-    from transformers import CLIPModel
-
+    can edit the catalog row): DataCorrupted (XX001) for anything BUILD does not write,
+    naming the model and the value out of bounds."""
     check_format(record, FORMAT)
     options = record.options
     if not isinstance(options, dict):
         raise DataCorrupted(f'model "{record.name}" has no options object')
     registry.check_stored(spec.FAMILY, record.name, options, ("input_size", "embedding_dim"))
     _quiet_transformers()
+    try:
+        net, tok, inputs, scratch = _rebuild(options, payload, device)
+    except DataCorrupted as e:
+        raise invalid_model(record.name, e) from None
+    return ClipEmbedder(net, tok, inputs, origin=str(options.get("weights", "")), from_scratch=scratch)
+
+
+def _rebuild(options: dict[str, Any], payload: bytes | memoryview,
+             device: str) -> tuple[Any, text.Tokenizer, ImageInput, bool]:
+    """(network, tokenizer, image input, from scratch) of a stored model, every part checked
+    before anything is allocated for it."""
+    from transformers import CLIPModel
+
     meta = _metadata(payload)
     cfg = options.get("config")
     tok = text.restore(options.get("tokenizer"), meta.get("tokenizer"), config.text_vocab(cfg))
     net_config = config.build_config(cfg, tok)
     size = config.check_int("", "input_size", options.get("input_size"),
                             (spec.MIN_INPUT_SIZE, config.MAX_INPUT_SIZE))
+    vision = net_config.vision_config
+    if size < vision.patch_size or (size // vision.patch_size) ** 2 > config.MAX_IMAGE_TOKENS:
+        raise DataCorrupted(f"input_size {size} makes more than {config.MAX_IMAGE_TOKENS} patches of"
+                            f" {vision.patch_size} pixels (or none)")
     mean = config.check_floats("mean", options.get("mean"), False)
     std = config.check_floats("std", options.get("std"), True)
     for key, want in (("embedding_dim", net_config.projection_dim),
@@ -363,14 +382,10 @@ def load(record: StoredModel, payload: bytes | memoryview, device: str) -> ClipE
     # Shapes first, on the meta device: a config that claims a huge model allocates nothing.
     with torch.device("meta"):
         net = CLIPModel(net_config)
-    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != got:
-        missing = sorted(set(expected) - set(got))[:3]
-        extra = sorted(set(got) - set(expected))[:3]
-        wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])[:3]
-        raise DataCorrupted("the CLIP model's weights do not match its config"
-                            f" (missing {missing}, unexpected {extra}, other shapes {wrong})")
+    differs = shape_mismatch({k: tuple(v.shape) for k, v in net.state_dict().items()},
+                             {k: tuple(v.shape) for k, v in state.items()})
+    if differs:
+        raise DataCorrupted(f"the CLIP model's weights do not match its config ({differs})")
     # assign: the network takes the stored tensors as they are (views of the server's shared
     # weights cache when the payload is one: no copy per session)
     net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
@@ -381,8 +396,7 @@ def load(record: StoredModel, payload: bytes | memoryview, device: str) -> ClipE
     if any(t.is_meta for t in list(net.parameters()) + list(net.buffers())):
         raise DataCorrupted("the CLIP model could not be rebuilt from its weights")
     net.eval()
-    inputs = ImageInput(size, mean, std, devices.torch_device(device))
-    return ClipEmbedder(net, tok, inputs, origin=str(options.get("weights", "")), from_scratch=scratch)
+    return net, tok, ImageInput(size, mean, std, devices.torch_device(device)), scratch
 
 
 # --- new models ---------------------------------------------------------------------------------
@@ -589,6 +603,8 @@ def _fit(model: ClipEmbedder, algo: registry.Algorithm, opts: dict[str, Any],
 
     def captioned(rows: list[Row]) -> list[tuple[int, Row]]:
         for r in rows:  # on the calling thread: the error names the row before anything is decoded
+            if r.target is not None:  # bounded before it is looked at, let alone tokenized
+                source.reader.limits.check_text(r.target, f'the caption in "{column}" in row {r.rn}')
             if not (r.target or "").strip():
                 raise DataError(f'"{column}" holds an empty caption in row {r.rn}',
                                 hint=f"Every image needs a caption: add WHERE btrim({column}) <> ''"

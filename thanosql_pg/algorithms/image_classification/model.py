@@ -31,6 +31,7 @@ from thanosql_pg.algorithms.contract import (
     check_format,
 )
 from thanosql_pg.algorithms.shared import devices, training, weights
+from thanosql_pg.algorithms.shared.architecture import invalid_model
 from thanosql_pg.algorithms.shared.images import (
     FLIP_MIN_SIZE,
     Decoded,
@@ -40,7 +41,7 @@ from thanosql_pg.algorithms.shared.images import (
 )
 from thanosql_pg.algorithms.shared.limits import check_batch_pixels
 from thanosql_pg.algorithms.shared.metrics import classification_result
-from thanosql_pg.errors import DataError, InvalidOption, InvalidParameterValue
+from thanosql_pg.errors import DataCorrupted, DataError, InvalidOption, InvalidParameterValue
 
 FORMAT = "timm-safetensors-v1"
 WEIGHT_DECAY = 0.05
@@ -103,14 +104,23 @@ class ImageClassifier:
 
 
 # --- loading stored models --------------------------------------------------------------------
-def load(record: StoredModel, payload: bytes, device: str) -> ImageClassifier:
+def load(record: StoredModel, payload: bytes | memoryview, device: str) -> ImageClassifier:
+    """A stored model, checked as untrusted input before anything is allocated for it: a plain
+    timm architecture, BUILD's bounds on input_size, the normalization, and the stored tensors
+    exactly the shapes of that architecture with a head per label (XX001 otherwise)."""
     check_format(record, FORMAT)
     opts = record.options
     arch = weights.stored_arch(record)
     registry.check_stored(spec.FAMILY, record.name, opts, ("input_size",))
     labels = list(record.labels or [])
-    net = weights.timm_load(arch, len(labels), weights.state_dict(payload))
-    inputs = ImageInput(int(opts["input_size"]), opts["mean"], opts["std"], devices.torch_device(device))
+    try:
+        mean, std = weights.stored_normalization(opts)
+        if len(labels) < 2:
+            raise DataCorrupted(f"it has {len(labels)} label(s); a classifier has at least two")
+        net = weights.timm_load(arch, len(labels), weights.state_dict(payload))
+    except DataCorrupted as e:
+        raise invalid_model(record.name, e) from None
+    inputs = ImageInput(int(opts["input_size"]), mean, std, devices.torch_device(device))
     return ImageClassifier(net, arch=arch, labels=labels, inputs=inputs)
 
 

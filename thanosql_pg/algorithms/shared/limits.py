@@ -2,8 +2,9 @@
 decoding threads use it).
 
 ``MediaLimits`` holds the superuser settings that bound one input
-(``thanosql.max_image_pixels``, ``thanosql.max_audio_seconds``), checked from its
-header before it is decoded (54000). The batch bounds stop option values that can
+(``thanosql.max_image_pixels``, ``thanosql.max_audio_seconds``, checked from its
+header before it is decoded; ``thanosql.max_text_bytes``, checked before a text is
+tokenized), 54000. The batch bounds stop option values that can
 only exhaust the server: every model runs inside a database backend, where running
 out of memory restarts every session of the cluster (22023 instead).
 """
@@ -55,18 +56,37 @@ MAX_SAMPLE_RATE = 384_000
 UNKNOWN_FRAMES = 1 << 62
 
 _AUDIO_SETTING = "thanosql.max_audio_seconds"
+_TEXT_SETTING = "thanosql.max_text_bytes"
 
 
 @dataclass(frozen=True)
 class MediaLimits:
     """The superuser settings that bound one input, checked from its header before
-    it is decoded (54000): ``thanosql.max_image_pixels`` and ``thanosql.max_audio_seconds``.
+    it is decoded (54000): ``thanosql.max_image_pixels`` and ``thanosql.max_audio_seconds``;
+    and ``thanosql.max_text_bytes``, checked before a text is tokenized (a tokenizer holds
+    many times a text's size while it works: 50 MB of search text took 2.5 GB).
     Read once per statement on the main thread (MediaReader.for_session); pure
     Python from then on, so decoding threads use it. The defaults are the settings'."""
 
     max_image_pixels: int = 40_000_000
     max_audio_seconds: int = 1800
+    max_text_bytes: int = 65_536
     audio_limit: str = _AUDIO_SETTING  # what sets max_audio_seconds, for messages
+
+    def check_text(self, text: str, what: str) -> None:
+        """A text over thanosql.max_text_bytes (UTF-8) is refused (54000). Cheap for the
+        usual text: its UTF-8 size is only computed when its length leaves it in doubt
+        (1 to 4 bytes a character)."""
+        limit = self.max_text_bytes
+        if len(text) * 4 <= limit:
+            return
+        size = len(text) if len(text) > limit else len(text.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            at_least = "at least " if len(text) > limit else ""
+            raise LimitExceeded(
+                f"{what} is {at_least}{size} bytes, over {_TEXT_SETTING} ({limit})",
+                hint=f"Shorten the text, or ask a superuser to raise {_TEXT_SETTING}.",
+            )
 
     def check_image(self, width: int, height: int, what: str) -> None:
         if width * height > self.max_image_pixels:

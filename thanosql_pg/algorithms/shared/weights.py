@@ -3,8 +3,8 @@ only when it answers.
 
 Shared by every family that starts from published weights (timm models for
 image classification and SimCLR backbones, transformers checkpoints for speech
-recognition). The order is always the same: the weights directories ($THANOSQL_WEIGHTS_DIR, the
-thanosql.weights_dir setting, <thanosql.data_dir>/weights; RowSource.weights_dirs),
+recognition). The order is always the same: the weights directories ($THANOSQL_WEIGHTS_DIR,
+<thanosql.data_dir>/weights; RowSource.weights_dirs),
 then the server's Hugging Face cache, then the hub, and only after a fast
 connectivity probe: the hub clients retry for about a minute when offline, and
 nothing can cancel them meanwhile. Importing it imports no torch: the timm and
@@ -19,6 +19,7 @@ server, checked like any input file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from thanosql_pg.algorithms.shared.architecture import check_normalization, shape_mismatch
 from thanosql_pg.errors import (
     DataCorrupted,
     DataError,
@@ -331,6 +333,13 @@ def timm_network(arch: str, num_classes: int, *, base_model: str | None, pretrai
     return arch, timm.create_model(arch, pretrained=False, num_classes=num_classes), "random initialisation"
 
 
+def stored_normalization(options: Any) -> tuple[list[float], list[float]]:
+    """A stored model's image mean and std (its options), checked: three finite numbers each,
+    the std above 0 (DataCorrupted otherwise)."""
+    return (check_normalization("mean", options.get("mean"), positive=False),
+            check_normalization("std", options.get("std"), positive=True))
+
+
 def timm_load(arch: str, num_classes: int, state: dict[str, Any]) -> Any:
     """A timm network of a stored model: ``arch`` (check it first: stored_arch) with the stored tensors."""
     import timm
@@ -356,11 +365,20 @@ def state_dict(payload: bytes | memoryview) -> dict[str, Any]:
     """The tensors of a safetensors payload. From bytes (the catalog's chunks) they are
     copied, as safetensors does; from a memoryview (the server's mapped, copy-on-write
     cache file) they are views of its pages, shared by every session that maps the same
-    weights until one writes to them."""
-    if not isinstance(payload, memoryview):
-        from safetensors.torch import load
+    weights until one writes to them. DataCorrupted (XX001) when it is not safetensors data."""
+    try:
+        if not isinstance(payload, memoryview):
+            from safetensors.torch import load
 
-        return load(bytes(payload))
+            return load(bytes(payload))
+        return _mapped_state_dict(payload)
+    except DataCorrupted:
+        raise
+    except Exception as e:  # safetensors' own errors; a malformed header's KeyError, TypeError ...
+        raise DataCorrupted(f"the stored weights are not safetensors data: {e}") from None
+
+
+def _mapped_state_dict(payload: memoryview) -> dict[str, Any]:
     import torch
 
     (n,) = struct.unpack("<Q", payload[:8])
@@ -375,7 +393,10 @@ def state_dict(payload: bytes | memoryview) -> dict[str, Any]:
         dtype = getattr(torch, _DTYPES.get(info.get("dtype", ""), ""), None)
         begin, end = info["data_offsets"]
         shape = [int(d) for d in info["shape"]]
-        if dtype is None or not 0 <= begin <= end <= len(payload) - base:
+        # the bytes must be exactly the shape's: a shape of zero bytes would otherwise be
+        # allocated whatever size it claims
+        if (dtype is None or not 0 <= begin <= end <= len(payload) - base or min(shape, default=0) < 0
+                or end - begin != math.prod(shape) * dtype.itemsize):
             raise DataCorrupted(f"the stored weights are not safetensors data (tensor {name!r})")
         count = end - begin
         if count == 0:
@@ -388,17 +409,42 @@ def state_dict(payload: bytes | memoryview) -> dict[str, Any]:
 
 def safetensors_metadata(payload: bytes | memoryview) -> dict[str, str]:
     """The metadata of a safetensors payload, without reading the tensors."""
-    (n,) = struct.unpack("<Q", payload[:8])
-    return json.loads(bytes(payload[8:8 + n])).get("__metadata__") or {}
+    try:
+        (n,) = struct.unpack("<Q", payload[:8])
+        if n > len(payload) - 8:
+            raise ValueError("bad header length")
+        meta = json.loads(bytes(payload[8:8 + n])).get("__metadata__") or {}
+    except (struct.error, ValueError, AttributeError) as e:  # short, not JSON, not an object
+        raise DataCorrupted(f"the stored weights are not safetensors data: {e}") from None
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise DataCorrupted("the stored weights' metadata is not a map of strings")
+    return meta
 
 
 def adopt_state(make: Callable[[], Any], state: dict[str, Any]) -> Any:
     """``make()`` with the stored tensors, in eval mode. Built on the meta device, the
-    network adopts them: no random initialisation, which costs seconds for big models."""
+    network adopts them: no random initialisation, which costs seconds for big models.
+    The stored tensors must have exactly the names and shapes of the network's, and its
+    kinds of type (checked on the meta device, before anything is allocated):
+    DataCorrupted (XX001) otherwise."""
     import torch
 
     with torch.device("meta"):
         net = make()
+    own = net.state_dict()
+    differs = shape_mismatch({k: tuple(v.shape) for k, v in own.items()},
+                             {k: tuple(v.shape) for k, v in state.items()})
+    if differs:
+        raise DataCorrupted(f"the stored weights do not match the stored architecture ({differs})")
+    # the network computes in its own types: floats of another precision are converted (a
+    # checkpoint saved in half precision), anything else is not a weight of it
+    state = dict(state)
+    for k, v in own.items():
+        if state[k].dtype != v.dtype:
+            if not (state[k].is_floating_point() and v.is_floating_point()):
+                raise DataCorrupted(f"the stored weights have another type than the architecture's"
+                                    f" ({k}: {state[k].dtype}, not {v.dtype})")
+            state[k] = state[k].to(v.dtype)
     net.load_state_dict(state, strict=True, assign=True)
     if any(t.is_meta for t in list(net.parameters()) + list(net.buffers())):
         net = make()

@@ -25,6 +25,7 @@ from thanosql_pg.algorithms import registry
 from thanosql_pg.algorithms import simclr as spec
 from thanosql_pg.algorithms.contract import Base, Reader, Row, RowSource, StoredModel, Trained, check_format
 from thanosql_pg.algorithms.shared import devices, images, training, weights
+from thanosql_pg.algorithms.shared.architecture import invalid_model
 from thanosql_pg.algorithms.shared.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -34,7 +35,7 @@ from thanosql_pg.algorithms.shared.images import (
     pretrained_normalization,
 )
 from thanosql_pg.algorithms.simclr.augment import Augment
-from thanosql_pg.errors import FeatureNotAvailable, InvalidOption
+from thanosql_pg.errors import DataCorrupted, FeatureNotAvailable, InvalidOption
 
 FORMAT = "simclr-safetensors-v1"
 WEIGHT_DECAY = 1e-6  # SimCLR's own; contrastive training needs little regularisation
@@ -134,18 +135,27 @@ class ImageEmbedder:
         return images.evaluate_retrieval(source, opts, self.input_size, self._embed_array)
 
 
-def load(record: StoredModel, payload: bytes, device: str) -> ImageEmbedder:
+def load(record: StoredModel, payload: bytes | memoryview, device: str) -> ImageEmbedder:
+    """A stored model, checked as untrusted input before anything is allocated for it: a plain
+    timm architecture, BUILD's bounds on input_size and embedding_dim, the normalization, and
+    the stored tensors exactly the shapes of that backbone and head (XX001 otherwise). The
+    network is built on the meta device and adopts the stored tensors."""
     import timm
+
     check_format(record, FORMAT)
     opts = record.options
     arch = weights.stored_arch(record)
     registry.check_stored(spec.FAMILY, record.name, opts, ("input_size", "embedding_dim"))
-    state = weights.state_dict(payload)
-    backbone = timm.create_model(arch, pretrained=False, num_classes=0)
-    net = SimCLRNet(backbone, int(opts["embedding_dim"]))
-    net.load_state_dict(state, strict=True)
-    net.eval()
-    inputs = ImageInput(int(opts["input_size"]), opts["mean"], opts["std"], devices.torch_device(device))
+    dim = int(opts["embedding_dim"])
+    try:
+        mean, std = weights.stored_normalization(opts)
+        def make() -> SimCLRNet:
+            return SimCLRNet(timm.create_model(arch, pretrained=False, num_classes=0), dim)
+
+        net = weights.adopt_state(make, weights.state_dict(payload))
+    except DataCorrupted as e:
+        raise invalid_model(record.name, e) from None
+    inputs = ImageInput(int(opts["input_size"]), mean, std, devices.torch_device(device))
     return ImageEmbedder(net, arch=arch, inputs=inputs)
 
 

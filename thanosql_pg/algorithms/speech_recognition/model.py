@@ -31,10 +31,13 @@ import torch.nn.functional as F
 from thanosql_pg.algorithms import contract, registry
 from thanosql_pg.algorithms.contract import Base, Evaluation, Reader, Row, RowSource, StoredModel, Trained
 from thanosql_pg.algorithms.shared import devices, training, weights
+from thanosql_pg.algorithms.shared.architecture import check_bool, check_choice, check_int, invalid_model
 from thanosql_pg.algorithms.shared.audio import SAMPLE_RATE, decode_audio
 from thanosql_pg.algorithms.shared.metrics import ErrorRates, UtteranceScores
+from thanosql_pg.algorithms.speech_recognition import config as wav2vec2_config
 from thanosql_pg.algorithms.speech_recognition.text import TextNorm, Vocab, norm_for_vocab
 from thanosql_pg.errors import (
+    DataCorrupted,
     DataError,
     FileError,
     InvalidOption,
@@ -267,20 +270,47 @@ class SpeechRecognizer:
 
 
 # --- loading stored models ----------------------------------------------------------------------
-def load(record: StoredModel, payload: bytes, device: str) -> SpeechRecognizer:
-    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+_TEXT_CASES = ("upper", "lower", "keep")
+
+
+def load(record: StoredModel, payload: bytes | memoryview, device: str) -> SpeechRecognizer:
+    """A stored model. Its architecture (the config in the payload's metadata), vocabulary
+    and options are checked as untrusted input before anything is built: the owner can
+    rewrite them (config.py). XX001 naming what is out of bounds."""
+    from transformers import Wav2Vec2ForCTC
 
     contract.check_format(record, FORMAT)
-    meta = weights.safetensors_metadata(payload)
-    config = Wav2Vec2Config.from_dict(json.loads(meta["config"]))
-    stored = json.loads(meta.get("options", "{}"))
-    opts = {**stored, **record.options}
-    tokens = list(record.labels) if record.labels else json.loads(meta["tokens"])
-    net = weights.adopt_state(lambda: Wav2Vec2ForCTC(config), weights.state_dict(payload))
+    try:
+        meta = weights.safetensors_metadata(payload)
+        try:
+            stored_config = json.loads(meta["config"])
+            stored = json.loads(meta.get("options", "{}"))
+            tokens = list(record.labels) if record.labels else json.loads(meta["tokens"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataCorrupted(f"the payload's metadata cannot be read ({type(e).__name__}: {e})") from None
+        config = wav2vec2_config.build(stored_config)
+        opts = _stored_options({**stored, **record.options}, tokens, config.vocab_size)
+        net = weights.adopt_state(lambda: Wav2Vec2ForCTC(config), weights.state_dict(payload))
+    except DataCorrupted as e:
+        raise invalid_model(record.name, e) from None
     return SpeechRecognizer(
-        net, vocab=Vocab(tokens, int(opts["blank"]), opts["delimiter"]),
-        norm=TextNorm(opts["text_case"], bool(opts["jamo"])), do_normalize=bool(opts["do_normalize"]),
-        use_mask=bool(opts["attention_mask"]), device=devices.torch_device(device))
+        net, vocab=Vocab(tokens, opts["blank"], opts["delimiter"]),
+        norm=TextNorm(opts["text_case"], opts["jamo"]), do_normalize=opts["do_normalize"],
+        use_mask=opts["attention_mask"], device=devices.torch_device(device))
+
+
+def _stored_options(opts: Mapping[str, Any], tokens: list[Any], vocab_size: int) -> dict[str, Any]:
+    """The stored vocabulary and text options, checked against the network's output size."""
+    if len(tokens) != vocab_size or not all(isinstance(t, str) for t in tokens):
+        raise DataCorrupted(f"its vocabulary is {len(tokens)} token(s) but the network writes {vocab_size}")
+    out = {"blank": check_int("blank", opts.get("blank"), 0, vocab_size - 1),
+           "text_case": check_choice("text_case", opts.get("text_case"), _TEXT_CASES)}
+    if not isinstance(opts.get("delimiter"), str):
+        raise DataCorrupted(f"delimiter is {opts.get('delimiter')!r}; expected a string")
+    out["delimiter"] = opts["delimiter"]
+    for key in ("jamo", "do_normalize", "attention_mask"):
+        out[key] = check_bool(key, opts.get(key))
+    return out
 
 
 # --- starting points: a checkpoint, pretrained weights, or scratch --------------------------------
@@ -316,6 +346,11 @@ def _load_checkpoint(src: str, origin: str, *, local: bool) -> Start:
     if config.model_type != "wav2vec2":
         raise DataError(f'"{src}" is a {config.model_type} checkpoint; Wav2Vec2 algorithms need wav2vec2',
                         hint="Pass a Wav2Vec2 checkpoint as base_model.")
+    try:
+        # through the whitelist first: the model BUILD stores must load again (config.py)
+        wav2vec2_config.checked(config.to_dict())
+    except DataCorrupted as e:
+        raise DataError(f'the configuration of "{src}" is out of bounds: {e.message}') from None
     try:
         net = Wav2Vec2ForCTC.from_pretrained(src, local_files_only=local)
     except Exception as e:  # missing or corrupt weights files
@@ -395,9 +430,9 @@ def _from_path(path: str) -> Start:
 
 
 def scratch_network(vocab: Vocab) -> Any:
-    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+    from transformers import Wav2Vec2ForCTC
 
-    config = Wav2Vec2Config(vocab_size=len(vocab), pad_token_id=vocab.blank, **SCRATCH_CONFIG)
+    config = wav2vec2_config.build({"vocab_size": len(vocab), "pad_token_id": vocab.blank, **SCRATCH_CONFIG})
     return Wav2Vec2ForCTC(config)
 
 
@@ -501,6 +536,10 @@ def _model_for(start: Start, texts: Sequence[str], device: torch.device, notice:
     else:  # one token per character of the (normalized) training texts
         norm = TextNorm(case="lower", jamo=True)
         vocab = Vocab.from_texts(norm(t) for t in texts)
+    if len(vocab) > wav2vec2_config.MAX_VOCAB:
+        raise InvalidParameterValue(f"the texts hold {len(vocab)} distinct characters; a speech recognition"
+                                    f" model writes at most {wav2vec2_config.MAX_VOCAB}",
+                                    hint="Train on texts of one language.")
     net = start.net if start.net is not None else scratch_network(vocab)
     _resize_head(net, vocab)
     net.config.pad_token_id = vocab.blank

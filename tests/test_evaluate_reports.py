@@ -119,8 +119,8 @@ def test_reports_come_from_the_family_specs() -> None:
     assert set(union.choices) == set(registry.REPORTS)  # the preprocessor accepts any family's
     with pytest.raises(InvalidOption, match="must be one of summary, per_row"):
         registry.normalize_options("evaluate", {"report": "per_class"}, speech_family)
-    assert registry.report_of({}).function == "evaluate"
-    assert registry.report_of({"report": "per_row"}).function == "evaluate_per_row"
+    assert registry.report_of(None).function == "evaluate"
+    assert registry.report_of("per_row").function == "evaluate_per_row"
 
 
 # --- the database ----------------------------------------------------------------------------------

@@ -35,10 +35,21 @@ PACKAGE = "thanosql_fc_majority"
 
 SPEC = '''"""A majority-class family (tests/test_family_contract.py): its spec, pure."""
 
+from dataclasses import dataclass
+
 from thanosql_pg.algorithms import registry as r
 
-VALUE = r.option("value_col", "str", "value")
-LABEL = r.option("label_col", "str", "label")
+
+@dataclass(frozen=True, kw_only=True)
+class MajorityOptions(r.Options):
+    """The family's own options, typed: what its model module may read."""
+
+    value_col: str
+    label_col: str
+
+
+VALUE = r.option("value_col", str, "value")
+LABEL = r.option("label_col", str, "label")
 BATCH = r.batch_size(32, 1000)
 LABELLED = r.Columns("value_col", "label_col")
 
@@ -52,6 +63,7 @@ FAMILY = r.register(r.Family(
         "evaluate": (VALUE, LABEL, BATCH, r.DEVICE),
     },
     columns={"build": LABELLED, "predict": r.Columns("value_col"), "evaluate": LABELLED},
+    typed=MajorityOptions,
 ))
 '''
 
@@ -77,7 +89,7 @@ class Majority:
 
     def evaluate(self, source, opts):
         total = hits = 0
-        for batch in source.batches(opts["batch_size"], shuffle=False):
+        for batch in source.batches(opts.batch_size, shuffle=False):
             for row in batch:
                 total += 1
                 hits += row.target == self.label
@@ -171,7 +183,9 @@ def test_the_spec_is_pure_and_registered(plugin: registry.Family) -> None:
     assert algo.name == "MajorityClass" and algo.available and algo.params == {"smoothing": 0}
     assert plugin.name == "majority_class" and plugin.supports("predict") and not plugin.supports("fit")
     assert {o.name for o in registry.options_for("predict")} >= {"value_col", "image_col", "result_col"}
-    assert plugin.column_names("build", {"value_col": "v", "label_col": "y"}) == ("v", "y")
+    opts = registry.normalize_options("build", {"value_col": "v", "label_col": "y"}, plugin)
+    assert type(opts).__name__ == "MajorityOptions" and (opts.value_col, opts.epochs) == ("v", 1)
+    assert plugin.column_names("build", opts) == ("v", "y")
 
 
 def test_build_predict_evaluate_in_the_database(plugin: registry.Family, conn: psycopg.Connection) -> None:
@@ -254,3 +268,61 @@ def test_a_missing_plugin_module_is_a_configuration_error(monkeypatch: pytest.Mo
     with pytest.raises(ThanoSQLError, match="thanosql_fc_no_such_family") as info:
         algorithms.load_plugins()
     assert info.value.sqlstate == "F0000"
+
+
+# --- the typed contract: what a family declares is what its code may read ------------------------
+def _spec(typed: type[registry.Options], *opts: registry.Option) -> registry.Family:
+    return registry.Family(name="fc_typed", model=None, algorithms={"TypedNet": {}},
+                           options={"predict": (*opts, registry.DEVICE)}, typed=typed)
+
+
+def test_registration_refuses_options_and_fields_that_disagree() -> None:
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True, kw_only=True)
+    class Declared(registry.Options):
+        value_col: str
+
+    value = registry.option("value_col", str, "v")
+    with registered(_spec(Declared, value)):  # they agree
+        opts = registry.normalize_options("predict", {}, registry.FAMILIES["fc_typed"])
+        assert isinstance(opts, Declared) and opts.value_col == "v" and opts.device == "auto"
+    with pytest.raises(ThanoSQLError, match='declares option "extra".*no field'):
+        registry.register(_spec(Declared, value, registry.option("extra", int, 1)))
+    with pytest.raises(ThanoSQLError, match="takes int values"):
+        registry.register(_spec(Declared, registry.option("value_col", int, 1)))
+
+    @dataclass(frozen=True, kw_only=True)
+    class Overdeclared(registry.Options):
+        value_col: str
+        secret: str
+
+    with pytest.raises(ThanoSQLError, match="fields no option declares: secret"):
+        registry.register(_spec(Overdeclared, value))
+    assert "fc_typed" not in registry.FAMILIES
+    with pytest.raises(ThanoSQLError, match="kind"):
+        registry.option("x", "str", "v")  # kinds are types, not strings
+
+
+def test_reading_an_undeclared_option_fails_the_type_check(plugin_dir: Path, tmp_path: Path) -> None:
+    """The plug-in's model module passes mypy; the same module reading an option its family
+    never declared does not, so the mistake is caught before anything runs."""
+    import subprocess
+
+    undeclared = MODEL.replace("opts.batch_size", "opts.batch_sise").replace(
+        "def evaluate(self, source, opts):", "def evaluate(self, source, opts: MajorityOptions) -> dict:")
+    declared = MODEL.replace(
+        "def evaluate(self, source, opts):", "def evaluate(self, source, opts: MajorityOptions) -> dict:")
+    header = "from thanosql_fc_majority import MajorityOptions\n"
+    env = {**os.environ, "MYPYPATH": str(plugin_dir)}
+    results = {}
+    for name, text in (("good", declared), ("bad", undeclared)):
+        module = tmp_path / f"{name}_model.py"
+        module.write_text(text.replace("from __future__ import annotations\n",
+                                       "from __future__ import annotations\n" + header))
+        results[name] = subprocess.run(
+            [sys.executable, "-m", "mypy", "--follow-imports=silent", "--ignore-missing-imports",
+             "--no-incremental", str(module)], capture_output=True, text=True, env=env, check=False)
+    assert results["good"].returncode == 0, results["good"].stdout
+    assert results["bad"].returncode == 1 and '"MajorityOptions" has no attribute "batch_sise"' in \
+        results["bad"].stdout, results["bad"].stdout

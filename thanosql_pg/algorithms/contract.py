@@ -5,6 +5,11 @@ functions, ``train`` for BUILD/FIT and ``load`` for a stored model. The model ob
 ``load`` returns are ``Predictor``s (PREDICT, EVALUATE) or ``Embedder``s (CONVERT,
 SEARCH IMAGE), as the family's spec says (the statements it supports, its modalities).
 
+Options arrive typed: ``registry.Options`` (the conventions) of the family's own
+subclass (``Family.typed``, its extras as fields); a family reads attributes, never
+string keys. ``Resolved`` is what the server decided beside them (which model,
+version, input column, device), for the server's own use.
+
 Models see rows only through ``RowSource`` and ``Reader``: they never learn whether
 rows came from SQL, a file list or a test fixture. The server side
 (thanosql_pg.server.data / media) implements both with SPI cursors and checked file
@@ -13,11 +18,14 @@ access. Pure Python: no torch import (type annotations name no torch types).
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from thanosql_pg.algorithms.registry import Algorithm
+from thanosql_pg.algorithms.registry import Algorithm, Options
 from thanosql_pg.algorithms.shared.limits import MediaLimits
 from thanosql_pg.errors import DataCorrupted
 
@@ -53,6 +61,22 @@ class Evaluation:
     report: str
     rows: list[tuple[Any, ...]]
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What ``thanosql.prepare`` (and EVALUATE, SEARCH IMAGE) decided beside the options:
+    the model and version the statement runs, the input column and the option that names
+    it, what the input holds, and the device."""
+
+    model: str
+    model_id: int
+    version: int
+    statement: str
+    input_col: str
+    input_option: str
+    modality: str | None
+    device: str
 
 
 @dataclass(frozen=True)
@@ -148,14 +172,14 @@ class Predictor(Protocol):
     """A loaded model that PREDICT and EVALUATE use."""
 
     def predict(self, rows: Sequence[Row], reader: Reader,
-                opts: Mapping[str, Any]) -> tuple[list[str | None], list[str]]:
+                opts: Options) -> tuple[list[str | None], list[str]]:
         """One result per row (None for a row skipped with on_error='skip') and a
         message per skipped row."""
         ...
 
-    def evaluate(self, source: RowSource, opts: Mapping[str, Any]) -> dict[str, float] | Evaluation:
+    def evaluate(self, source: RowSource, opts: Options) -> dict[str, float] | Evaluation:
         """The summary metrics (report 'summary', or a family without reports), or the
-        ``Evaluation`` of the report that ``opts['report']`` names."""
+        ``Evaluation`` of the report that ``opts.report`` names."""
         ...
 
 
@@ -179,10 +203,11 @@ class Embedder(Protocol):
 class FamilyModule(Protocol):
     """A family's model module."""
 
-    def train(self, algo: Algorithm, opts: dict[str, Any], source: RowSource,
+    def train(self, algo: Algorithm, opts: Options, source: RowSource,
               base: Base | None = None) -> Trained:
         """BUILD (``base`` None) or FIT (from ``base``), with the options the spec
-        declares for the statement, all filled in."""
+        declares for the statement, all filled in (``opts`` is the family's
+        ``Family.typed``; ``opts.device`` is resolved: 'cpu' or 'cuda')."""
         ...
 
     def load(self, record: StoredModel, payload: bytes | memoryview, device: str) -> Any:
@@ -199,3 +224,45 @@ def check_format(record: StoredModel, expected: str) -> None:
     if record.format != expected:
         raise DataCorrupted(
             f'model "{record.name}" is stored as {record.format}, which this version cannot read')
+
+
+StoredT = TypeVar("StoredT")
+
+
+def stored_fields(cls: type[StoredT], record: StoredModel) -> StoredT:
+    """What a family keeps in its models' stored options beyond the declared options
+    (``Trained.options``: a resolved architecture, a tokenizer, the normalization...),
+    as the frozen dataclass ``cls``: each field read from the stored options by its
+    name, its default when absent. The row is its owner's to edit, so a value of another
+    type than the field's is XX001, before anything uses it."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in record.options:
+            continue
+        value = record.options[f.name]
+        if not _holds(hints[f.name], value):
+            raise DataCorrupted(f'model "{record.name}" has an invalid stored {f.name}:'
+                                f" {type(value).__name__}", hint="BUILD the model again.")
+        values[f.name] = value
+    return cls(**values)
+
+
+def _holds(hint: Any, value: Any) -> bool:
+    """Whether ``value`` (decoded JSON) is of the annotated type, shallowly."""
+    if hint is Any or hint is object:
+        return True
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_holds(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint) or hint
+    if origin is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple, Sequence):
+        return isinstance(value, list)
+    if origin in (dict, Mapping):
+        return isinstance(value, dict)
+    return isinstance(origin, type) and isinstance(value, origin)

@@ -18,15 +18,25 @@ everywhere, ``overwrite`` and ``epochs`` in BUILD/FIT, ``batch_size`` (rows per
 model call) in PREDICT/EVALUATE/CONVERT, optionally ``on_error`` (the helpers below
 make them).
 
+Options reach the server and the families typed: ``normalize_options`` returns a
+frozen ``Options`` object (the conventions above as typed attributes) of the
+family's own subclass, which declares the family's extras as typed fields
+(``Family.typed``). Registration checks the two against each other: an option
+without a field, or a field without an option, is refused there; reading an
+attribute that no field declares is refused by the type checker (mypy).
+
 Adding an algorithm to a family is one line of its spec; adding a family is one
 package and one registration.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from thanosql_pg.errors import (
     ConfigurationError,
@@ -38,8 +48,9 @@ from thanosql_pg.errors import (
     WrongModelType,
 )
 
-# Option value kinds. "str?" / "int?" accept None too.
-KINDS = ("str", "str?", "int", "int?", "float", "bool", "any")
+# Option value kinds: real types (``object``: any value). An option that takes None too
+# says ``nullable``.
+KINDS: tuple[type, ...] = (str, int, float, bool, object)
 
 # Upper bounds of the options that size what a statement allocates. Every model
 # runs inside a database backend, where running out of memory restarts every
@@ -52,7 +63,7 @@ MAX_TOP_K = 1_000_000  # rows SEARCH IMAGE returns; more is a full sort of the t
 @dataclass(frozen=True)
 class Option:
     name: str
-    kind: str
+    kind: type  # one of KINDS
     default: Any = None
     required: bool = False
     aliases: tuple[str, ...] = ()
@@ -63,36 +74,42 @@ class Option:
     minimum: float | None = None  # smallest accepted value (int and float options)
     # the hint of an out-of-range error; the default one is for bounds on what a statement allocates
     range_hint: str = "The bound keeps one statement from exhausting the database server's memory or time."
+    nullable: bool = False  # None is a value too
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigurationError(f'option "{self.name}" has kind {self.kind!r}, not one of'
+                                     f" {', '.join(k.__name__ for k in KINDS)}")
 
     def coerce(self, value: Any) -> Any:
         """Check ``value`` against this option's kind; return it normalized."""
         k = self.kind
+        name = k.__name__
         if value is None:
-            if k.endswith("?") or k == "any" or (not self.required and self.default is None):
+            if self.nullable or k is object or (not self.required and self.default is None):
                 return None
             raise InvalidOption(
                 f'option "{self.name}" cannot be None',
-                hint=f"Give {self.name} {_article(k)} {k.rstrip('?')} value, or leave it out.",
+                hint=f"Give {self.name} {_article(name)} {name} value, or leave it out.",
             )
-        base = k.rstrip("?")
         ok: bool
-        if base == "str":
+        if k is str:
             ok = isinstance(value, str)
-        elif base == "int":
+        elif k is int:
             ok = isinstance(value, int) and not isinstance(value, bool)
             if isinstance(value, float) and value.is_integer():
                 value, ok = int(value), True
-        elif base == "float":
+        elif k is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             value = float(value) if ok else value
-        elif base == "bool":
+        elif k is bool:
             ok = isinstance(value, bool)
         else:
             ok = True
         if not ok:
             raise InvalidOption(
-                f'option "{self.name}" expects {_article(base)} {base} value, got {_describe(value)}',
-                hint=f"Write {self.name}={_example(base)}.",
+                f'option "{self.name}" expects {_article(name)} {name} value, got {_describe(value)}',
+                hint=f"Write {self.name}={_example(name)}.",
             )
         if self.choices and value.lower() not in self.choices:
             raise InvalidOption(
@@ -100,12 +117,12 @@ class Option:
             )
         if self.choices:
             value = value.lower()
-        if base in ("int", "float") and self.positive and value <= 0:
+        if k in (int, float) and self.positive and value <= 0:
             raise InvalidOption(f'option "{self.name}" must be positive, got {value}')
-        if base in ("int", "float") and self.minimum is not None and value < self.minimum:
+        if k in (int, float) and self.minimum is not None and value < self.minimum:
             raise InvalidOption(f'option "{self.name}" must be at least {self.minimum}, got {value}',
                                 hint=self.range_hint)
-        if base in ("int", "float") and self.maximum is not None and value > self.maximum:
+        if k in (int, float) and self.maximum is not None and value > self.maximum:
             raise InvalidOption(f'option "{self.name}" must be at most {self.maximum}, got {value}',
                                 hint=self.range_hint)
         return value
@@ -128,27 +145,32 @@ def _example(kind: str) -> str:
 
 
 # --- options every family spells the same way (the conventions above) ------------------------
-def option(name: str, kind: str, default: Any = None, **kw: Any) -> Option:
+def option(name: str, kind: type, default: Any = None, **kw: Any) -> Option:
     return Option(name, kind, default, **kw)
 
 
-def epochs(default: int) -> Option:
-    return option("epochs", "int", default, aliases=("max_epochs",), maximum=MAX_EPOCHS, positive=True)
+def epochs(default: int | None) -> Option:
+    return option("epochs", int, default, aliases=("max_epochs",), maximum=MAX_EPOCHS, positive=True,
+                  nullable=default is None)
 
 
 def batch_size(default: int, maximum: int) -> Option:
-    return option("batch_size", "int", default, maximum=maximum, positive=True)
+    return option("batch_size", int, default, maximum=maximum, positive=True)
 
 
-def learning_rate(default: float) -> Option:
-    return option("learning_rate", "float", default, positive=True)
+def learning_rate(default: float | None) -> Option:
+    return option("learning_rate", float, default, positive=True, nullable=default is None)
 
 
-DEVICE = option("device", "str", "auto", choices=("auto", "cpu", "cuda"))
-OVERWRITE = option("overwrite", "bool", False)
-ON_ERROR = option("on_error", "str", "fail", choices=("fail", "skip"))
-PRETRAINED = option("pretrained", "bool", True)
-BASE_MODEL = option("base_model", "str?", None)
+DEVICE = option("device", str, "auto", choices=("auto", "cpu", "cuda"))
+OVERWRITE = option("overwrite", bool, False)
+# BUILD/FIT of a name another session is changing: wait for it instead of failing at once (55P03)
+WAIT = option("wait", bool, False)
+ON_ERROR = option("on_error", str, "fail", choices=("fail", "skip"))
+PRETRAINED = option("pretrained", bool, True)
+BASE_MODEL = option("base_model", str, None, nullable=True)
+# CONVERT of an embedding family: an HNSW index on the result column
+CREATE_INDEX = option("create_index", bool, True)
 
 STATEMENTS = ("build", "fit", "predict", "evaluate", "convert", "search")
 
@@ -158,23 +180,23 @@ STATEMENTS = ("build", "fit", "predict", "evaluate", "convert", "search")
 MAX_VALIDATION_SPLIT = 0.5  # more held out than trained on is a mistake, not a recipe
 _SPLIT_HINT = (f"validation_split is the share of the query's rows held out to validate each epoch:"
                f" 0 (none, the default) to {MAX_VALIDATION_SPLIT}.")
-VALIDATION_SPLIT = option("validation_split", "float", 0.0, minimum=0.0, maximum=MAX_VALIDATION_SPLIT,
+VALIDATION_SPLIT = option("validation_split", float, 0.0, minimum=0.0, maximum=MAX_VALIDATION_SPLIT,
                           range_hint=_SPLIT_HINT)
-EARLY_STOPPING = option("early_stopping", "bool", False)
-PATIENCE = option("patience", "int", 3, positive=True, maximum=MAX_EPOCHS)
+EARLY_STOPPING = option("early_stopping", bool, False)
+PATIENCE = option("patience", int, 3, positive=True, maximum=MAX_EPOCHS)
 VALIDATION = (VALIDATION_SPLIT, EARLY_STOPPING, PATIENCE)
 
 
 def training_options(*own: Option) -> tuple[Option, ...]:
     """BUILD/FIT's option set: the family's ``own`` plus ``VALIDATION``, which the shared
-    training loop implements (one place declares them for every family)."""
-    return (*own, *VALIDATION)
+    training loop implements, and ``WAIT`` (one place declares them for every family)."""
+    return (*own, *VALIDATION, WAIT)
 
 
-def check_training(opts: Mapping[str, Any]) -> None:
+def check_training(opts: Options) -> None:
     """The training options together (BUILD/FIT, all filled in): early stopping watches
     the validation score, so it needs a validation part."""
-    if opts.get("early_stopping") and not opts.get("validation_split"):
+    if opts.early_stopping and not opts.validation_split:
         raise InvalidOption('option "early_stopping" needs option "validation_split" > 0',
                             hint="Early stopping watches the score on held-out rows: add validation_split=0.1"
                             " (say) to OPTIONS, or leave early_stopping out.")
@@ -196,16 +218,16 @@ MODALITIES = {
     "video": Modality("videos", "a video (a server path, or the video as bytea)"),
 }
 
-_TABLE = option("table_name", "str?", None)
+_TABLE = option("table_name", str, None, nullable=True)
 STATEMENT_OPTIONS: dict[str, tuple[Option, ...]] = {
-    "predict": (option("result_col", "str", "predict_result"), _TABLE),
-    "convert": (option("result_col", "str", "convert_result"), _TABLE),
+    "predict": (option("result_col", str, "predict_result"), _TABLE),
+    "convert": (option("result_col", str, "convert_result"), _TABLE),
     "search": (
-        option("search_by", "str", None, required=True, choices=tuple(MODALITIES)),
-        option("search_input", "any", None, required=True),
-        option("emb_col", "str", None, required=True),
-        option("result_col", "str", "search_result"),
-        option("top_k", "int?", 1000, maximum=MAX_TOP_K, positive=True),
+        option("search_by", str, None, required=True, choices=tuple(MODALITIES)),
+        option("search_input", object, None, required=True),
+        option("emb_col", str, None, required=True),
+        option("result_col", str, "search_result"),
+        option("top_k", int, 1000, maximum=MAX_TOP_K, positive=True, nullable=True),
     ),
 }
 
@@ -248,12 +270,12 @@ def report(*kinds: str) -> Option:
     if unknown:
         raise ConfigurationError(f"unknown EVALUATE report {', '.join(unknown)}",
                                  hint="Reports: " + ", ".join(REPORTS))
-    return option("report", "str", "summary", choices=("summary", *(k for k in kinds if k != "summary")))
+    return option("report", str, "summary", choices=("summary", *(k for k in kinds if k != "summary")))
 
 
-def report_of(opts: Mapping[str, Any]) -> Report:
-    """The report that EVALUATE's options ask for ('summary' when they name none)."""
-    return REPORTS[str(opts.get("report") or "summary").lower()]
+def report_of(name: str | None) -> Report:
+    """The report that EVALUATE's option ``report`` names ('summary' for None)."""
+    return REPORTS[str(name or "summary").lower()]
 
 
 # Retrieval scores (EVALUATE of an embedding family with a label column): precision@k, each
@@ -264,7 +286,140 @@ MAX_RETRIEVAL_K = 1000
 
 def retrieval_k(default: int = 5) -> Option:
     """EVALUATE's ``top_k`` for an embedding family: it reports Precision@1 and Precision@top_k."""
-    return option("top_k", "int", default, maximum=MAX_RETRIEVAL_K, positive=True)
+    return option("top_k", int, default, maximum=MAX_RETRIEVAL_K, positive=True)
+
+
+# --- typed options --------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """One statement's options, validated and filled in: the conventions every family
+    shares (typed attributes; a statement without such an option has its default here),
+    and, in a family's subclass (``Family.typed``), the family's own options as typed
+    fields. Server code reads the conventions; a family reads its subclass's fields.
+    ``names`` are the options the statement declares (``declared`` gives their values:
+    what BUILD stores, what an inline rewrite passes on)."""
+
+    statement: str
+    names: tuple[str, ...] = ()
+    # every statement that runs a model
+    device: str = "auto"
+    batch_size: int = 1
+    on_error: str = "fail"
+    # BUILD/FIT
+    epochs: int | None = None
+    learning_rate: float | None = None
+    overwrite: bool = False
+    wait: bool = False
+    pretrained: bool = False
+    base_model: str | None = None
+    validation_split: float = 0.0
+    early_stopping: bool = False
+    patience: int = 3
+    # EVALUATE; SEARCH IMAGE (top_k is also EVALUATE's retrieval k)
+    report: str = "summary"
+    top_k: int | None = None
+    # CONVERT of an embedding family
+    create_index: bool = False
+    # the statements' shapes (STATEMENT_OPTIONS)
+    result_col: str = ""
+    table_name: str | None = None
+    search_by: str | None = None
+    search_input: object = None
+    emb_col: str | None = None
+
+    def declared(self) -> dict[str, Any]:
+        """The statement's own options, by name."""
+        return {name: getattr(self, name) for name in self.names}
+
+    def value(self, name: str) -> Any:
+        """The option ``name`` of this statement, for the option names a spec holds as data
+        (which option names the input column, say)."""
+        if name not in self.names:
+            raise InvalidOption(f'{self.statement.upper()} has no option "{name}"')
+        return getattr(self, name)
+
+
+OptionsT = TypeVar("OptionsT", bound=Options)
+
+
+def _convention_fields() -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(Options))
+
+
+def _accepts(hint: Any, opt: Option) -> bool:
+    """Whether a field annotated ``hint`` holds every value of ``opt``."""
+    if hint is Any or hint is object:
+        return True
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    members = typing.get_args(hint) if union else (hint,)
+    nullable = opt.nullable or opt.kind is object or (not opt.required and opt.default is None)
+    if nullable and type(None) not in members:
+        return False
+    return opt.kind in members or (opt.kind is int and float in members)
+
+
+def _check_typed(family: Family) -> None:
+    """The family's ``typed`` class and its declared options agree (at registration)."""
+    typed = family.typed
+    if not (isinstance(typed, type) and issubclass(typed, Options) and dataclasses.is_dataclass(typed)
+            and typed.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+        raise ConfigurationError(f'family "{family.name}": typed must be a frozen dataclass subclass of'
+                                 " registry.Options")
+    hints = typing.get_type_hints(typed)
+    fields = {f.name for f in dataclasses.fields(typed)}
+    declared: dict[str, Option] = {}
+    for statement, opts in family.options.items():
+        for opt in (*STATEMENT_OPTIONS.get(statement, ()), *opts):
+            if opt.name not in fields:
+                raise ConfigurationError(
+                    f'family "{family.name}" declares option "{opt.name}" ({statement.upper()}), which its'
+                    f" options class {typed.__name__} has no field for",
+                    hint=f"Add {opt.name}: {opt.kind.__name__} to {typed.__name__}.")
+            if not _accepts(hints[opt.name], opt):
+                raise ConfigurationError(
+                    f'family "{family.name}": option "{opt.name}" ({statement.upper()}) takes'
+                    f" {opt.kind.__name__}{' or None' if opt.nullable else ''} values, but"
+                    f" {typed.__name__}.{opt.name} is {hints[opt.name]}")
+            declared.setdefault(opt.name, opt)
+    undeclared = sorted(fields - _convention_fields() - set(declared))
+    if undeclared:
+        raise ConfigurationError(f'family "{family.name}": {typed.__name__} has fields no option declares:'
+                                 f" {', '.join(undeclared)}")
+
+
+def _typed(family: Family, statement: str, values: dict[str, Any]) -> Options:
+    """``family.typed`` holding ``values``; fields the statement has no option for take their
+    class default, else the default of the family's option of that name elsewhere."""
+    filled: dict[str, Any] = {"statement": statement, "names": tuple(values)}
+    for f in dataclasses.fields(family.typed):
+        if f.name in filled:
+            continue
+        if f.name in values:
+            filled[f.name] = values[f.name]
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            filled[f.name] = next(o.default for opts in family.options.values() for o in opts
+                                  if o.name == f.name)
+    return family.typed(**filled)
+
+
+def stored(cls: type[OptionsT], family: Family, record_options: Mapping[str, Any],
+           statement: str = "build") -> OptionsT:
+    """A stored model's options (its catalog row's, which its owner can edit: input like
+    any other) as ``cls``, each checked against the statement's option: a value that
+    would fail BUILD is XX001. Options the row lacks take the statement's defaults."""
+    spec = {o.name: o for o in options_for(statement, family)}
+    values: dict[str, Any] = {}
+    for name, opt in spec.items():
+        try:
+            values[name] = opt.coerce(record_options[name]) if name in record_options else opt.default
+        except InvalidOption as e:
+            raise DataCorrupted(f"a stored model has an invalid option: {e.message}",
+                                hint="BUILD the model again.") from None
+    typed = _typed(family, statement, values)
+    if not isinstance(typed, cls):
+        raise ConfigurationError(f"family {family.name}'s options are {type(typed).__name__},"
+                                 f" not {cls.__name__}")
+    return typed
 
 
 # --- the spec of a family -----------------------------------------------------------------------
@@ -281,7 +436,7 @@ class Columns:
 
 # Columns per statement: fixed, or chosen from the statement's options (CONVERT of
 # images or of texts, say).
-ColumnRule = Columns | Callable[[Mapping[str, Any]], Columns]
+ColumnRule = Columns | Callable[[Options], Columns]
 
 
 @dataclass(frozen=True)
@@ -295,26 +450,32 @@ class Family:
     columns: Mapping[str, ColumnRule] = field(default_factory=dict)  # statement -> its columns
     carry_over: tuple[str, ...] = ()  # FIT: options the model keeps from its base model unless given
     modalities: tuple[str, ...] = ()  # what CONVERT embeds and SEARCH IMAGE searches by
-    check: Callable[[str, dict[str, Any]], None] | None = None  # options checked together (all filled in)
+    # options checked together, all filled in: the same options (or others, replace()d)
+    check: Callable[[Options], Options | None] | None = None
+    typed: type[Options] = Options  # the options class: Options plus the family's own options as fields
 
     def supports(self, statement: str) -> bool:
         return statement in self.options
 
-    def statement_columns(self, statement: str, opts: Mapping[str, Any]) -> Columns:
+    def declared(self, statement: str) -> tuple[Option, ...]:
+        """The family's own options of ``statement`` (none for a statement it does not support)."""
+        return tuple(self.options.get(statement, ()))
+
+    def statement_columns(self, statement: str, opts: Options) -> Columns:
         rule = self.columns.get(statement)
         if rule is None:
             raise FeatureNotAvailable(f"{statement.upper()} reads no columns of {self.name} models")
         return rule if isinstance(rule, Columns) else rule(opts)
 
-    def column_options(self, statement: str, opts: Mapping[str, Any]) -> tuple[str, str | None]:
+    def column_options(self, statement: str, opts: Options) -> tuple[str, str | None]:
         """The names of the (input, target) column options of ``statement``."""
         cols = self.statement_columns(statement, opts)
         return cols.input, cols.target
 
-    def column_names(self, statement: str, opts: Mapping[str, Any]) -> tuple[str, str | None]:
+    def column_names(self, statement: str, opts: Options) -> tuple[str, str | None]:
         """The (input, target) column names that ``opts`` give for ``statement``."""
         inp, target = self.column_options(statement, opts)
-        return opts[inp], (opts[target] if target else None)
+        return str(opts.value(inp)), (str(opts.value(target)) if target else None)
 
     def embeds(self, modality: str) -> bool:
         return modality in self.modalities
@@ -365,7 +526,7 @@ def register(family: Family) -> Family:
         if statement not in STATEMENTS:
             raise ConfigurationError(f'family "{family.name}" has options for an unknown statement'
                                      f' "{statement}"')
-    fit = {o.name for o in family.options.get("fit", ())}
+    fit = {o.name for o in family.declared("fit")}
     if not set(family.carry_over) <= fit:
         raise ConfigurationError(f'family "{family.name}" carries over options FIT does not take:'
                                  f' {", ".join(sorted(set(family.carry_over) - fit))}')
@@ -374,6 +535,7 @@ def register(family: Family) -> Family:
         if taken is not None:
             raise ConfigurationError(f'algorithm "{name}" of family "{family.name}" is already one of'
                                      f' "{taken.family.name}"')
+    _check_typed(family)
     FAMILIES[family.name] = family
     for name, params in family.algorithms.items():
         ALGORITHMS[name.lower()] = Algorithm(name, family, dict(params))
@@ -399,10 +561,6 @@ def family(name: str) -> Family:
             f"{name} models are not available in this version of thanosql_pg",
             hint="A plug-in family must be installed where the server finds it (see thanosql_pg.algorithms).")
     return fam
-
-
-def is_available(algo: Algorithm) -> bool:
-    return algo.available
 
 
 def require_available(algo: Algorithm) -> None:
@@ -472,11 +630,15 @@ def statement_default(statement: str, name: str) -> Any:
     raise KeyError(name)
 
 
-def rows_per_call(statement: str, opts: Mapping[str, Any]) -> int:
-    """Rows per call of ``thanosql.<statement>_batch`` in the PREDICT-shaped rewrite:
-    the statement's ``batch_size`` (the convention every family follows), or its default
-    when no family is known (the first family's)."""
-    return int(opts.get("batch_size", statement_default(statement, "batch_size")))
+def rows_per_call(statement: str, written: Mapping[str, Any]) -> int:
+    """Rows per call of ``thanosql.<statement>_batch`` in the PREDICT-shaped rewrite: the
+    ``batch_size`` the statement's text gives (the convention every family follows), or
+    its default when no family is known (the first family's)."""
+    size = written.get(BATCH_SIZE)
+    return int(size if size is not None else statement_default(statement, BATCH_SIZE))
+
+
+BATCH_SIZE = "batch_size"  # the convention's name, for texts the preprocessor reads
 
 
 def input_column(statement: str, given: Mapping[str, Any]) -> str | None:
@@ -490,33 +652,18 @@ def input_column(statement: str, given: Mapping[str, Any]) -> str | None:
         if not fam.supports(statement) or statement not in fam.columns:
             continue
         try:
-            opts = normalize_options(statement, given, fam, fill_defaults=True)
-            found.add(str(opts[fam.statement_columns(statement, opts).input]))
+            opts = normalize_options(statement, given, fam)
+            found.add(str(opts.value(fam.statement_columns(statement, opts).input)))
         except ThanoSQLError:  # this family does not take these options: not a candidate
             continue
     return found.pop() if len(found) == 1 else None
 
 
-def check_stored(family: Family, model: str, options: Mapping[str, Any], names: tuple[str, ...]) -> None:
-    """Check a stored model's options ``names`` against BUILD's bounds before they size
-    anything: the catalog row is the owner's to edit, so it is input like any other."""
-    spec = {o.name: o for o in family.options.get("build", ())}
-    for key in names:
-        try:
-            spec[key].coerce(options.get(key))
-        except InvalidOption as e:
-            raise DataCorrupted(f'model "{model}" has an invalid stored option: {e.message}',
-                                hint="BUILD the model again.") from None
+def check_options(statement: str, given: Mapping[str, Any], family: Family | None = None) -> dict[str, Any]:
+    """The options a statement's text gives, validated: names (aliases mapped to canonical
+    names) and types, not defaults. For the preprocessor, which prints what was written.
 
-
-def normalize_options(
-    statement: str, given: Mapping[str, Any], family: Family | None = None, *, fill_defaults: bool = False
-) -> dict[str, Any]:
-    """Validate option names and types; map aliases to canonical names.
-
-    Raises InvalidOption naming the option, listing the valid ones for an
-    unknown name. With ``fill_defaults`` the result holds every option, and the
-    family's ``check`` has seen them together.
+    Raises InvalidOption naming the option, listing the valid ones for an unknown name.
     """
     spec = options_for(statement, family)
     by_name: dict[str, Option] = {}
@@ -536,19 +683,27 @@ def normalize_options(
         if opt.name in out:
             raise InvalidOption(f'option "{opt.name}" is given more than once')
         out[opt.name] = opt.coerce(value)
-    if fill_defaults:
-        for opt in spec:
-            if opt.name not in out:
-                if opt.required:
-                    raise InvalidOption(
-                        f'option "{opt.name}" is required for {statement.upper()}',
-                        hint=f"Add {opt.name}=... to OPTIONS.",
-                    )
-                out[opt.name] = opt.default
-        # checks on options together: the server runs them (the preprocessor sees only
-        # the options written, and positions errors on one of them)
-        if statement in ("build", "fit"):
-            check_training(out)
-        if family is not None and family.check is not None:
-            family.check(statement, out)
     return out
+
+
+def normalize_options(statement: str, given: Mapping[str, Any], family: Family) -> Options:
+    """A statement's options for one family, validated, every one filled in, typed: an
+    instance of ``family.typed``, which the family's ``check`` has seen (the options
+    together)."""
+    values = check_options(statement, given, family)
+    for opt in options_for(statement, family):
+        if opt.name not in values:
+            if opt.required:
+                raise InvalidOption(
+                    f'option "{opt.name}" is required for {statement.upper()}',
+                    hint=f"Add {opt.name}=... to OPTIONS.",
+                )
+            values[opt.name] = opt.default
+    opts = _typed(family, statement, values)
+    # checks on options together: the server runs them (the preprocessor sees only
+    # the options written, and positions errors on one of them)
+    if statement in ("build", "fit"):
+        check_training(opts)
+    if family.check is not None:
+        opts = family.check(opts) or opts
+    return opts

@@ -617,13 +617,13 @@ def _normalize(statement: str, items: list[ast.OptionItem], family: registry.Fam
     given = {item.name: item.value for item in items}
     if len(given) == len(items):  # no name written twice
         try:
-            return registry.normalize_options(statement, given, family)
+            return registry.check_options(statement, given, family)
         except ThanoSQLError:
             pass
     out: dict[str, Any] = {}
     for item in items:
         try:
-            norm = registry.normalize_options(statement, {item.name: item.value}, family)
+            norm = registry.check_options(statement, {item.name: item.value}, family)
         except ThanoSQLError as exc:
             exc.position = item.position
             raise

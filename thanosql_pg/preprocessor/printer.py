@@ -69,7 +69,7 @@ def render(stmt: ast.Statement) -> str:
         return _predict(stmt)
     if isinstance(stmt, ast.Evaluate):
         # each report (option report, 'summary' unless written) has its own columns and function
-        function = registry.report_of(stmt.normalized).function
+        function = registry.report_of(stmt.normalized.get("report")).function
         return (
             f"SELECT * FROM thanosql.{function}({quote_literal(stmt.model)}, {jsonb(stmt.normalized)}, "
             f"{dollar_quote(render_query(stmt.query))})"

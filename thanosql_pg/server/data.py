@@ -1,6 +1,6 @@
 """Training and evaluation rows from a user's query, with bounded memory.
 
-``TrainingData.from_query`` runs the query exactly once, keeping only the two
+``QueryRows.from_query`` runs the query exactly once, keeping only the two
 columns a model needs (input, label) in a temporary table, then streams them
 in batches through SPI cursors: every epoch reads the table again in a new
 shuffled order, so the backend never holds more than a batch of rows (bytea
@@ -141,7 +141,7 @@ def report_progress(phase: str, epoch: int, epochs: int, step: int, steps: int, 
     native.progress_report(phase, epoch, epochs, step, steps, loss, samples_per_second, eta_seconds)
 
 
-class TrainingData:
+class QueryRows:
     """Rows (rn, input, label) of one query in a temporary table; ``split`` makes two
     parts of it (a filter on the same table)."""
 
@@ -166,7 +166,7 @@ class TrainingData:
     @classmethod
     @contextmanager
     def from_query(cls, query: str, columns: tuple[str, str | None], *, on_error: str = "fail",
-                   options: tuple[str, str | None]) -> Iterator[TrainingData]:
+                   options: tuple[str, str | None]) -> Iterator[QueryRows]:
         """Materialize ``columns`` (input, label) of ``query``; label may be None.
         ``options`` are the names of the options that named them, for messages.
 
@@ -236,7 +236,7 @@ class TrainingData:
         rows = plpy.execute(f"SELECT y::text AS l, count(*) AS n FROM {self.table} {where} GROUP BY 1")
         return {r["l"]: int(r["n"]) for r in rows}
 
-    def split(self, fraction: float, seed: int = 0) -> tuple[TrainingData, TrainingData]:
+    def split(self, fraction: float, seed: int = 0) -> tuple[QueryRows, QueryRows]:
         """(training, validation) parts of the rows: about ``fraction`` of the usable rows
         (a NULL input skipped with on_error='skip' is not) held out, stratified by label.
 
@@ -338,9 +338,9 @@ MEMORY_FETCH_BYTES = 16 << 20  # rows per fetch: about this much at a time
 MemoryRow = tuple[int, Any, "str | None", int]  # (rn, input, label as text, the label's rank)
 
 
-class MemoryRows(TrainingData):
+class MemoryRows(QueryRows):
     """The rows of one query held in this backend's memory: EVALUATE on a hot standby,
-    where no temporary table can be made. The query runs once, as for TrainingData."""
+    where no temporary table can be made. The query runs once, as for QueryRows."""
 
     rows: list[MemoryRow]
 
@@ -382,7 +382,7 @@ class MemoryRows(TrainingData):
             counts[r[2]] = counts.get(r[2], 0) + 1  # type: ignore[index]
         return counts
 
-    def split(self, fraction: float, seed: int = 0) -> tuple[TrainingData, TrainingData]:
+    def split(self, fraction: float, seed: int = 0) -> tuple[QueryRows, QueryRows]:
         raise DataError("validation_split needs the primary server", hint="Train on the primary.")
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0) -> Iterator[list[Row]]:

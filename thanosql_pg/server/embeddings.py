@@ -29,7 +29,7 @@ from typing import Any
 import plpy
 
 from thanosql_pg.algorithms import registry
-from thanosql_pg.algorithms.contract import Row
+from thanosql_pg.algorithms.contract import Resolved, Row
 from thanosql_pg.errors import (
     DatatypeMismatch,
     FeatureNotAvailable,
@@ -66,23 +66,24 @@ def vector_literal(v: Any) -> str | None:
 
 
 def _embedder(rec: Any, device: str) -> Any:
-    opts = {"model": rec.name, "model_id": rec.id, "version": rec.version, "device": device}
-    return models.cached(opts).model
+    resolved = Resolved(model=rec.name, model_id=rec.id, version=rec.version, statement="", input_col="",
+                        input_option="", modality=None, device=device)
+    return models.cached(resolved).model
 
 
 # --- SEARCH IMAGE -----------------------------------------------------------------------------
-def embed_query(rec: Any, opts: dict[str, Any]) -> str:
+def embed_query(rec: Any, opts: registry.Options, device: str) -> str:
     """The query's embedding (of search_input, as search_by says), as pgvector text."""
-    by = opts["search_by"]
+    by = str(opts.search_by)
     registry.check_search_by(registry.family(rec.family), rec.name, rec.algorithm, by)
-    value = opts["search_input"]
+    value = opts.search_input
     what = registry.MODALITIES[by].search_input
     if value is None:
         raise NullValue('search_input is NULL', hint=f"Pass {what}.")
     if not isinstance(value, (str, bytes)):
         raise DatatypeMismatch(f"search_input must be {what}, got {value!r}")
     reader = MediaReader.for_session(column="search_input", from_json=True)
-    (vec,) = _embedder(rec, opts["device"]).embed([Row(0, value)], reader, by)
+    (vec,) = _embedder(rec, device).embed([Row(0, value)], reader, by)
     _iterative_hnsw_scans()
     return vector_literal(vec)  # type: ignore[return-value]
 
@@ -98,34 +99,33 @@ def _iterative_hnsw_scans() -> None:
 
 
 # --- CONVERT that returns rows -----------------------------------------------------------------
-def embed_values(opts: dict[str, Any], values: list[Any]) -> list[str | None]:
+def embed_values(resolved: Resolved, values: list[Any]) -> list[str | None]:
     """convert_batch: jsonb-decoded values (a path, or bytea as "\\x..." hex; None for
     NULL) → embeddings as pgvector text (NULL for NULL)."""
-    reader = MediaReader.for_session(column=opts["input_col"], from_json=True)
-    embedder = models.cached(opts).model
+    reader = MediaReader.for_session(column=resolved.input_col, from_json=True)
+    embedder = models.cached(resolved).model
     rows = [Row(0, v) for v in values]
-    return [vector_literal(v) for v in embedder.embed(rows, reader, opts["modality"])]
+    return [vector_literal(v) for v in embedder.embed(rows, reader, resolved.modality or "image")]
 
 
 # --- CONVERT into a table -------------------------------------------------------------------------
-def convert(rec: Any, opts: dict[str, Any], query: str, source_table: str | None,
+def convert(rec: Any, opts: registry.Options, resolved: Resolved, query: str, source_table: str | None,
             table_ident: str | None) -> list[tuple[str, int]]:
     """Into ``table_ident`` (table_name, replaced) or into ``source_table`` (the query's own)."""
     from thanosql_pg.preprocessor import printer
 
-    embedder = _embedder(rec, opts["device"])
+    embedder = _embedder(rec, resolved.device)
     dim = int(embedder.dim)
     query = data.clean_query(query)
     columns = data.query_columns(query)
-    spec = registry.family(rec.family).statement_columns("convert", opts)  # which option names the input
-    input_col = data.resolve_column(opts[spec.input], columns, option=spec.input)
-    result_col = opts["result_col"]
+    input_col = data.resolve_column(resolved.input_col, columns, option=resolved.input_option)
+    result_col = opts.result_col
     if not result_col:
         raise InvalidOption('option "result_col" cannot be an empty string')
     vtype = f"{vector_schema()}.vector"
     if table_ident is not None:
-        inline_opts = {k: v for k, v in opts.items() if k not in ("table_name", "device")}
-        inline_opts.update({spec.input: input_col, "device": opts["device"]})
+        inline_opts = {k: v for k, v in opts.declared().items() if k not in ("table_name", "device")}
+        inline_opts.update({resolved.input_option: input_col, registry.DEVICE.name: resolved.device})
         sql = printer.inline("convert", rec.name, inline_opts, query,
                              columns=[c for c in columns if c != result_col], result_type=f"{vtype}({dim})")
         plpy.execute(f"DROP TABLE IF EXISTS {table_ident}")
@@ -133,9 +133,9 @@ def convert(rec: Any, opts: dict[str, Any], query: str, source_table: str | None
         oid = plpy.execute(plpy.prepare("SELECT $1::regclass::oid AS o", ["text"]), [table_ident])[0]["o"]
         column = _column(oid, result_col)
         assert column is not None
-        if opts["create_index"]:
+        if opts.create_index:
             _ensure_index(oid, table_ident, result_col, column)
-        return [(opts["table_name"], rows)]
+        return [(str(opts.table_name), rows)]
     if source_table is None:
         raise FeatureNotAvailable(
             "CONVERT without table_name writes into the table its query reads, and this query reads no"
@@ -157,8 +157,8 @@ def convert(rec: Any, opts: dict[str, Any], query: str, source_table: str | None
     else:
         _check_column(column, source_table, result_col, dim)
     plpy.execute(f"LOCK TABLE {ident} IN SHARE ROW EXCLUSIVE MODE")
-    rows = _update_rows(embedder, opts, query, input_col, spec.modality, ident, result_col, vtype)
-    if opts["create_index"]:
+    rows = _update_rows(embedder, opts, query, input_col, resolved.modality, ident, result_col, vtype)
+    if opts.create_index:
         _ensure_index(oid, ident, result_col, column)
     return [(source_table, rows)]
 
@@ -212,7 +212,7 @@ def _with_row_ids(query: str) -> str:
                                  standard_conforming_strings=scs)
 
 
-def _update_rows(embedder: Any, opts: dict[str, Any], query: str, input_col: str, modality: str | None,
+def _update_rows(embedder: Any, opts: registry.Options, query: str, input_col: str, modality: str | None,
                  ident: str, result_col: str, vtype: str) -> int:
     capture = (f"SELECT q.__thanosql_toid AS toid, q.__thanosql_tid AS tid,"
                f" q.{plpy.quote_ident(input_col)} AS x FROM ({_with_row_ids(query)}) AS q")
@@ -231,7 +231,7 @@ def _update_rows(embedder: Any, opts: dict[str, Any], query: str, input_col: str
     def batches() -> Iterator[list[Row]]:
         n = 0
         while True:
-            rows = cursor.fetch(opts["batch_size"])
+            rows = cursor.fetch(opts.batch_size)
             if not rows:
                 return
             ids.append(([r["toid"] for r in rows], [r["tid"] for r in rows]))

@@ -12,15 +12,16 @@ import functools
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import plpy
 
 from thanosql_pg.algorithms import registry
+from thanosql_pg.algorithms.contract import Resolved
 from thanosql_pg.errors import (
     FeatureNotAvailable,
     InvalidOption,
-    InvalidParameterValue,
     ObjectNotInPrerequisiteState,
     ThanoSQLError,
     UndefinedColumn,
@@ -248,33 +249,31 @@ def _stream_json(select_sql: str) -> Iterator[str]:
 
 
 # --- training -------------------------------------------------------------------
-def _train(statement: str, name: str, algo: registry.Algorithm, given: dict[str, Any], query: str,
+def _train(name: str, algo: registry.Algorithm, opts: registry.Options, query: str,
            base: Any = None) -> list[tuple[Any, ...]]:
-    registry.require_available(algo)
-    opts = registry.normalize_options(statement, given, algo.family, fill_defaults=True)
-    module = family_module(algo.family)
     from thanosql_pg.server import catalog, data, models
 
-    claimed = catalog.claim(name, overwrite=opts["overwrite"], wait=bool(opts.get("wait", False)))
+    registry.require_available(algo)
+    module = family_module(algo.family)
+    statement = opts.statement
+    claimed = catalog.claim(name, overwrite=opts.overwrite, wait=opts.wait)
     start = time.monotonic()
-    with data.TrainingData.from_query(query, algo.family.column_names(statement, opts),
-                                      on_error=opts.get("on_error", "fail"),
-                                      options=algo.family.column_options(statement, opts)) as source:
+    with data.QueryRows.from_query(query, algo.family.column_names(statement, opts), on_error=opts.on_error,
+                                   options=algo.family.column_options(statement, opts)) as source:
         # 'auto' defers to the thanosql.device setting; the stored options keep 'auto'
-        run_opts = {**opts, "device": models.resolve_device(opts.get("device"))}
-        trained = module.train(algo, run_opts, source, base)
+        trained = module.train(algo, replace(opts, device=models.resolve_device(opts.device)), source, base)
         rows = source.count
         data.report_progress("saving", 0, 0, 0, 0, None, None, None)
-    stored_opts = {k: v for k, v in opts.items() if k not in ("overwrite", "wait")}
-    stored_opts.update(trained.options)
+    stored = {k: v for k, v in opts.declared().items() if k not in ("overwrite", "wait")}
+    stored.update(trained.options)
     rec = catalog.save(
-        claimed, algorithm=algo.name, family=algo.family.name, options=stored_opts, labels=trained.labels,
+        claimed, algorithm=algo.name, family=algo.family.name, options=stored, labels=trained.labels,
         label_type=trained.label_type, payload=trained.payload, format=trained.format,
         statement=statement.upper(), rows=rows,
     )
     catalog.record_metrics(rec, statement.upper(), rows, trained.metrics)
     catalog.record_epochs(rec, trained.epochs)
-    return [(rec.name, algo.name, rows, opts.get("epochs"), round(time.monotonic() - start, 3),
+    return [(rec.name, algo.name, rows, opts.epochs, round(time.monotonic() - start, 3),
              json.dumps(trained.metrics))]
 
 
@@ -283,7 +282,7 @@ def _train(statement: str, name: str, algo: registry.Algorithm, given: dict[str,
 @shows_progress("BUILD", "preparing")
 def build_model(name: str, algorithm: str, options: str, query: str) -> list[tuple[Any, ...]]:
     algo = registry.lookup(algorithm)
-    return _train("build", name, algo, json.loads(options), query)
+    return _train(name, algo, registry.normalize_options("build", json.loads(options), algo.family), query)
 
 
 @caller_sql_entry_point(whole_call=False)
@@ -294,19 +293,20 @@ def fit_model(name: str, base_model: str, options: str, query: str) -> list[tupl
 
     base_rec = catalog.get(base_model, "USE")
     algo = registry.lookup(base_rec.algorithm)
-    given = json.loads(options)
-    if name == base_model and "overwrite" not in given:
-        given["overwrite"] = True  # FIT MODEL m USING m trains m further in place
+    written: dict[str, Any] = json.loads(options)
+    if name == base_model and not any(k.lower() == "overwrite" for k in written):
+        written[registry.OVERWRITE.name] = True  # FIT MODEL m USING m trains m further in place
     # properties of the trained model (the family's spec says which): FIT keeps them unless told otherwise
     for key in algo.family.carry_over:
-        if key not in given and key in base_rec.options:
-            given[key] = base_rec.options[key]
-    base = models.load(base_rec, family_module(algo.family), device=given.get("device", "auto"))
-    return _train("fit", name, algo, given, query, base=base)
+        if key not in written and key in base_rec.options:
+            written[key] = base_rec.options[key]
+    opts = registry.normalize_options("fit", written, algo.family)
+    base = models.load(base_rec, family_module(algo.family), device=opts.device)
+    return _train(name, algo, opts, query, base=base)
 
 
 # --- inference ------------------------------------------------------------------
-def _resolve(statement: str, model: str, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _resolve(statement: str, model: str, written: dict[str, Any]) -> tuple[Any, registry.Options]:
     from thanosql_pg.server import catalog
 
     rec = catalog.get(model, "USE")
@@ -316,8 +316,19 @@ def _resolve(statement: str, model: str, options: dict[str, Any]) -> tuple[Any, 
             f'{statement.upper()} does not apply to model "{rec.name}" ({rec.algorithm}, {family.name})',
             hint=f"{rec.algorithm} models support: " + ", ".join(s.upper() for s in family.options),
         )
-    opts = registry.normalize_options(statement, options, family, fill_defaults=True)
-    return rec, opts
+    return rec, registry.normalize_options(statement, written, family)
+
+
+def _resolved(rec: Any, opts: registry.Options) -> Resolved:
+    """What the server decides for a statement on model ``rec`` beside its options."""
+    from thanosql_pg.server import models
+
+    family = registry.family(rec.family)
+    family_module(family)
+    columns = family.statement_columns(opts.statement, opts)
+    return Resolved(model=rec.name, model_id=rec.id, version=rec.version, statement=opts.statement,
+                    input_col=str(opts.value(columns.input)), input_option=columns.input,
+                    modality=columns.modality, device=models.resolve_device(opts.device))
 
 
 @entry_point
@@ -327,26 +338,22 @@ def prepare(statement: str, model: str, options: str) -> str:
     from thanosql_pg.server import handles
 
     rec, opts = _resolve(statement, model, json.loads(options))
-    family = registry.family(rec.family)
-    family_module(family)
-    columns = family.statement_columns(statement, opts)
-    opts.update(model=rec.name, model_id=rec.id, version=rec.version, statement=statement,
-                input_col=opts[columns.input], input_option=columns.input, modality=columns.modality)
-    return handles.issue(opts, {"input_col": opts["input_col"]})
+    resolved = _resolved(rec, opts)
+    return handles.issue(opts, resolved)
 
 
-def _batch_values(opts: dict[str, Any], vals: list[str | None]) -> list[list[Any]]:
+def _batch_values(opts: registry.Options, resolved: Resolved, vals: list[str | None]) -> list[list[Any]]:
     """A batch function's values, decoded, in slices of the prepared ``batch_size``: however
     many values a caller passes, the model never sees more at once."""
     # vals come from `to_jsonb(row) -> input_col`: a NULL column value is JSON
     # null, while SQL NULL means the row has no such column at all.
     if any(v is None for v in vals):
         raise UndefinedColumn(
-            f'column "{opts["input_col"]}" does not exist in the query after AS',
-            hint=f"Name an existing column with {opts['input_option']}=..., or select it in the query.",
+            f'column "{resolved.input_col}" does not exist in the query after AS',
+            hint=f"Name an existing column with {resolved.input_option}=..., or select it in the query.",
         )
-    size = max(1, registry.rows_per_call(opts["statement"], opts))
-    return [[json.loads(v) for v in vals[i:i + size]] for i in range(0, len(vals), size)]
+    size = max(1, opts.batch_size)
+    return [[json.loads(v) for v in vals[i:i + size] if v is not None] for i in range(0, len(vals), size)]
 
 
 @entry_point
@@ -354,13 +361,10 @@ def _batch_values(opts: dict[str, Any], vals: list[str | None]) -> list[list[Any
 def predict_batch(cfg: str, vals: list[str | None]) -> list[Any]:
     from thanosql_pg.server import handles, models
 
-    opts = handles.take(cfg)
-    if opts["statement"] != "predict":
-        raise InvalidParameterValue(
-            "thanosql.predict_batch takes the result of thanosql.prepare('predict', ...)")
+    opts, resolved = handles.take(cfg, "predict")
     out: list[Any] = []
-    for values in _batch_values(opts, vals):
-        out.extend(models.cached(opts).predict_values(values, opts))
+    for values in _batch_values(opts, resolved, vals):
+        out.extend(models.cached(resolved).predict_values(values, opts, resolved))
     return out
 
 
@@ -386,22 +390,20 @@ def _evaluate(model: str, options: str, query: str, report: str) -> list[tuple[A
     from thanosql_pg.server import catalog, data, models
 
     shape = registry.REPORTS[report]
-    given = json.loads(options)
-    if report != "summary" and not any(k.lower() == "report" for k in given):
-        given["report"] = report
-    rec, opts = _resolve("evaluate", model, given)  # the family's spec says which reports it has
-    asked = registry.report_of(opts)
+    written: dict[str, Any] = json.loads(options)
+    if report != "summary" and not any(k.lower() == "report" for k in written):
+        written["report"] = report
+    rec, opts = _resolve("evaluate", model, written)  # the family's spec says which reports it has
+    asked = registry.report_of(opts.report)
     if asked is not shape:  # a call of one report's function with another report's options
         raise InvalidOption(
-            f"EVALUATE with report='{opts['report']}' has other columns than thanosql.{shape.function}'s",
+            f"EVALUATE with report='{opts.report}' has other columns than thanosql.{shape.function}'s",
             hint=f"Call thanosql.{asked.function}, or write the EVALUATE statement (through the proxy, or"
                  " thanosql.execute), which calls the right function.")
     family = registry.family(rec.family)
-    family_module(family)
-    predictor = models.cached({**opts, "model": rec.name, "model_id": rec.id, "version": rec.version})
-    with data.TrainingData.from_query(query, family.column_names("evaluate", opts),
-                                      on_error=opts.get("on_error", "fail"),
-                                      options=family.column_options("evaluate", opts)) as source:
+    predictor = models.cached(_resolved(rec, opts))
+    with data.QueryRows.from_query(query, family.column_names("evaluate", opts), on_error=opts.on_error,
+                                   options=family.column_options("evaluate", opts)) as source:
         result = predictor.evaluate(source, opts)
         rows = source.count
     if isinstance(result, Evaluation):
@@ -444,18 +446,16 @@ def convert(model: str, options: str, query: str, source_table: str | None) -> l
     from thanosql_pg.server import embeddings
 
     rec, opts = _resolve("convert", model, json.loads(options))
-    family_module(registry.family(rec.family))
-    opts["device"] = _device(opts)
-    table = opts.get("table_name")
+    resolved = _resolved(rec, opts)
     target = None
-    if table is not None:
-        target = _table_ident(table)
+    if opts.table_name is not None:
+        target = _table_ident(opts.table_name)
         same = plpy.execute(plpy.prepare(
             "SELECT pg_catalog.to_regclass($1) = pg_catalog.to_regclass($2) AS s", ["text", "text"]),
             [target, source_table])
         if source_table is not None and same[0]["s"]:
             target = None  # table_name is the query's own table: convert in place, do not drop it
-    return embeddings.convert(rec, opts, query, source_table, target)
+    return embeddings.convert(rec, opts, resolved, query, source_table, target)
 
 
 @entry_point
@@ -463,13 +463,10 @@ def convert(model: str, options: str, query: str, source_table: str | None) -> l
 def convert_batch(cfg: str, vals: list[str | None]) -> list[str | None]:
     from thanosql_pg.server import embeddings, handles
 
-    opts = handles.take(cfg)
-    if opts["statement"] != "convert":
-        raise InvalidParameterValue(
-            "thanosql.convert_batch takes the result of thanosql.prepare('convert', ...)")
+    opts, resolved = handles.take(cfg, "convert")
     out: list[str | None] = []
-    for values in _batch_values(opts, vals):
-        out.extend(embeddings.embed_values(opts, values))
+    for values in _batch_values(opts, resolved, vals):
+        out.extend(embeddings.embed_values(resolved, values))
     return out
 
 
@@ -480,21 +477,14 @@ _NO_INPUT = object()
 @runs_model
 def embed_query(model: str, options: str, search_input: Any = _NO_INPUT) -> str:
     """SEARCH IMAGE's query embedding; ``search_input`` is the client's $n when given."""
-    from thanosql_pg.server import embeddings
+    from thanosql_pg.server import embeddings, models
 
-    given = json.loads(options)
+    written: dict[str, Any] = json.loads(options)
     if search_input is not _NO_INPUT:
-        given["search_input"] = search_input
-    rec, opts = _resolve("search", model, given)
+        written["search_input"] = search_input
+    rec, opts = _resolve("search", model, written)
     family_module(registry.family(rec.family))
-    opts["device"] = _device(opts)
-    return embeddings.embed_query(rec, opts)
-
-
-def _device(opts: dict[str, Any]) -> str:
-    from thanosql_pg.server import models
-
-    return models.resolve_device(opts.get("device"))
+    return embeddings.embed_query(rec, opts, models.resolve_device(opts.device))
 
 
 # --- folders ---------------------------------------------------------------------

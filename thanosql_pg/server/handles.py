@@ -22,11 +22,13 @@ from typing import Any
 
 import plpy
 
+from thanosql_pg.algorithms.contract import Resolved
+from thanosql_pg.algorithms.registry import Options
 from thanosql_pg.errors import InvalidParameterValue
 
 MAX_HANDLES = 64  # a statement needs one; nested and repeated statements a few
 
-_issued: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
+_issued: OrderedDict[str, tuple[int, Options, Resolved]] = OrderedDict()
 _plan: Any = None
 
 
@@ -38,20 +40,26 @@ def _role() -> int:
     return int(plpy.execute(_plan)[0]["r"])
 
 
-def issue(config: dict[str, Any], shown: dict[str, Any]) -> str:
-    """Keep ``config``; the jsonb ``prepare`` returns: the handle plus ``shown``."""
+HANDLE = "handle"  # the key of prepare's jsonb that names what it kept
+INPUT_COL = "input_col"  # the key the rewritten SQL reads (preprocessor/printer.py)
+
+
+def issue(opts: Options, resolved: Resolved) -> str:
+    """Keep what prepare decided (both frozen); the jsonb it returns: the handle and the
+    input column."""
     handle = secrets.token_urlsafe(18)
-    _issued[handle] = (_role(), dict(config))
+    _issued[handle] = (_role(), opts, resolved)
     while len(_issued) > MAX_HANDLES:
         _issued.popitem(last=False)
-    return json.dumps({**shown, "handle": handle})
+    return json.dumps({INPUT_COL: resolved.input_col, HANDLE: handle})
 
 
-def take(prepared: str) -> dict[str, Any]:
-    """The configuration ``prepare`` kept for the handle in ``prepared`` (a copy)."""
+def take(prepared: str, statement: str) -> tuple[Options, Resolved]:
+    """What ``prepare`` kept for the handle in ``prepared``, for a batch function of
+    ``statement`` ('predict' or 'convert')."""
     try:
-        handle = json.loads(prepared).get("handle")
-    except (ValueError, AttributeError):
+        handle = dict(json.loads(prepared)).get(HANDLE)
+    except (ValueError, TypeError):
         handle = None
     found = _issued.get(handle) if isinstance(handle, str) else None
     if found is None or found[0] != _role():
@@ -59,5 +67,8 @@ def take(prepared: str) -> dict[str, Any]:
             "this configuration was not made by thanosql.prepare in this session",
             hint="Pass the result of thanosql.prepare(statement, model, options), called in the same"
                  " statement (as PREDICT and CONVERT do).")
+    if found[2].statement != statement:
+        raise InvalidParameterValue(
+            f"thanosql.{statement}_batch takes the result of thanosql.prepare('{statement}', ...)")
     _issued.move_to_end(handle)
-    return dict(found[1])
+    return found[1], found[2]

@@ -17,7 +17,8 @@ from typing import Any
 import plpy
 
 from thanosql_pg.algorithms import registry
-from thanosql_pg.algorithms.contract import Row
+from thanosql_pg.algorithms.contract import Evaluation, Resolved, Row
+from thanosql_pg.algorithms.registry import Options
 from thanosql_pg.errors import FeatureNotAvailable, UndefinedModel
 from thanosql_pg.server import catalog
 from thanosql_pg.server.media import MediaReader
@@ -25,7 +26,7 @@ from thanosql_pg.server.media import MediaReader
 MAX_CACHED = 2  # models kept per backend; big ones are hundreds of MB each
 
 _plans: dict[str, Any] = {}
-_cache: OrderedDict[int, tuple[tuple[Any, ...], Predictor]] = OrderedDict()
+_cache: OrderedDict[int, tuple[tuple[Any, ...], LoadedModel]] = OrderedDict()
 
 
 def _plan(key: str, sql: str, types: list[str] | None = None) -> Any:
@@ -35,26 +36,29 @@ def _plan(key: str, sql: str, types: list[str] | None = None) -> Any:
     return plan
 
 
-class Predictor:
-    """A stored model, loaded: the family's model object plus its catalog record."""
+class LoadedModel:
+    """A stored model, loaded: the family's model object (a contract.Predictor or
+    contract.Embedder) plus its catalog record."""
 
     def __init__(self, record: catalog.ModelRecord, model: Any, device: str) -> None:
         self.record = record
         self.model = model
         self.device = device
 
-    def predict_values(self, values: list[Any], opts: dict[str, Any]) -> list[str | None]:
+    def predict_values(self, values: list[Any], opts: Options, resolved: Resolved) -> list[str | None]:
         """Predictions for jsonb-decoded input values (a path, or bytea as "\\x..." hex)."""
-        reader = MediaReader.for_session(column=opts.get("input_col", "input"), from_json=True)
+        reader = MediaReader.for_session(column=resolved.input_col, from_json=True)
         # rn 0: a PREDICT batch does not know the rows' positions; errors name the file
+        labels: list[str | None]
         labels, skipped = self.model.predict([Row(0, v) for v in values], reader, opts)
         if skipped:
             plpy.notice(f"PREDICT skipped {len(skipped)} unreadable rows (their result is NULL);"
                         f" first: {skipped[0]}")
         return labels
 
-    def evaluate(self, source: Any, opts: dict[str, Any]) -> dict[str, float]:
-        return self.model.evaluate(source, opts)
+    def evaluate(self, source: Any, opts: Options) -> dict[str, float] | Evaluation:
+        result: dict[str, float] | Evaluation = self.model.evaluate(source, opts)
+        return result
 
 
 def resolve_device(requested: str | None) -> str:
@@ -79,7 +83,7 @@ def module_for(record: catalog.ModelRecord) -> Any:
     return family_module(registry.family(record.family))
 
 
-def load(record: catalog.ModelRecord, module: Any, device: str | None = "auto") -> Predictor:
+def load(record: catalog.ModelRecord, module: Any, device: str | None = "auto") -> LoadedModel:
     """Load a stored model (not this session's model cache: see ``cached``)."""
     from thanosql_pg.server import weights_cache
 
@@ -92,7 +96,7 @@ def load(record: catalog.ModelRecord, module: Any, device: str | None = "auto") 
         payload = catalog.load_payload(record)
     model = module.load(record, payload, resolved)
     del payload
-    return Predictor(record, model, resolved)
+    return LoadedModel(record, model, resolved)
 
 
 def _evict(model_id: int) -> None:
@@ -109,18 +113,19 @@ def _empty_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def cached(opts: dict[str, Any]) -> Predictor:
-    """The model named in ``opts`` (from prepare: model, model_id), loaded once
-    per session and reloaded when it has been overwritten or fitted since."""
-    model_id = opts["model_id"]
+def cached(resolved: Resolved) -> LoadedModel:
+    """The model a statement resolved to, on its device, loaded once per session and
+    reloaded when it has been overwritten or fitted since. Read through the caller's
+    row-level security every time: a revoked grant stops the next batch."""
+    model_id = resolved.model_id
     rows = plpy.execute(_plan("version", "SELECT version, xmin::text AS x FROM thanosql.models"
                               " WHERE id OPERATOR(pg_catalog.=) $1",
                               ["bigint"]), [model_id])
     if not rows.nrows():
         _evict(model_id)
-        raise UndefinedModel(f'model "{opts.get("model")}" does not exist',
+        raise UndefinedModel(f'model "{resolved.model}" does not exist',
                              hint="It may have been deleted since the statement started.")
-    device = resolve_device(opts.get("device"))
+    device = resolved.device
     key = (rows[0]["version"], rows[0]["x"], device)
     hit = _cache.get(model_id)
     if hit is not None and hit[0] == key:
@@ -131,9 +136,9 @@ def cached(opts: dict[str, Any]) -> Predictor:
     _evict(model_id)
     while len(_cache) >= MAX_CACHED:
         _evict(next(iter(_cache)))
-    record = catalog.get(opts["model"], "USE")
+    record = catalog.get(resolved.model, "USE")
     if record.id != model_id:  # dropped and rebuilt under the same name meanwhile
-        raise UndefinedModel(f'model "{opts.get("model")}" was replaced while the statement ran')
+        raise UndefinedModel(f'model "{resolved.model}" was replaced while the statement ran')
     predictor = load(record, module_for(record), device)
     _cache[model_id] = (key, predictor)
     return predictor

@@ -14,8 +14,7 @@ show the values used.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, replace
 
 from thanosql_pg.algorithms import registry as r
 from thanosql_pg.algorithms.shared.limits import (
@@ -34,48 +33,73 @@ MIN_INPUT_SIZE = 8  # pixels per side: a smaller image has nothing left for a pa
 # first ~5 epochs are CLIP's usual plateau, where both towers still embed everything
 # alike, and 15 epochs end near 0.7. Fine-tuning a published CLIP: a small learning rate,
 # or the alignment it came with is lost.
-SCRATCH = {"epochs": 20, "learning_rate": 2e-3, "input_size": 32, "embedding_dim": 128}
-FINETUNE = {"epochs": 3, "learning_rate": 1e-5}
+@dataclass(frozen=True, kw_only=True)
+class ClipOptions(r.Options):
+    """The family's own options, typed (registry.Options has the conventions). input_size
+    and embedding_dim are None until a starting point decides them (``settle``)."""
+
+    image_col: str
+    text_col: str
+    label_col: str
+    input_size: int | None
+    embedding_dim: int | None
+    convert_type: str
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """BUILD's defaults of one kind of starting point (None: the checkpoint's)."""
+
+    epochs: int
+    learning_rate: float
+    input_size: int | None = None
+    embedding_dim: int | None = None
+
+
+SCRATCH = Defaults(epochs=20, learning_rate=2e-3, input_size=32, embedding_dim=128)
+FINETUNE = Defaults(epochs=3, learning_rate=1e-5)
 FIT_EPOCHS = 3  # FIT continues a trained model: its learning rate is the base model's kind's (model.py)
 
-IMAGE = r.option("image_col", "str", "image_path")
-TEXT = r.option("text_col", "str", "text")
+IMAGE = r.option("image_col", str, "image_path")
+TEXT = r.option("text_col", str, "text")
 TRAIN = r.training_options(
-    IMAGE, TEXT, r.batch_size(128, MAX_IMAGE_BATCH),
-    r.option("epochs", "int?", None, aliases=("max_epochs",), maximum=r.MAX_EPOCHS, positive=True),
-    r.option("learning_rate", "float?", None, positive=True),
-    r.option("input_size", "int?", None, minimum=MIN_INPUT_SIZE, maximum=MAX_INPUT_SIZE),
-    r.option("embedding_dim", "int?", None, minimum=2, maximum=MAX_EMBEDDING_DIM),
+    IMAGE, TEXT, r.batch_size(128, MAX_IMAGE_BATCH), r.epochs(None), r.learning_rate(None),
+    r.option("input_size", int, None, minimum=MIN_INPUT_SIZE, maximum=MAX_INPUT_SIZE, nullable=True),
+    r.option("embedding_dim", int, None, minimum=2, maximum=MAX_EMBEDDING_DIM, nullable=True),
     r.PRETRAINED, r.BASE_MODEL, r.OVERWRITE, r.DEVICE,
 )
-CONVERT_TYPE = r.option("convert_type", "str", "image", choices=("image", "text"))
+CONVERT_TYPE = r.option("convert_type", str, "image", choices=("image", "text"))
 PAIRS = r.Columns("image_col", "text_col", modality="image")  # BUILD/FIT: images and their captions
 
 
-def convert_columns(opts: Mapping[str, Any]) -> r.Columns:
+def convert_columns(opts: r.Options) -> r.Columns:
     """CONVERT embeds the images of image_col, or the texts of text_col (convert_type)."""
-    if str(opts.get("convert_type") or "image").lower() == "text":
+    if isinstance(opts, ClipOptions) and opts.convert_type == "text":
         return r.Columns("text_col", modality="text")
     return r.Columns("image_col", modality="image")
 
 
-def from_scratch(opts: Mapping[str, Any]) -> bool:
-    return not opts.get("pretrained") and not opts.get("base_model")
+def from_scratch(opts: r.Options) -> bool:
+    return not opts.pretrained and not opts.base_model
 
 
-def settle(statement: str, opts: dict[str, Any]) -> None:
+def settle(opts: r.Options) -> r.Options:
     """``Family.check``: BUILD/FIT's defaults that depend on the starting point, filled in
     (BUILD from scratch: SCRATCH's; from a checkpoint: FINETUNE's, input_size and
     embedding_dim the checkpoint's; FIT: FIT_EPOCHS, the rest the base model's), then the
     image batch's bound."""
-    if statement == "build":
-        defaults = SCRATCH if from_scratch(opts) else FINETUNE
-        for key, value in defaults.items():
-            if opts.get(key) is None:
-                opts[key] = value
-    elif statement == "fit" and opts.get("epochs") is None:
-        opts["epochs"] = FIT_EPOCHS
-    check_image_batch(statement, opts)
+    assert isinstance(opts, ClipOptions)
+    if opts.statement == "build":
+        d = SCRATCH if from_scratch(opts) else FINETUNE
+        opts = replace(
+            opts, epochs=opts.epochs if opts.epochs is not None else d.epochs,
+            learning_rate=opts.learning_rate if opts.learning_rate is not None else d.learning_rate,
+            input_size=opts.input_size if opts.input_size is not None else d.input_size,
+            embedding_dim=opts.embedding_dim if opts.embedding_dim is not None else d.embedding_dim)
+    elif opts.statement == "fit" and opts.epochs is None:
+        opts = replace(opts, epochs=FIT_EPOCHS)
+    check_image_batch(opts)
+    return opts
 
 
 FAMILY = r.register(r.Family(
@@ -86,10 +110,10 @@ FAMILY = r.register(r.Family(
         "build": TRAIN,
         "fit": TRAIN,
         "convert": (IMAGE, TEXT, CONVERT_TYPE, r.batch_size(256, MAX_IMAGE_BATCH),
-                    r.option("create_index", "bool", True), r.DEVICE),
+                    r.CREATE_INDEX, r.DEVICE),
         "search": (r.DEVICE,),
         # with a label column: how often the nearest images share an image's label (precision@k)
-        "evaluate": (IMAGE, r.option("label_col", "str", "label"), r.batch_size(256, MAX_IMAGE_BATCH),
+        "evaluate": (IMAGE, r.option("label_col", str, "label"), r.batch_size(256, MAX_IMAGE_BATCH),
                      r.retrieval_k(), r.DEVICE, r.ON_ERROR, r.report()),
     },
     columns={"build": PAIRS, "fit": PAIRS, "convert": convert_columns,
@@ -97,4 +121,5 @@ FAMILY = r.register(r.Family(
     carry_over=("input_size", "embedding_dim"),
     modalities=("image", "text"),
     check=settle,
+    typed=ClipOptions,
 ))

@@ -9,7 +9,7 @@ load); the architecture, input size and normalization go into the model's option
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import closing
 from functools import partial
 from typing import Any
@@ -67,10 +67,10 @@ class ImageClassifier:
         return logits.argmax(1).tolist()
 
     def predict(self, rows: Sequence[Row], reader: Reader,
-                opts: Mapping[str, Any]) -> tuple[list[str | None], list[str]]:
+                opts: registry.Options) -> tuple[list[str | None], list[str]]:
         """Labels for ``rows`` (None for skipped rows) and a message per skipped row."""
         check_batch_pixels(len(rows), self.input_size)
-        skip = opts.get("on_error") == "skip"
+        skip = opts.on_error == "skip"
         work = partial(decode_rows, reader=reader, size=self.input_size, index=None, skip=skip)
         dec = devices.decode_now(rows, work, Decoded.combine)
         out: list[str | None] = [None] * len(rows)
@@ -80,15 +80,15 @@ class ImageClassifier:
                 out[pos] = self.labels[k]
         return out, [e.message for _, e in dec.errors]
 
-    def evaluate(self, source: RowSource, opts: Mapping[str, Any]) -> dict[str, float] | Evaluation:
+    def evaluate(self, source: RowSource, opts: registry.Options) -> dict[str, float] | Evaluation:
         """The summary (accuracy, macro precision/recall/F1), or report='per_class' or
         'confusion_matrix' (shared.metrics makes each from the confusion counts)."""
-        check_batch_pixels(opts["batch_size"], self.input_size)
-        skip = opts.get("on_error") == "skip"
+        check_batch_pixels(opts.batch_size, self.input_size)
+        skip = opts.on_error == "skip"
         work = partial(decode_rows, reader=source.reader, size=self.input_size, index=None, skip=skip)
         confusion: Counter[tuple[str, str]] = Counter()
         skipped = devices.Skipped(source.skipped)
-        with closing(devices.evaluation_batches(source, opts["batch_size"], work, Decoded.combine,
+        with closing(devices.evaluation_batches(source, opts.batch_size, work, Decoded.combine,
                                                 skipped)) as decoded:
             for dec in decoded:
                 arr = dec.array()
@@ -99,7 +99,7 @@ class ImageClassifier:
         skipped.notice(source.notice, "EVALUATE")
         if not confusion:
             raise DataError("no readable images to evaluate", hint="Every row was skipped as unreadable.")
-        return classification_result(confusion, opts.get("report", "summary"), self.labels,
+        return classification_result(confusion, opts.report, self.labels,
                                      extra={"Skipped": float(skipped.count)} if skip else None)
 
 
@@ -109,26 +109,26 @@ def load(record: StoredModel, payload: bytes | memoryview, device: str) -> Image
     timm architecture, BUILD's bounds on input_size, the normalization, and the stored tensors
     exactly the shapes of that architecture with a head per label (XX001 otherwise)."""
     check_format(record, FORMAT)
-    opts = record.options
     arch = weights.stored_arch(record)
-    registry.check_stored(spec.FAMILY, record.name, opts, ("input_size",))
+    opts = registry.stored(spec.ImageClassificationOptions, spec.FAMILY, record.options)
     labels = list(record.labels or [])
     try:
-        mean, std = weights.stored_normalization(opts)
+        mean, std = weights.stored_normalization(record)
         if len(labels) < 2:
             raise DataCorrupted(f"it has {len(labels)} label(s); a classifier has at least two")
         net = weights.timm_load(arch, len(labels), weights.state_dict(payload))
     except DataCorrupted as e:
         raise invalid_model(record.name, e) from None
-    inputs = ImageInput(int(opts["input_size"]), mean, std, devices.torch_device(device))
+    inputs = ImageInput(opts.input_size, mean, std, devices.torch_device(device))
     return ImageClassifier(net, arch=arch, labels=labels, inputs=inputs)
 
 
 # --- training ---------------------------------------------------------------------------------
-def train(algo: registry.Algorithm, opts: dict[str, Any], source: RowSource,
+def train(algo: registry.Algorithm, opts: registry.Options, source: RowSource,
           base: Base | None = None) -> Trained:
     """BUILD (base None) or FIT (base: a loaded model whose .model is an ImageClassifier)."""
-    device = devices.torch_device(opts["device"])
+    assert isinstance(opts, spec.ImageClassificationOptions)
+    device = devices.torch_device(opts.device)
     data_labels = source.labels()
     if base is not None:
         training.refuse_base_model(opts)
@@ -147,7 +147,7 @@ def train(algo: registry.Algorithm, opts: dict[str, Any], source: RowSource,
     else:
         if len(data_labels) < 2:
             raise InvalidOption(
-                f'label column "{opts["label_col"]}" holds a single class ({data_labels[0]}); '
+                f'label column "{opts.label_col}" holds a single class ({data_labels[0]}); '
                 "classification needs at least two",
                 hint="Check the query's WHERE clause, or the label_col option.",
             )
@@ -159,12 +159,12 @@ def train(algo: registry.Algorithm, opts: dict[str, Any], source: RowSource,
             mean, std = clf.inputs.mean_list, clf.inputs.std_list
         else:
             arch, net, origin = weights.timm_network(
-                algo.params["timm_name"], len(labels), base_model=opts.get("base_model"),
-                pretrained=opts["pretrained"], resolve=source.reader.resolve_path, dirs=source.weights_dirs)
+                algo.params["timm_name"], len(labels), base_model=opts.base_model,
+                pretrained=opts.pretrained, resolve=source.reader.resolve_path, dirs=source.weights_dirs)
             weights.check_new_arch(arch, origin)
             mean, std = pretrained_normalization(net)
         model = ImageClassifier(net, arch=arch, labels=labels,
-                                inputs=ImageInput(opts["input_size"], mean, std, device))
+                                inputs=ImageInput(opts.input_size, mean, std, device))
         metrics, epochs = _fit(model, algo, opts, source)
     return Trained(
         payload=weights.state_payload(model.net), format=FORMAT, labels=labels, label_type=label_type,
@@ -172,11 +172,11 @@ def train(algo: registry.Algorithm, opts: dict[str, Any], source: RowSource,
     )
 
 
-def _fit(model: ImageClassifier, algo: registry.Algorithm, opts: dict[str, Any],
+def _fit(model: ImageClassifier, algo: registry.Algorithm, opts: spec.ImageClassificationOptions,
          source: RowSource) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     net, device = model.net, model.device
     size = model.input_size
-    skip = opts.get("on_error") == "skip"
+    skip = opts.on_error == "skip"
     trainer = training.Trainer(net, opts, source, device=device, label=f"{algo.name} training",
                                metric=training.ACCURACY, weight_decay=WEIGHT_DECAY,
                                warmup_fraction=WARMUP_FRACTION)
@@ -184,14 +184,14 @@ def _fit(model: ImageClassifier, algo: registry.Algorithm, opts: dict[str, Any],
     index = {lab: i for i, lab in enumerate(model.labels)}
     flip = size >= FLIP_MIN_SIZE
     skipped = devices.Skipped(source.skipped)
-    balanced = opts["class_weight"] == "balanced"
+    balanced = opts.class_weight == "balanced"
     class_weights = _class_weights(trainer.parts.train, index, device) if balanced else None
 
     def batches(part: RowSource, epoch: int, train: bool) -> Any:
         # training: shuffled, with augmentation; validation: in order, as PREDICT sees images
         work = partial(decode_rows, reader=source.reader, size=size, index=index, skip=skip,
                        seed=epoch + 1 if train else None, flip=flip and train)
-        rows = (devices.numbered(b) for b in part.batches(opts["batch_size"], shuffle=train, seed=epoch))
+        rows = (devices.numbered(b) for b in part.batches(opts.batch_size, shuffle=train, seed=epoch))
         return devices.prefetch(rows, work, Decoded.combine, depth=2 if device.type == "cuda" else 1)
 
     def forward(epoch: int, dec: Decoded, train: bool) -> training.Step | None:

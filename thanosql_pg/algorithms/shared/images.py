@@ -12,7 +12,7 @@ import math
 import random
 import re
 import warnings
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from thanosql_pg.algorithms import registry
 from thanosql_pg.algorithms.contract import Reader, Row, RowSource
 from thanosql_pg.algorithms.shared import devices
 from thanosql_pg.algorithms.shared.limits import DEFAULT_LIMITS, MediaLimits, check_batch_pixels
@@ -221,8 +222,8 @@ class ImageInput:
 
 def pretrained_normalization(net: Any) -> tuple[Sequence[float], Sequence[float]]:
     """The mean and std a timm network's pretrained weights expect (ImageNet's by default)."""
-    cfg = getattr(net, "pretrained_cfg", None) or {}
-    return cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+    pretrained = getattr(net, "pretrained_cfg", None) or {}  # timm's dict, not options
+    return pretrained.get("mean", IMAGENET_MEAN), pretrained.get("std", IMAGENET_STD)
 
 
 # --- training views on the device --------------------------------------------------------------
@@ -289,19 +290,19 @@ def first(batches: Generator[Vectors, None, None]) -> Vectors:
         batches.close()
 
 
-def evaluate_retrieval(source: RowSource, opts: Mapping[str, Any], size: int,
+def evaluate_retrieval(source: RowSource, opts: registry.Options, size: int,
                        embed: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
     """EVALUATE of an image-embedding model on labelled images (SimCLR, CLIP): each image's
     nearest other images by cosine similarity (as SEARCH IMAGE ranks them) that share its
     label, as Precision@1 and Precision@top_k (shared.metrics). The images are decoded at
     ``size`` in the pool, ``embed`` (NHWC uint8 → unit vectors) runs on the calling thread."""
-    check_batch_pixels(opts["batch_size"], size)
-    skip = opts.get("on_error") == "skip"
+    check_batch_pixels(opts.batch_size, size)
+    skip = opts.on_error == "skip"
     work = partial(decode_rows, reader=source.reader, size=size, index=None, skip=skip)
     vectors: list[np.ndarray] = []
     labels: list[str] = []
     skipped = devices.Skipped(source.skipped)
-    with closing(devices.evaluation_batches(source, opts["batch_size"], work, Decoded.combine,
+    with closing(devices.evaluation_batches(source, opts.batch_size, work, Decoded.combine,
                                             skipped)) as decoded:
         for dec in decoded:
             arr = dec.array()
@@ -311,6 +312,6 @@ def evaluate_retrieval(source: RowSource, opts: Mapping[str, Any], size: int,
     skipped.notice(source.notice, "EVALUATE")
     if not vectors:
         raise DataError("no readable images to evaluate", hint="Every row was skipped as unreadable.")
-    return retrieval_result(np.concatenate(vectors), labels, opts.get("report", "summary"), opts["top_k"],
+    return retrieval_result(np.concatenate(vectors), labels, opts.report, opts.top_k or 1,
                             check=source.check_interrupts,
                             extra={"Skipped": float(skipped.count)} if skip else None)

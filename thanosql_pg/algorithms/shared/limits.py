@@ -12,7 +12,7 @@ out of memory restarts every session of the cluster (22023 instead).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from thanosql_pg.errors import InvalidOption, LimitExceeded
 
@@ -39,10 +39,20 @@ def check_batch_pixels(batch_size: int, input_size: int) -> None:
         )
 
 
-def check_image_batch(statement: str, opts: dict[str, Any]) -> None:
-    """An image family's ``Family.check``: BUILD/FIT's batch_size x input_size bound."""
-    if isinstance(opts.get("batch_size"), int) and isinstance(opts.get("input_size"), int):
-        check_batch_pixels(opts["batch_size"], opts["input_size"])
+@runtime_checkable
+class SizedImages(Protocol):
+    """The options of an image family: batches of images of input_size pixels a side
+    (None until a starting point decides it)."""
+
+    batch_size: int
+    input_size: int | None
+
+
+def check_image_batch(opts: Any) -> None:
+    """An image family's ``Family.check`` (registry.Options of a family whose options
+    class has input_size): BUILD/FIT's batch_size x input_size bound."""
+    if isinstance(opts, SizedImages) and opts.input_size is not None:
+        check_batch_pixels(opts.batch_size, opts.input_size)
 
 
 # --- audio ----------------------------------------------------------------------------------

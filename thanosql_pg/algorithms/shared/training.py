@@ -109,9 +109,9 @@ def seeded(device: Any, seed: int = 0) -> Iterator[None]:
         yield
 
 
-def refuse_base_model(opts: dict[str, Any]) -> None:
+def refuse_base_model(opts: registry.Options) -> None:
     """FIT starts from the model named after USING: base_model is BUILD's."""
-    if opts.get("base_model"):
+    if opts.base_model:
         raise InvalidOption('option "base_model" does not apply to FIT MODEL',
                             hint="FIT MODEL starts from the model named after USING.")
 
@@ -165,18 +165,18 @@ class Parts:
     patience: int = 3
 
 
-def holdout(source: RowSource, opts: Mapping[str, Any], seed: int = 0) -> Parts:
+def holdout(source: RowSource, opts: registry.Options, seed: int = 0) -> Parts:
     """Split ``source`` as the options say (validation_split, early_stopping, patience;
     registry.VALIDATION): deterministic and stratified by label (RowSource.split)."""
     registry.check_training(opts)
-    fraction = float(opts.get("validation_split") or 0.0)
+    fraction = float(opts.validation_split or 0.0)
     if fraction <= 0:
         return Parts(source, None)
     train, validation = source.split(fraction, seed)
     stratified = ", stratified by label" if source.label_type is not None else ""
     source.notice(f"validation: {validation.count} of {source.count - source.skipped} rows held out"
                   f" (validation_split={fraction:g}){stratified}")
-    return Parts(train, validation, bool(opts.get("early_stopping")), int(opts.get("patience") or 3))
+    return Parts(train, validation, opts.early_stopping, opts.patience)
 
 
 class Sums:
@@ -292,7 +292,7 @@ class Trainer:
     options say (``holdout``), makes the optimizer (``Stepper``) for the training part,
     and ``run`` trains."""
 
-    def __init__(self, net: Any, opts: Mapping[str, Any], source: RowSource, *, device: Any, label: str,
+    def __init__(self, net: Any, opts: registry.Options, source: RowSource, *, device: Any, label: str,
                  metric: Metric, weight_decay: float, warmup_fraction: float,
                  max_grad_norm: float | None = None, progress: type[Progress] | None = None,
                  stepper: Callable[[int], Stepper] | None = None) -> None:
@@ -302,15 +302,17 @@ class Trainer:
         self.device = device
         self.metric = metric
         self.label = label
-        self.epochs = int(opts["epochs"])
+        if opts.epochs is None:
+            raise InvalidOption('option "epochs" has no value', hint="Add epochs=... to OPTIONS.")
+        self.epochs = opts.epochs
         self.parts = holdout(source, opts)
-        bs = int(opts["batch_size"])
+        bs = opts.batch_size
         train = self.parts.train
         per_epoch = steps_per_epoch(train.count - train.skipped, bs)
         validation = self.parts.validation
         total = self.epochs * per_epoch
         self.stepper = stepper(total) if stepper is not None else Stepper(
-            net, learning_rate=opts["learning_rate"], weight_decay=weight_decay, total_steps=total,
+            net, learning_rate=opts.learning_rate or 0.0, weight_decay=weight_decay, total_steps=total,
             warmup_fraction=warmup_fraction, device=device, max_grad_norm=max_grad_norm)
         self.progress = (progress or Progress)(
             source, label=label, metric=metric, epochs=self.epochs, steps_per_epoch=per_epoch,

@@ -25,6 +25,7 @@ import re
 import socket
 import struct
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -235,13 +236,13 @@ def pretrained_network(name: str, num_classes: int, dirs: Sequence[str]) -> tupl
         local_dir = local_hub_dir(repo, dirs)
         if local_dir:
             net = timm.create_model("local-dir:" + local_dir, pretrained=True, num_classes=num_classes)
-            return net.pretrained_cfg.get("architecture", repo), net, f"pretrained {repo} ({local_dir})"
+            return _architecture(net, repo), net, f"pretrained {repo} ({local_dir})"
         if not hub_reachable(hub_endpoint()):
             raise WeightsUnavailable(
                 f"weights for {repo} are not on the server and the model hub is unreachable",
                 hint=_weights_hint(repo.replace("/", "--"), dirs))
         net = timm.create_model("hf-hub:" + repo, pretrained=True, num_classes=num_classes)
-        return net.pretrained_cfg.get("architecture", repo), net, f"pretrained {repo} (hub)"
+        return _architecture(net, repo), net, f"pretrained {repo} (hub)"
     except ThanoSQLError:
         raise
     except Exception as e:  # network, cache and format errors from timm / huggingface_hub
@@ -266,7 +267,7 @@ def checkpoint_network(path: str, arch: str, num_classes: int) -> tuple[str, Any
             net = timm.create_model("local-dir:" + str(p), pretrained=True, num_classes=num_classes)
         except Exception as e:  # timm's errors for a malformed folder
             raise DataError(f'cannot load the model folder "{path}": {e}') from None
-        return net.pretrained_cfg.get("architecture", arch), net, f"checkpoint {path}"
+        return _architecture(net, arch), net, f"checkpoint {path}"
     if p.is_dir():
         w = weights_in_dir(p)
         if w is None:
@@ -290,6 +291,14 @@ def checkpoint_network(path: str, arch: str, num_classes: int) -> tuple[str, Any
     return arch, net, f"checkpoint {p}"
 
 
+def _architecture(net: Any, default: str) -> str:
+    """The timm architecture a network says it is (its pretrained_cfg, timm's dict), else ``default``."""
+    return str(dict(getattr(net, "pretrained_cfg", None) or {}).get(ARCHITECTURE_KEY, default))
+
+
+ARCHITECTURE_KEY = "architecture"  # timm's name for it in pretrained_cfg
+
+
 def check_arch(arch: Any) -> bool:
     """Whether ``arch`` is a plain timm architecture (a model name timm registers):
     what a model stores and ``load`` passes to timm.create_model, which would also
@@ -299,11 +308,24 @@ def check_arch(arch: Any) -> bool:
     return isinstance(arch, str) and is_model_name(arch) and timm.models.is_model(arch)
 
 
+@dataclass(frozen=True)
+class StoredImageModel:
+    """What a timm-based model keeps in its stored options beside the declared ones
+    (``Trained.options``: ImageInput.options() and the architecture)."""
+
+    arch: str | None = None
+    mean: list[Any] | None = None
+    std: list[Any] | None = None
+    weights: str | None = None  # where its weights came from, for DESCRIBE MODEL
+
+
 def stored_arch(record: Any) -> str:
     """A stored model's architecture, refused (XX001) unless it is a plain timm name:
     the catalog row is the owner's to edit, and timm would follow a path in it."""
-    arch = record.options.get("arch")
-    if not check_arch(arch):
+    from thanosql_pg.algorithms.contract import stored_fields
+
+    arch = stored_fields(StoredImageModel, record).arch
+    if arch is None or not check_arch(arch):
         raise DataCorrupted(f'model "{record.name}" stores {arch!r} as its architecture, which is not a timm'
                             " model name", hint="BUILD the model again.")
     return arch
@@ -333,11 +355,14 @@ def timm_network(arch: str, num_classes: int, *, base_model: str | None, pretrai
     return arch, timm.create_model(arch, pretrained=False, num_classes=num_classes), "random initialisation"
 
 
-def stored_normalization(options: Any) -> tuple[list[float], list[float]]:
-    """A stored model's image mean and std (its options), checked: three finite numbers each,
-    the std above 0 (DataCorrupted otherwise)."""
-    return (check_normalization("mean", options.get("mean"), positive=False),
-            check_normalization("std", options.get("std"), positive=True))
+def stored_normalization(record: Any) -> tuple[list[float], list[float]]:
+    """A stored model's image mean and std (its stored options), checked: three finite
+    numbers each, the std above 0 (DataCorrupted otherwise)."""
+    from thanosql_pg.algorithms.contract import stored_fields
+
+    stored = stored_fields(StoredImageModel, record)
+    return (check_normalization("mean", stored.mean, positive=False),
+            check_normalization("std", stored.std, positive=True))
 
 
 def timm_load(arch: str, num_classes: int, state: dict[str, Any]) -> Any:

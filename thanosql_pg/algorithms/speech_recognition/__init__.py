@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from thanosql_pg.algorithms import registry as r
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeechOptions(r.Options):
+    """The family's own options, typed (registry.Options has the conventions)."""
+
+    audio_col: str
+    text_col: str
+
 
 # Wav2Vec2 runs a whole batch at once (training: padded to its longest clip, up
 # to 60 s; inference: 20 s windows): the first convolution of wav2vec2-base
@@ -18,10 +29,11 @@ FAMILY = r.register(r.Family(
         "Wav2Vec2Ko": {"hub_id": "kresnik/wav2vec2-large-xlsr-korean", "language": "ko"},
     },
     **r.supervised(
-        r.option("audio_col", "str", "audio_path"), r.option("text_col", "str", "text"),
+        r.option("audio_col", str, "audio_path"), r.option("text_col", str, "text"),
         r.batch_size(16, MAX_SPEECH_BATCH),
         training=(r.epochs(5), r.learning_rate(1e-4), r.OVERWRITE, r.PRETRAINED, r.BASE_MODEL, r.DEVICE,
                   r.ON_ERROR),
         reports=("per_row",),
     ),
+    typed=SpeechOptions,
 ))

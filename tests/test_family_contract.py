@@ -287,7 +287,7 @@ def test_registration_refuses_options_and_fields_that_disagree() -> None:
     with registered(_spec(Declared, value)):  # they agree
         opts = registry.normalize_options("predict", {}, registry.FAMILIES["fc_typed"])
         assert isinstance(opts, Declared) and opts.value_col == "v" and opts.device == "auto"
-    with pytest.raises(ThanoSQLError, match='declares option "extra".*no field'):
+    with pytest.raises(ThanoSQLError, match=r'declares option "extra".*no field'):
         registry.register(_spec(Declared, value, registry.option("extra", int, 1)))
     with pytest.raises(ThanoSQLError, match="takes int values"):
         registry.register(_spec(Declared, registry.option("value_col", int, 1)))

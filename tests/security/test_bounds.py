@@ -35,6 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -258,7 +259,9 @@ def test_real_architectures_are_within_the_bounds() -> None:
         state = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in net.state_dict().items()}
         assert weights.check_arch(arch)
         weights.adopt_state(lambda a=arch: timm.create_model(a, pretrained=False, num_classes=3), state)
-        mean, std = weights.stored_normalization(dict(zip(("mean", "std"), _normalization(net), strict=True)))
+        stored = SimpleNamespace(name=arch,
+                                 options=dict(zip(("mean", "std"), _normalization(net), strict=True)))
+        mean, std = weights.stored_normalization(stored)
         assert len(mean) == len(std) == 3
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import plpy
 
 from thanosql_pg.errors import InsufficientPrivilege, UndefinedModel
+from thanosql_pg.server import spi
 
 CHUNK_BYTES = 1 << 20  # 1 MiB chunks keep each TOAST value small; the writers insist on it
 
@@ -64,20 +65,12 @@ def _record(row: dict[str, Any]) -> ModelRecord:
     )
 
 
-_plans: dict[str, Any] = {}
-
-
-def _plan(key: str, sql: str, types: list[str]) -> Any:
-    plan = _plans.get(key)
-    if plan is None:
-        plan = _plans[key] = plpy.prepare(sql, types)
-    return plan
 
 
 def find(name: str) -> ModelRecord | None:
     """The model called ``name`` if the current role may see (USE) it."""
     rows = plpy.execute(
-        _plan("find", f"SELECT {_COLUMNS} FROM {_FROM} WHERE m.name OPERATOR(pg_catalog.=) $1",
+        spi.plan(f"SELECT {_COLUMNS} FROM {_FROM} WHERE m.name OPERATOR(pg_catalog.=) $1",
               ["text"]),
         [name],
     )
@@ -121,7 +114,7 @@ def claim(name: str, *, overwrite: bool, wait: bool = False) -> Claim:
     existing model (overwrite, FIT) is locked. Raises 42710 for a taken name
     without overwrite, 42501 without MODIFY."""
     row = plpy.execute(
-        _plan("claim", "SELECT model_id, existed FROM thanosql._claim_model($1, $2, $3)",
+        spi.plan("SELECT model_id, existed FROM thanosql._claim_model($1, $2, $3)",
               ["text", "bool", "bool"]),
         [name, overwrite, wait],
     )[0]
@@ -145,20 +138,18 @@ def save(
     versions stay (thanosql.keep_versions of them, for rollback), all inside the
     current transaction: readers see either the old or the new model."""
     plpy.execute(
-        _plan(
-            "write",
-            "SELECT thanosql._write_model($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        spi.plan("SELECT thanosql._write_model($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             ["bigint", "text", "text", "jsonb", "jsonb", "text", "text", "text", "bigint"],
         ),
         [claimed.model_id, algorithm, family, json.dumps(options),
          json.dumps(labels) if labels is not None else None, label_type, format, statement, rows],
     )
-    put = _plan("chunk", "SELECT thanosql._put_model_chunk($1, $2, $3)", ["bigint", "int4", "bytea"])
+    put = spi.plan("SELECT thanosql._put_model_chunk($1, $2, $3)", ["bigint", "int4", "bytea"])
     for seq, start in enumerate(range(0, len(payload), CHUNK_BYTES)):
         plpy.execute(put, [claimed.model_id, seq, payload[start : start + CHUNK_BYTES]])
-    plpy.execute(_plan("seal", "SELECT thanosql._seal_model($1)", ["bigint"]), [claimed.model_id])
+    plpy.execute(spi.plan("SELECT thanosql._seal_model($1)", ["bigint"]), [claimed.model_id])
     row = plpy.execute(
-        _plan("by_id", f"SELECT {_COLUMNS} FROM {_FROM} WHERE m.id OPERATOR(pg_catalog.=) $1",
+        spi.plan(f"SELECT {_COLUMNS} FROM {_FROM} WHERE m.id OPERATOR(pg_catalog.=) $1",
               ["bigint"]),
         [claimed.model_id],
     )[0]
@@ -169,16 +160,14 @@ def record_epochs(rec: ModelRecord, epochs: list[dict[str, Any]]) -> None:
     """The per-epoch history of the BUILD/FIT that made the current version."""
     if epochs:
         plpy.execute(
-            _plan("epochs", "SELECT thanosql._write_epochs($1, $2)", ["bigint", "jsonb"]),
+            spi.plan("SELECT thanosql._write_epochs($1, $2)", ["bigint", "jsonb"]),
             [rec.id, json.dumps(epochs)],
         )
 
 
 def load_payload(rec: ModelRecord) -> bytes:
     cursor = plpy.cursor(
-        _plan(
-            "chunks",
-            "SELECT data FROM thanosql.model_chunks WHERE model_id OPERATOR(pg_catalog.=) $1"
+        spi.plan("SELECT data FROM thanosql.model_chunks WHERE model_id OPERATOR(pg_catalog.=) $1"
             " AND version OPERATOR(pg_catalog.=) $2 ORDER BY seq",
             ["bigint", "int4"],
         ),
@@ -193,9 +182,8 @@ def load_payload(rec: ModelRecord) -> bytes:
 def can_modify(rec: ModelRecord) -> bool:
     """Whether the current role holds MODIFY on ``rec`` (owner, member of the owner, or grantee)."""
     return bool(plpy.execute(
-        _plan(
-            "can_modify",
-            "SELECT thanosql._has_model_privilege(m.id, m.owner, 'MODIFY', thanosql._current_role()) AS ok"
+        spi.plan("SELECT thanosql._has_model_privilege(m.id, m.owner, 'MODIFY', thanosql._current_role())"
+                 " AS ok"
             " FROM thanosql.models m WHERE m.id OPERATOR(pg_catalog.=) $1", ["bigint"]
         ),
         [rec.id],
@@ -206,7 +194,7 @@ def record_metrics(rec: ModelRecord, statement: str, rows: int, metrics: dict[st
     """Into the model's metrics history: only the owner and MODIFY grantees write it (an
     EVALUATE by a USE grantee returns its results unrecorded)."""
     plpy.execute(
-        _plan("metrics", "SELECT thanosql._write_metrics($1, $2, $3, $4)",
+        spi.plan("SELECT thanosql._write_metrics($1, $2, $3, $4)",
               ["bigint", "text", "bigint", "jsonb"]),
         [rec.id, statement, rows, json.dumps(metrics)],
     )

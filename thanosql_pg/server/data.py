@@ -26,17 +26,10 @@ import plpy
 from thanosql_pg.algorithms.contract import Row
 from thanosql_pg.errors import DataError, LimitExceeded, NullValue, UndefinedColumn
 from thanosql_pg.errors import SyntaxError as SQLSyntaxError
+from thanosql_pg.server import spi
 from thanosql_pg.server.media import MediaReader
 
 _counter = itertools.count(1)
-_plans: dict[str, Any] = {}
-
-
-def _plan(key: str, sql: str, types: list[str] | None = None) -> Any:
-    plan = _plans.get(key)
-    if plan is None:
-        plan = _plans[key] = plpy.prepare(sql, types or [])
-    return plan
 
 
 # --- the caller's search_path ----------------------------------------------------
@@ -83,7 +76,7 @@ def as_caller() -> Iterator[None]:
 
 
 def _set_search_path(path: str) -> None:
-    plpy.execute(_plan("set_path", "SELECT pg_catalog.set_config('search_path', $1, true)", ["text"]), [path])
+    plpy.execute(spi.plan("SELECT pg_catalog.set_config('search_path', $1, true)", ["text"]), [path])
 
 
 def clean_query(query: str) -> str:
@@ -159,7 +152,7 @@ class QueryRows:
         self.reader = MediaReader.for_session(column=input_col)
         self.weights_dirs = weights_dirs(self.reader.data_dir)
         self.progress_interval = float(
-            plpy.execute(_plan("interval", "SELECT setting FROM pg_catalog.pg_settings"
+            plpy.execute(spi.plan("SELECT setting FROM pg_catalog.pg_settings"
                                            " WHERE name = 'thanosql.progress_interval'"))[0]["setting"]
         )
 
@@ -302,7 +295,7 @@ class QueryRows:
 
 def in_recovery() -> bool:
     """Whether this server is a hot standby (read-only: no temporary tables)."""
-    return bool(plpy.execute(_plan("recovery", "SELECT pg_catalog.pg_is_in_recovery() AS r"))[0]["r"])
+    return bool(plpy.execute(spi.plan("SELECT pg_catalog.pg_is_in_recovery() AS r"))[0]["r"])
 
 
 def _check_rows(nrows: int, stats: dict[str, Any], input_col: str, target_col: str | None,
@@ -431,7 +424,7 @@ def _input_kind(query: str, inp: str) -> str:
     'container' (lists and dicts: arrays, composites, many objects per value) or 'text'
     (a str, or a number, as large as its text). LIMIT 0: the query does not run."""
     res = plpy.execute(f"SELECT q.{plpy.quote_ident(inp)} AS x FROM ({query}) AS q LIMIT 0")
-    rows = plpy.execute(_plan("base_type", _BASE_TYPE, ["oid"]), [res.coltypes()[0]])
+    rows = plpy.execute(spi.plan(_BASE_TYPE, ["oid"]), [res.coltypes()[0]])
     t = rows[0] if rows.nrows() else {"oid": 0, "typtype": "b", "category": "U"}
     if t["oid"] == _BYTEA:
         return "bytea"
@@ -541,7 +534,7 @@ def check_interrupts() -> None:
     PL/Python code never reaches CHECK_FOR_INTERRUPTS by itself; pg_sleep(0)
     calls it unconditionally, so a pending cancel raises here (57014) and the
     statement's transaction rolls back."""
-    plpy.execute(_plan("cfi", "SELECT pg_catalog.pg_sleep(0)"))
+    plpy.execute(spi.plan("SELECT pg_catalog.pg_sleep(0)"))
 
 
 def _create_table(table: str) -> Callable[[str, str, str | None], int]:

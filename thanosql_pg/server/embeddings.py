@@ -38,7 +38,7 @@ from thanosql_pg.errors import (
     UndefinedTable,
     WrongObjectType,
 )
-from thanosql_pg.server import data, models
+from thanosql_pg.server import data, models, spi
 from thanosql_pg.server.media import MediaReader
 
 _vector_schema: str | None = None
@@ -206,7 +206,7 @@ def _with_row_ids(query: str) -> str:
     standard_conforming_strings, and bounds the depth before parsing."""
     from thanosql_pg.preprocessor.sqltree import append_to_select_list
 
-    scs = plpy.execute("SELECT pg_catalog.current_setting('standard_conforming_strings') s")[0]["s"] == "on"
+    scs = spi.standard_conforming_strings()
     # One table in FROM: unqualified system columns can only be its own.
     return append_to_select_list(query, "tableoid AS __thanosql_toid, ctid AS __thanosql_tid",
                                  standard_conforming_strings=scs)

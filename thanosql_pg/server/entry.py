@@ -191,9 +191,10 @@ MAX_REWRITE_TOKENS = 1 << 17
 @entry_point
 def rewrite(sql: str) -> str:
     from thanosql_pg.preprocessor import rewrite as _rewrite
+    from thanosql_pg.server import spi
 
     # The session's setting decides where its strings end ('it\'s' when off).
-    scs = plpy.execute("SELECT pg_catalog.current_setting('standard_conforming_strings') s")[0]["s"] == "on"
+    scs = spi.standard_conforming_strings()
     return _rewrite(sql, standard_conforming_strings=scs, max_tokens=MAX_REWRITE_TOKENS)
 
 
@@ -206,12 +207,13 @@ def execute(sql: str) -> Iterator[str]:
     """
     from thanosql_pg.preprocessor import rewrite as _rewrite
     from thanosql_pg.preprocessor.sqltree import split_plain
+    from thanosql_pg.server import spi
 
     # Statements are split by the preprocessor's lexer (PostgreSQL's rules, under this
     # session's standard_conforming_strings) and PostgreSQL's grammar; the last one is
     # classified from a parse tree only once its depth is known to be safe (a deep one
     # once crashed the backend in pglast.parse_sql).
-    scs = plpy.execute("SELECT pg_catalog.current_setting('standard_conforming_strings') s")[0]["s"] == "on"
+    scs = spi.standard_conforming_strings()
     text = _rewrite(sql, standard_conforming_strings=scs, max_tokens=MAX_REWRITE_TOKENS)
     try:
         statements = split_plain(text, standard_conforming_strings=scs, max_tokens=MAX_REWRITE_TOKENS)

@@ -18,26 +18,24 @@ from __future__ import annotations
 import json
 import secrets
 from collections import OrderedDict
-from typing import Any
 
 import plpy
 
 from thanosql_pg.algorithms.contract import Resolved
 from thanosql_pg.algorithms.registry import Options
 from thanosql_pg.errors import InvalidParameterValue
+from thanosql_pg.server import spi
 
 MAX_HANDLES = 64  # a statement needs one; nested and repeated statements a few
 
 _issued: OrderedDict[str, tuple[int, Options, Resolved]] = OrderedDict()
-_plan: Any = None
 
 
 def _role() -> int:
     """The current role's OID, as the server sees it (a handle is not for another role)."""
-    global _plan
-    if _plan is None:
-        _plan = plpy.prepare("SELECT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER))::oid AS r")
-    return int(plpy.execute(_plan)[0]["r"])
+    rows = plpy.execute(spi.plan("SELECT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER))::oid"
+                                 " AS r"))
+    return int(rows[0]["r"])
 
 
 HANDLE = "handle"  # the key of prepare's jsonb that names what it kept

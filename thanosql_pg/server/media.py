@@ -22,7 +22,6 @@ thanosql.max_text_bytes).
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from thanosql_pg.algorithms.contract import Row
 from thanosql_pg.algorithms.shared.limits import DEFAULT_LIMITS, MediaLimits
@@ -39,7 +38,6 @@ _SETTINGS_SQL = (
     f" {_SETTING.format('thanosql.max_audio_seconds')} AS max_audio_seconds,"
     f" {_SETTING.format('thanosql.max_text_bytes')} AS max_text_bytes"
 )
-_plan: Any = None
 
 
 class MediaReader:
@@ -56,10 +54,9 @@ class MediaReader:
     def for_session(cls, *, column: str = "input", from_json: bool = False) -> MediaReader:
         import plpy
 
-        global _plan
-        if _plan is None:
-            _plan = plpy.prepare(_SETTINGS_SQL)
-        row = plpy.execute(_plan)[0]
+        from thanosql_pg.server import spi
+
+        row = plpy.execute(spi.plan(_SETTINGS_SQL))[0]
         limits = MediaLimits(
             max_image_pixels=int(row["max_image_pixels"] or DEFAULT_LIMITS.max_image_pixels),
             max_audio_seconds=int(row["max_audio_seconds"] or DEFAULT_LIMITS.max_audio_seconds),

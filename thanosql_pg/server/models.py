@@ -20,20 +20,12 @@ from thanosql_pg.algorithms import registry
 from thanosql_pg.algorithms.contract import Evaluation, Resolved, Row
 from thanosql_pg.algorithms.registry import Options
 from thanosql_pg.errors import FeatureNotAvailable, UndefinedModel
-from thanosql_pg.server import catalog
+from thanosql_pg.server import catalog, spi
 from thanosql_pg.server.media import MediaReader
 
 MAX_CACHED = 2  # models kept per backend; big ones are hundreds of MB each
 
-_plans: dict[str, Any] = {}
 _cache: OrderedDict[int, tuple[tuple[Any, ...], LoadedModel]] = OrderedDict()
-
-
-def _plan(key: str, sql: str, types: list[str] | None = None) -> Any:
-    plan = _plans.get(key)
-    if plan is None:
-        plan = _plans[key] = plpy.prepare(sql, types or [])
-    return plan
 
 
 class LoadedModel:
@@ -66,7 +58,7 @@ def resolve_device(requested: str | None) -> str:
     requested = (requested or "auto").lower()
     if requested == "auto":
         setting = plpy.execute(
-            _plan("device", "SELECT pg_catalog.current_setting('thanosql.device', true) AS d"))
+            spi.plan("SELECT pg_catalog.current_setting('thanosql.device', true) AS d"))
         requested = (setting[0]["d"] or "auto").lower()
     return requested
 
@@ -118,7 +110,7 @@ def cached(resolved: Resolved) -> LoadedModel:
     reloaded when it has been overwritten or fitted since. Read through the caller's
     row-level security every time: a revoked grant stops the next batch."""
     model_id = resolved.model_id
-    rows = plpy.execute(_plan("version", "SELECT version, xmin::text AS x FROM thanosql.models"
+    rows = plpy.execute(spi.plan("SELECT version, xmin::text AS x FROM thanosql.models"
                               " WHERE id OPERATOR(pg_catalog.=) $1",
                               ["bigint"]), [model_id])
     if not rows.nrows():

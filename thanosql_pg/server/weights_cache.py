@@ -34,18 +34,15 @@ from typing import Any
 import plpy
 
 from thanosql_pg.errors import DataCorrupted
+from thanosql_pg.server import spi
 
 _SETTINGS = ("SELECT name, setting FROM pg_catalog.pg_settings WHERE name OPERATOR(pg_catalog.=)"
              " ANY (ARRAY['thanosql.cache_dir', 'thanosql.cache_size'])")
-_plan: Any = None
 
 
 def settings() -> tuple[Path | None, int]:
     """(the cache folder or None when off, its size limit in bytes)."""
-    global _plan
-    if _plan is None:
-        _plan = plpy.prepare(_SETTINGS)
-    values = {r["name"]: r["setting"] for r in plpy.execute(_plan)}
+    values = {r["name"]: r["setting"] for r in plpy.execute(spi.plan(_SETTINGS))}
     where = values.get("thanosql.cache_dir", "")
     size_mb = int(values.get("thanosql.cache_size", "8192") or 0)
     if where == "off" or size_mb <= 0:

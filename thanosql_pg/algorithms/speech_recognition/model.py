@@ -17,7 +17,7 @@ import itertools
 import json
 import math
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
@@ -225,29 +225,30 @@ class SpeechRecognizer:
         return [self.norm.finish(self.vocab.decode(np.concatenate(f).tolist())) for f in per_wave]
 
     def predict(self, rows: Sequence[Row], reader: Reader,
-                opts: Mapping[str, Any]) -> tuple[list[str | None], list[str]]:
+                opts: registry.Options) -> tuple[list[str | None], list[str]]:
         """Transcripts for ``rows`` (None for rows skipped as unreadable with
         on_error='skip') and a message per skipped row."""
-        skip = opts.get("on_error") == "skip"
+        skip = opts.on_error == "skip"
         work = partial(decode_rows, reader=reader, norm=None, skip=skip)
         dec = devices.decode_now(rows, work, Decoded.combine)
         out: list[str | None] = [None] * len(rows)
-        texts = self.transcribe([c.audio for c in dec.clips], opts.get("batch_size", 16))
+        texts = self.transcribe([c.audio for c in dec.clips], opts.batch_size)
         for clip, text in zip(dec.clips, texts, strict=True):
             out[clip.pos] = text
         return out, [e.message for _, e in dec.errors]
 
-    def evaluate(self, source: RowSource, opts: Mapping[str, Any]) -> dict[str, float] | Evaluation:
+    def evaluate(self, source: RowSource, opts: registry.Options) -> dict[str, float] | Evaluation:
         """Corpus WER and CER of greedy transcripts against the normalized texts; with
         report='per_row' each row's too, the worst first (shared.metrics)."""
-        skip = opts.get("on_error") == "skip"
-        scores = UtteranceScores(opts.get("report", "summary"))
+        skip = opts.on_error == "skip"
+        scores = UtteranceScores(opts.report)
         skipped = devices.Skipped(source.skipped)
         work = partial(decode_rows, reader=source.reader, norm=self.norm, skip=skip)
-        with closing(devices.evaluation_batches(source, opts["batch_size"], work, Decoded.combine,
-                                                skipped)) as decoded:
+        batches = devices.evaluation_batches(source, opts.batch_size, work, Decoded.combine, skipped)
+        # a generator (it has close()), though shared.devices annotates it as an Iterator
+        with closing(batches) as decoded:  # type: ignore[type-var]
             for dec in decoded:
-                hyps = self.transcribe([c.audio for c in dec.clips], opts["batch_size"])
+                hyps = self.transcribe([c.audio for c in dec.clips], opts.batch_size)
                 for clip, hyp in zip(dec.clips, hyps, strict=True):
                     row = clip.row or Row(0, None)
                     scores.add(row.rn, row.value, self.norm.finish(clip.text or ""), hyp)
@@ -273,6 +274,52 @@ class SpeechRecognizer:
 _TEXT_CASES = ("upper", "lower", "keep")
 
 
+@dataclass(frozen=True)
+class StoredConventions:
+    """What ``SpeechRecognizer.options`` stores beside the declared options (Trained.options)
+    and ``load`` reads back through ``contract.stored_fields``: the vocabulary's CTC blank and
+    word delimiter, the text normalization, the input conventions. None: absent, which
+    ``_conventions`` refuses (BUILD stores them all). Stored as well, never read back:
+    ``sample_rate`` (shared.audio's), ``weights`` (where the weights came from, for people)
+    and ``freeze_feature_encoder`` (FIT's: ``StoredTraining``)."""
+
+    blank: int | None = None
+    delimiter: str | None = None
+    text_case: str | None = None
+    jamo: bool | None = None
+    do_normalize: bool | None = None
+    attention_mask: bool | None = None
+
+
+@dataclass(frozen=True)
+class StoredTraining:
+    """What FIT reads of its base model's stored options (``train`` stores it)."""
+
+    freeze_feature_encoder: bool = True  # the base was pre-trained: its feature encoder stays frozen
+
+
+@dataclass
+class _Merged:
+    """A stored model (contract.StoredModel) whose options are its catalog row's over those its
+    payload's metadata keeps: a key the row lacks is the payload's."""
+
+    name: str
+    options: dict[str, Any]
+    labels: list[Any] | None
+    label_type: str | None
+    format: str
+
+
+@dataclass(frozen=True)
+class _Conventions:
+    """A stored model's vocabulary, text normalization and input conventions, checked."""
+
+    vocab: Vocab
+    norm: TextNorm
+    do_normalize: bool
+    use_mask: bool
+
+
 def load(record: StoredModel, payload: bytes | memoryview, device: str) -> SpeechRecognizer:
     """A stored model. Its architecture (the config in the payload's metadata), vocabulary
     and options are checked as untrusted input before anything is built: the owner can
@@ -283,34 +330,41 @@ def load(record: StoredModel, payload: bytes | memoryview, device: str) -> Speec
     try:
         meta = weights.safetensors_metadata(payload)
         try:
-            stored_config = json.loads(meta["config"])
-            stored = json.loads(meta.get("options", "{}"))
+            hf_config = json.loads(meta["config"])
+            in_payload = json.loads(meta.get("options", "{}"))
             tokens = list(record.labels) if record.labels else json.loads(meta["tokens"])
         except (KeyError, TypeError, ValueError) as e:
             raise DataCorrupted(f"the payload's metadata cannot be read ({type(e).__name__}: {e})") from None
-        config = wav2vec2_config.build(stored_config)
-        opts = _stored_options({**stored, **record.options}, tokens, config.vocab_size)
+        if not isinstance(in_payload, dict):
+            raise DataCorrupted("the payload's metadata cannot be read (its options are not an object)")
+        config = wav2vec2_config.build(hf_config)
+    except DataCorrupted as e:
+        raise invalid_model(record.name, e) from None
+    # a value of another type than StoredConventions' is XX001 naming the model and the option
+    stored = contract.stored_fields(StoredConventions, _Merged(
+        record.name, {**in_payload, **record.options}, record.labels, record.label_type, record.format))
+    try:
+        conv = _conventions(stored, tokens, config.vocab_size)
         net = weights.adopt_state(lambda: Wav2Vec2ForCTC(config), weights.state_dict(payload))
     except DataCorrupted as e:
         raise invalid_model(record.name, e) from None
-    return SpeechRecognizer(
-        net, vocab=Vocab(tokens, opts["blank"], opts["delimiter"]),
-        norm=TextNorm(opts["text_case"], opts["jamo"]), do_normalize=opts["do_normalize"],
-        use_mask=opts["attention_mask"], device=devices.torch_device(device))
+    return SpeechRecognizer(net, vocab=conv.vocab, norm=conv.norm, do_normalize=conv.do_normalize,
+                            use_mask=conv.use_mask, device=devices.torch_device(device))
 
 
-def _stored_options(opts: Mapping[str, Any], tokens: list[Any], vocab_size: int) -> dict[str, Any]:
+def _conventions(stored: StoredConventions, tokens: list[Any], vocab_size: int) -> _Conventions:
     """The stored vocabulary and text options, checked against the network's output size."""
     if len(tokens) != vocab_size or not all(isinstance(t, str) for t in tokens):
         raise DataCorrupted(f"its vocabulary is {len(tokens)} token(s) but the network writes {vocab_size}")
-    out = {"blank": check_int("blank", opts.get("blank"), 0, vocab_size - 1),
-           "text_case": check_choice("text_case", opts.get("text_case"), _TEXT_CASES)}
-    if not isinstance(opts.get("delimiter"), str):
-        raise DataCorrupted(f"delimiter is {opts.get('delimiter')!r}; expected a string")
-    out["delimiter"] = opts["delimiter"]
-    for key in ("jamo", "do_normalize", "attention_mask"):
-        out[key] = check_bool(key, opts.get(key))
-    return out
+    blank = check_int("blank", stored.blank, 0, vocab_size - 1)
+    text_case = check_choice("text_case", stored.text_case, _TEXT_CASES)
+    if not isinstance(stored.delimiter, str):
+        raise DataCorrupted(f"delimiter is {stored.delimiter!r}; expected a string")
+    jamo = check_bool("jamo", stored.jamo)
+    do_normalize = check_bool("do_normalize", stored.do_normalize)
+    use_mask = check_bool("attention_mask", stored.attention_mask)
+    return _Conventions(Vocab(tokens, blank, stored.delimiter), TextNorm(text_case, jamo), do_normalize,
+                        use_mask)
 
 
 # --- starting points: a checkpoint, pretrained weights, or scratch --------------------------------
@@ -436,13 +490,13 @@ def scratch_network(vocab: Vocab) -> Any:
     return Wav2Vec2ForCTC(config)
 
 
-def start_network(algo: registry.Algorithm, opts: dict[str, Any], reader: Reader,
+def start_network(algo: registry.Algorithm, opts: registry.Options, reader: Reader,
                   dirs: Sequence[str]) -> Start:
-    base_model = opts.get("base_model")
+    base_model = opts.base_model
     if base_model:
         kind, where = weights.locate(base_model, reader.resolve_path)
         return _from_path(where) if kind == "path" else _from_hub(base_model, dirs)
-    if opts["pretrained"]:
+    if opts.pretrained:
         return _from_hub(algo.params["hub_id"], dirs)
     return Start(None, None, True, True, "random initialisation", fine_tune=False)
 
@@ -484,10 +538,10 @@ class _Progress(training.Progress):
         return self.audio_seconds / max(1e-9, self.elapsed())
 
 
-def train(algo: registry.Algorithm, opts: dict[str, Any], source: RowSource,
+def train(algo: registry.Algorithm, opts: registry.Options, source: RowSource,
           base: Base | None = None) -> Trained:
     """BUILD (base None) or FIT (base: a loaded model whose .model is a SpeechRecognizer)."""
-    device = devices.torch_device(opts["device"])
+    device = devices.torch_device(opts.device)
     texts = source.labels()  # distinct transcripts: the vocabulary is settled before any audio is read
     with training.seeded(device):
         if base is not None:
@@ -504,8 +558,8 @@ def train(algo: registry.Algorithm, opts: dict[str, Any], source: RowSource,
                     hint="FIT MODEL keeps the base model's vocabulary; BUILD a new model to add characters,"
                     " or remove them from the texts.",
                 )
-            origin, fine_tune = f'model "{base.record.name}"', bool(
-                base.record.options.get("freeze_feature_encoder", True))
+            origin = f'model "{base.record.name}"'
+            fine_tune = contract.stored_fields(StoredTraining, base.record).freeze_feature_encoder
         else:
             start = start_network(algo, opts, source.reader, source.weights_dirs)
             model = _model_for(start, texts, device, source.notice)
@@ -555,16 +609,16 @@ def _length_batches(clips: list[Clip], bs: int, rng: random.Random) -> list[list
     return batches
 
 
-def _fit(model: SpeechRecognizer, algo: registry.Algorithm, opts: dict[str, Any],
+def _fit(model: SpeechRecognizer, algo: registry.Algorithm, opts: registry.Options,
          source: RowSource) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     net, device, vocab = model.net, model.device, model.vocab
-    bs = opts["batch_size"]
+    bs = opts.batch_size
     trainer = training.Trainer(net, opts, source, device=device, label=f"{algo.name} training",
                                metric=training.CER, weight_decay=WEIGHT_DECAY,
                                warmup_fraction=WARMUP_FRACTION, max_grad_norm=MAX_GRAD_NORM,
                                progress=_Progress)
     progress: _Progress = trainer.progress  # type: ignore[assignment]
-    skip = opts.get("on_error") == "skip"
+    skip = opts.on_error == "skip"
     work = partial(decode_rows, reader=source.reader, norm=model.norm, skip=skip, for_training=True)
     skipped = devices.Skipped(source.skipped)
     too_short = 0

@@ -279,8 +279,12 @@ def algo() -> Any:
 
 
 def start(base_model: str | None, dirs: list[str], **opts: Any) -> clip.ClipEmbedder:
-    given = {"base_model": base_model, "pretrained": True, "input_size": None, "embedding_dim": None, **opts}
-    return clip.start(algo(), given, Reader(), dirs, CPU)
+    from thanosql_pg.algorithms import registry
+
+    given = {"base_model": base_model, "pretrained": True, **opts}
+    typed = registry.normalize_options("build", given, algo().family)  # settled, as BUILD's
+    assert isinstance(typed, clip.ClipOptions)
+    return clip.start(algo(), typed, Reader(), dirs, CPU)
 
 
 def test_weights_directory_is_looked_up_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

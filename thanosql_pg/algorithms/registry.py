@@ -403,17 +403,19 @@ def _typed(family: Family, statement: str, values: dict[str, Any]) -> Options:
 
 
 def stored(cls: type[OptionsT], family: Family, record_options: Mapping[str, Any],
-           statement: str = "build") -> OptionsT:
+           statement: str = "build", *, model: str = "") -> OptionsT:
     """A stored model's options (its catalog row's, which its owner can edit: input like
     any other) as ``cls``, each checked against the statement's option: a value that
-    would fail BUILD is XX001. Options the row lacks take the statement's defaults."""
+    would fail BUILD is XX001 naming ``model``. Options the row lacks take the
+    statement's defaults."""
     spec = {o.name: o for o in options_for(statement, family)}
     values: dict[str, Any] = {}
     for name, opt in spec.items():
         try:
             values[name] = opt.coerce(record_options[name]) if name in record_options else opt.default
         except InvalidOption as e:
-            raise DataCorrupted(f"a stored model has an invalid option: {e.message}",
+            whose = f'model "{model}"' if model else "a stored model"
+            raise DataCorrupted(f"{whose} has an invalid stored option: {e.message}",
                                 hint="BUILD the model again.") from None
     typed = _typed(family, statement, values)
     if not isinstance(typed, cls):

@@ -14,8 +14,10 @@ and the text context: at most 1,024, where every published CLIP has 577 or fewer
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from thanosql_pg.algorithms.clip import MIN_INPUT_SIZE, text
 from thanosql_pg.algorithms.shared.architecture import check_heads
@@ -85,20 +87,59 @@ def check_floats(name: str, value: Any, positive: bool) -> list[float]:
     return [float(v) for v in value]
 
 
-def _check_tower(where: str, d: Any, bounds: dict[str, tuple[int, int]]) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class Tower:
+    """One tower of a compact config, checked (``_check_tower``): what CLIPConfig's
+    text_config or vision_config is built from."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    hidden_act: str
+    layer_norm_eps: float
+
+    def blocks(self) -> int:
+        """About how many parameters its transformer blocks have."""
+        h = self.hidden_size
+        return self.num_hidden_layers * (4 * h * h + 2 * h * self.intermediate_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextTower(Tower):
+    vocab_size: int
+    max_position_embeddings: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisionTower(Tower):
+    image_size: int
+    patch_size: int
+    num_channels: int
+    pooling: str = "cls"  # an extra attribute of CLIPVisionConfig: it travels with the config
+
+    @property
+    def grid(self) -> int:
+        """Patches an image makes at image_size."""
+        return (self.image_size // self.patch_size) ** 2
+
+
+TowerT = TypeVar("TowerT", bound=Tower)
+
+
+def _check_tower(cls: type[TowerT], where: str, d: Any, bounds: dict[str, tuple[int, int]]) -> TowerT:
     if not isinstance(d, dict):
         raise DataCorrupted(f"CLIP config {where} is not an object")
-    out: dict[str, Any] = {k: check_int(where, k, d.get(k), b) for k, b in bounds.items()}
+    ints: dict[str, int] = {k: check_int(where, k, d.get(k), b) for k, b in bounds.items()}
     # the heads' count shapes no weight: many narrow heads would multiply the attention's cost
-    check_heads(f"CLIP config {where}", out["hidden_size"], out["num_attention_heads"])
+    check_heads(f"CLIP config {where}", ints["hidden_size"], ints["num_attention_heads"])
     act = d.get("hidden_act")
     if act not in _ACTIVATIONS:
         raise DataCorrupted(f"CLIP config {where}.hidden_act is {act!r}; expected one of {_ACTIVATIONS}")
     eps = d.get("layer_norm_eps")
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps <= 0.1:
         raise DataCorrupted(f"CLIP config {where}.layer_norm_eps is {eps!r}")
-    out["hidden_act"], out["layer_norm_eps"] = act, float(eps)
-    return out
+    return cls(**ints, hidden_act=str(act), layer_norm_eps=float(eps))
 
 
 def compact_config(config: Any) -> dict[str, Any]:
@@ -129,35 +170,31 @@ def build_config(d: Any, tok: text.Tokenizer | None = None) -> Any:
 
     if not isinstance(d, dict):
         raise DataCorrupted("CLIP config is not an object")
-    text_cfg = _check_tower("text", d.get("text"), _TEXT_BOUNDS)
-    vision_cfg = _check_tower("vision", d.get("vision"), _VISION_BOUNDS)
+    text_tower = _check_tower(TextTower, "text", d.get("text"), _TEXT_BOUNDS)
+    vision = _check_tower(VisionTower, "vision", d.get("vision"), _VISION_BOUNDS)
     pooling = d["vision"].get("pooling", "cls")  # absent: a CLIP checkpoint's own
     if pooling not in POOLINGS:
         raise DataCorrupted(f"CLIP config vision.pooling is {pooling!r}; expected one of {POOLINGS}")
-    vision_cfg["pooling"] = pooling  # an extra attribute of CLIPVisionConfig: it travels with the config
+    vision = dataclasses.replace(vision, pooling=pooling)
     proj = check_int("config", "projection_dim", d.get("projection_dim"), (2, MAX_PROJECTION))
-    if vision_cfg["patch_size"] > vision_cfg["image_size"]:
+    if vision.patch_size > vision.image_size:
         raise DataCorrupted("CLIP config: vision patch_size is larger than image_size")
-    if (vision_cfg["image_size"] // vision_cfg["patch_size"]) ** 2 > MAX_IMAGE_TOKENS:
+    if vision.grid > MAX_IMAGE_TOKENS:
         raise DataCorrupted(f"CLIP config: more than {MAX_IMAGE_TOKENS} image patches")
-    if _parameters(text_cfg, vision_cfg, proj) > MAX_PARAMETERS:
+    if _parameters(text_tower, vision, proj) > MAX_PARAMETERS:
         raise DataCorrupted(f"CLIP config describes a model over {MAX_PARAMETERS:,} parameters")
+    text_config: dict[str, Any] = dataclasses.asdict(text_tower)
     if tok is not None:
-        eos = tok.eos_id if tok.eos_id is not None else text_cfg["vocab_size"] - 1
-        text_cfg.update(pad_token_id=tok.pad_id, bos_token_id=tok.bos_id, eos_token_id=eos)
-    return CLIPConfig(text_config=text_cfg, vision_config=vision_cfg, projection_dim=proj)
+        eos = tok.eos_id if tok.eos_id is not None else text_tower.vocab_size - 1
+        text_config.update(pad_token_id=tok.pad_id, bos_token_id=tok.bos_id, eos_token_id=eos)
+    return CLIPConfig(text_config=text_config, vision_config=dataclasses.asdict(vision), projection_dim=proj)
 
 
-def _parameters(t: dict[str, int], v: dict[str, int], proj: int) -> int:
+def _parameters(t: TextTower, v: VisionTower, proj: int) -> int:
     """About how many parameters a config means (transformer blocks and embeddings)."""
-    def blocks(c: dict[str, int]) -> int:
-        h = c["hidden_size"]
-        return c["num_hidden_layers"] * (4 * h * h + 2 * h * c["intermediate_size"])
-
-    grid = (v["image_size"] // v["patch_size"]) ** 2
-    return (blocks(t) + blocks(v) + t["vocab_size"] * t["hidden_size"] + t["max_position_embeddings"]
-            * t["hidden_size"] + 3 * v["patch_size"] ** 2 * v["hidden_size"] + grid * v["hidden_size"]
-            + proj * (t["hidden_size"] + v["hidden_size"]))
+    return (t.blocks() + v.blocks() + t.vocab_size * t.hidden_size + t.max_position_embeddings
+            * t.hidden_size + 3 * v.patch_size ** 2 * v.hidden_size + v.grid * v.hidden_size
+            + proj * (t.hidden_size + v.hidden_size))
 
 
 def scratch_config(input_size: int, embedding_dim: int) -> dict[str, Any]:

@@ -26,7 +26,8 @@ token has seen the whole text whatever tokenizer a checkpoint brings.
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,17 @@ import torch.nn.functional as F
 
 from thanosql_pg.algorithms import clip as spec
 from thanosql_pg.algorithms import registry
-from thanosql_pg.algorithms.clip import config, text
-from thanosql_pg.algorithms.contract import Base, Reader, Row, RowSource, StoredModel, Trained, check_format
+from thanosql_pg.algorithms.clip import ClipOptions, config, text
+from thanosql_pg.algorithms.contract import (
+    Base,
+    Reader,
+    Row,
+    RowSource,
+    StoredModel,
+    Trained,
+    check_format,
+    stored_fields,
+)
 from thanosql_pg.algorithms.shared import devices, images, training, weights
 from thanosql_pg.algorithms.shared.architecture import invalid_model, shape_mismatch
 from thanosql_pg.algorithms.shared.images import FLIP_MIN_SIZE, Decoded, ImageInput, decode_rows
@@ -195,7 +205,7 @@ class ClipEmbedder:
             return self._text_batches(batches, reader)
         raise FeatureNotAvailable(f"CLIP models embed images and texts, not {modality}")
 
-    def evaluate(self, source: RowSource, opts: Mapping[str, Any]) -> dict[str, float]:
+    def evaluate(self, source: RowSource, opts: registry.Options) -> dict[str, float]:
         """EVALUATE on labelled images: how often an image's nearest images (by the image
         tower, as SEARCH IMAGE by image ranks them) share its label, Precision@1 and
         Precision@top_k, as for SimCLR (shared.images)."""
@@ -336,48 +346,61 @@ def _state(payload: bytes | memoryview) -> dict[str, torch.Tensor]:
     return state
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What a stored model keeps in its options beyond the declared ones
+    (``ClipEmbedder.options``), typed by contract.stored_fields (another type is XX001);
+    ``_rebuild`` checks what config, tokenizer, mean and std hold. ``weights`` informs
+    only (the loaded model's origin), as ``logit_scale`` does (not read)."""
+
+    config: dict[str, Any] | None = None
+    tokenizer: dict[str, Any] | None = None
+    mean: list[Any] | None = None
+    std: list[Any] | None = None
+    context_length: int | None = None
+    from_scratch: bool = False
+    weights: str = ""
+
+
 def load(record: StoredModel, payload: bytes | memoryview, device: str) -> ClipEmbedder:
     """A stored model. Its options and payload are checked as untrusted input (the owner
     can edit the catalog row): DataCorrupted (XX001) for anything BUILD does not write,
     naming the model and the value out of bounds."""
     check_format(record, FORMAT)
-    options = record.options
-    if not isinstance(options, dict):
+    if not isinstance(record.options, dict):
         raise DataCorrupted(f'model "{record.name}" has no options object')
-    registry.check_stored(spec.FAMILY, record.name, options, ("input_size", "embedding_dim"))
+    kept = stored_fields(Stored, record)
+    # the declared options (input_size and embedding_dim size the model) within BUILD's bounds
+    opts = registry.stored(ClipOptions, spec.FAMILY, record.options, model=record.name)
     _quiet_transformers()
     try:
-        net, tok, inputs, scratch = _rebuild(options, payload, device)
+        net, tok, inputs = _rebuild(opts, kept, payload, device)
     except DataCorrupted as e:
         raise invalid_model(record.name, e) from None
-    return ClipEmbedder(net, tok, inputs, origin=str(options.get("weights", "")), from_scratch=scratch)
+    return ClipEmbedder(net, tok, inputs, origin=kept.weights, from_scratch=kept.from_scratch)
 
 
-def _rebuild(options: dict[str, Any], payload: bytes | memoryview,
-             device: str) -> tuple[Any, text.Tokenizer, ImageInput, bool]:
-    """(network, tokenizer, image input, from scratch) of a stored model, every part checked
-    before anything is allocated for it."""
+def _rebuild(opts: ClipOptions, kept: Stored, payload: bytes | memoryview,
+             device: str) -> tuple[Any, text.Tokenizer, ImageInput]:
+    """(network, tokenizer, image input) of a stored model, every part checked before
+    anything is allocated for it."""
     from transformers import CLIPModel
 
     meta = _metadata(payload)
-    cfg = options.get("config")
-    tok = text.restore(options.get("tokenizer"), meta.get("tokenizer"), config.text_vocab(cfg))
-    net_config = config.build_config(cfg, tok)
-    size = config.check_int("", "input_size", options.get("input_size"),
-                            (spec.MIN_INPUT_SIZE, config.MAX_INPUT_SIZE))
+    tok = text.restore(kept.tokenizer, meta.get("tokenizer"), config.text_vocab(kept.config))
+    net_config = config.build_config(kept.config, tok)
+    size = config.check_int("", "input_size", opts.input_size, (spec.MIN_INPUT_SIZE, config.MAX_INPUT_SIZE))
     vision = net_config.vision_config
     if size < vision.patch_size or (size // vision.patch_size) ** 2 > config.MAX_IMAGE_TOKENS:
         raise DataCorrupted(f"input_size {size} makes more than {config.MAX_IMAGE_TOKENS} patches of"
                             f" {vision.patch_size} pixels (or none)")
-    mean = config.check_floats("mean", options.get("mean"), False)
-    std = config.check_floats("std", options.get("std"), True)
-    for key, want in (("embedding_dim", net_config.projection_dim),
-                      ("context_length", net_config.text_config.max_position_embeddings)):
-        if key in options and options[key] != want:
-            raise DataCorrupted(f"option {key} is {options[key]!r} but the model's config says {want}")
-    scratch = options.get("from_scratch", False)
-    if not isinstance(scratch, bool):
-        raise DataCorrupted(f"option from_scratch is {scratch!r}, not a boolean")
+    mean = config.check_floats("mean", kept.mean, False)
+    std = config.check_floats("std", kept.std, True)
+    for key, value, want in (("embedding_dim", opts.embedding_dim, net_config.projection_dim),
+                             ("context_length", kept.context_length,
+                              net_config.text_config.max_position_embeddings)):
+        if value is not None and value != want:
+            raise DataCorrupted(f"option {key} is {value!r} but the model's config says {want}")
     state = _state(payload)
     # Shapes first, on the meta device: a config that claims a huge model allocates nothing.
     with torch.device("meta"):
@@ -396,7 +419,7 @@ def _rebuild(options: dict[str, Any], payload: bytes | memoryview,
     if any(t.is_meta for t in list(net.parameters()) + list(net.buffers())):
         raise DataCorrupted("the CLIP model could not be rebuilt from its weights")
     net.eval()
-    return net, tok, ImageInput(size, mean, std, devices.torch_device(device)), scratch
+    return net, tok, ImageInput(size, mean, std, devices.torch_device(device))
 
 
 # --- new models ---------------------------------------------------------------------------------
@@ -524,23 +547,25 @@ def from_folder(path: str, origin: str, input_size: int | None, device: Any) -> 
     return ClipEmbedder(net, tok, ImageInput(size, mean, std, device), origin=origin, from_scratch=False)
 
 
-def start(algo: registry.Algorithm, opts: dict[str, Any], reader: Reader, dirs: Sequence[str],
+def start(algo: registry.Algorithm, opts: ClipOptions, reader: Reader, dirs: Sequence[str],
           device: Any) -> ClipEmbedder:
     """BUILD's model: ``base_model`` (a checkpoint folder on the server, or a hub repo),
     else the algorithm's published checkpoint (pretrained) or a from-scratch model."""
-    base_model = opts.get("base_model")
+    base_model = opts.base_model
     if base_model:
         kind, where = weights.locate(base_model, reader.resolve_path)
         if kind == "path":
-            emb = from_folder(where, f"checkpoint {where}", opts["input_size"], device)
+            emb = from_folder(where, f"checkpoint {where}", opts.input_size, device)
         else:
-            emb = from_hub(base_model, dirs, opts["input_size"], device)
-    elif opts["pretrained"]:
-        emb = from_hub(algo.params["hub_id"], dirs, opts["input_size"], device)
+            emb = from_hub(base_model, dirs, opts.input_size, device)
+    elif opts.pretrained:
+        emb = from_hub(algo.params["hub_id"], dirs, opts.input_size, device)
     else:
-        return scratch(opts["input_size"], opts["embedding_dim"], device)
-    if opts["embedding_dim"] is not None and opts["embedding_dim"] != emb.dim:
-        raise InvalidOption(f"embedding_dim {opts['embedding_dim']} differs from the {emb.dim} dimensions of"
+        # clip.settle fills both in for a model from scratch
+        return scratch(_settled("input_size", opts.input_size), _settled("embedding_dim", opts.embedding_dim),
+                       device)
+    if opts.embedding_dim is not None and opts.embedding_dim != emb.dim:
+        raise InvalidOption(f"embedding_dim {opts.embedding_dim} differs from the {emb.dim} dimensions of"
                             f" {emb.origin}", hint="Leave embedding_dim out to use the checkpoint's, or train"
                             " from scratch with pretrained=False.")
     if emb.dim > MAX_EMBEDDING_DIM:
@@ -549,32 +574,39 @@ def start(algo: registry.Algorithm, opts: dict[str, Any], reader: Reader, dirs: 
     return emb
 
 
+def _settled(name: str, value: int | None) -> int:
+    if value is None:
+        raise InvalidOption(f'option "{name}" has no value', hint=f"Add {name}=... to OPTIONS.")
+    return value
+
+
 # --- training ---------------------------------------------------------------------------------
-def train(algo: registry.Algorithm, opts: dict[str, Any], source: RowSource,
+def train(algo: registry.Algorithm, opts: registry.Options, source: RowSource,
           base: Base | None = None) -> Trained:
     """BUILD (base None) or FIT (base: a loaded model whose .model is a ClipEmbedder), on
     images and their captions, with the options the spec settled (clip.settle)."""
-    _check_caption_type(source, opts["text_col"])
-    device = devices.torch_device(opts["device"])
+    assert isinstance(opts, ClipOptions)  # the family's Family.typed
+    _check_caption_type(source, opts.text_col)
+    device = devices.torch_device(opts.device)
     with training.seeded(device):
         if base is not None:
             training.refuse_base_model(opts)
             prev: ClipEmbedder = base.model
             # FIT keeps the embedding space: another dimension is another model
-            if opts["embedding_dim"] is not None and opts["embedding_dim"] != prev.dim:
+            if opts.embedding_dim is not None and opts.embedding_dim != prev.dim:
                 raise InvalidOption(f"FIT MODEL keeps the base model's embedding_dim ({prev.dim})",
                                     hint="Leave embedding_dim out of FIT MODEL, or BUILD a new model.")
-            inputs = ImageInput(opts["input_size"] or prev.input_size, prev.inputs.mean_list,
+            inputs = ImageInput(opts.input_size or prev.input_size, prev.inputs.mean_list,
                                 prev.inputs.std_list, device)
             model = ClipEmbedder(prev.net, prev.tokenizer, inputs, origin=f'model "{base.record.name}"',
                                  from_scratch=prev.from_scratch)
         else:
             model = start(algo, opts, source.reader, source.weights_dirs, device)
-        check_batch_pixels(opts["batch_size"], model.input_size)
+        check_batch_pixels(opts.batch_size, model.input_size)
         # FIT without a learning rate: the base model's kind's (BUILD's defaults are settled)
         kind = spec.SCRATCH if model.from_scratch else spec.FINETUNE
-        rate = opts["learning_rate"] or kind["learning_rate"]
-        done = _fit(model, algo, {**opts, "learning_rate": rate}, source)
+        rate = opts.learning_rate or kind.learning_rate
+        done = _fit(model, algo, replace(opts, learning_rate=rate), source)
     return Trained(
         payload=model.payload(), format=FORMAT, labels=None, label_type=None,
         options={**model.options(), "learning_rate": rate},
@@ -589,11 +621,11 @@ def _check_caption_type(source: RowSource, column: str) -> None:
                                 hint=f"Name the captions' column with text_col, or cast it: {column}::text.")
 
 
-def _fit(model: ClipEmbedder, algo: registry.Algorithm, opts: dict[str, Any],
+def _fit(model: ClipEmbedder, algo: registry.Algorithm, opts: ClipOptions,
          source: RowSource) -> training.Outcome:
     """The symmetric contrastive loss on (augmented image, caption) batches; validation
     scores the same loss on the held-out pairs, without augmentation."""
-    device, column = model.device, opts["text_col"]
+    device, column = model.device, opts.text_col
     work = partial(decode_rows, reader=source.reader, size=model.input_size, index=None, skip=False)
     gen = torch.Generator(device=device)
     trainer = training.Trainer(model.net, opts, source, device=device, label=f"{algo.name} training",
@@ -613,7 +645,7 @@ def _fit(model: ClipEmbedder, algo: registry.Algorithm, opts: dict[str, Any],
 
     def batches(part: RowSource, epoch: int, train: bool) -> Iterator[Decoded]:
         gen.manual_seed(epoch + 1)
-        rows = (captioned(b) for b in part.batches(opts["batch_size"], shuffle=train, seed=epoch))
+        rows = (captioned(b) for b in part.batches(opts.batch_size, shuffle=train, seed=epoch))
         return devices.prefetch(rows, work, Decoded.combine, depth=2 if device.type == "cuda" else 1)
 
     def forward(epoch: int, dec: Decoded, train: bool) -> training.Step | None:

@@ -166,11 +166,9 @@ def restore(spec: Any, data: str | None, vocab_size: int) -> Tokenizer:
     if spec["kind"] == ByteTokenizer.kind:
         tok: Tokenizer = ByteTokenizer()
     else:
-        pad, bos, eos = spec.get("pad_id"), spec.get("bos_id"), spec.get("eos_id")
-        for key, v in (("pad_id", pad), ("bos_id", bos), ("eos_id", eos)):
-            if (v is not None or key == "pad_id") and (
-                    not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < vocab_size):
-                raise DataCorrupted(f"tokenizer {key} {v!r} is outside the vocabulary (0..{vocab_size - 1})")
+        pad = _token_id(spec, "pad_id", vocab_size)
+        bos = _optional_id(spec, "bos_id", vocab_size)
+        eos = _optional_id(spec, "eos_id", vocab_size)
         if not isinstance(data, str) or not data or len(data) > MAX_TOKENIZER_JSON:
             raise DataCorrupted("the model's tokenizer data is missing or too large")
         try:
@@ -182,3 +180,15 @@ def restore(spec: Any, data: str | None, vocab_size: int) -> Tokenizer:
         raise DataCorrupted(f"the tokenizer has {tok.vocab_size} tokens but the text model embeds"
                             f" {vocab_size}")
     return tok
+
+
+def _token_id(spec: dict[str, Any], key: str, vocab_size: int) -> int:
+    """A stored tokenizer's special token id, checked: a row of the token embedding."""
+    v = spec.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < vocab_size:
+        raise DataCorrupted(f"tokenizer {key} {v!r} is outside the vocabulary (0..{vocab_size - 1})")
+    return v
+
+
+def _optional_id(spec: dict[str, Any], key: str, vocab_size: int) -> int | None:
+    return None if spec.get(key) is None else _token_id(spec, key, vocab_size)

@@ -110,7 +110,7 @@ def load(record: StoredModel, payload: bytes | memoryview, device: str) -> Image
     exactly the shapes of that architecture with a head per label (XX001 otherwise)."""
     check_format(record, FORMAT)
     arch = weights.stored_arch(record)
-    opts = registry.stored(spec.ImageClassificationOptions, spec.FAMILY, record.options)
+    opts = registry.stored(spec.ImageClassificationOptions, spec.FAMILY, record.options, model=record.name)
     labels = list(record.labels or [])
     try:
         mean, std = weights.stored_normalization(record)

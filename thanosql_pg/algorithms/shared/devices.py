@@ -3,16 +3,27 @@
 Threads are the server's business: it calls ``set_threads`` (the one place that sets
 torch's intra-op thread count) before a statement runs a model. A process in which
 nobody has called it uses every core, as PostgreSQL backends always did.
+
+Every thread started here has the process's asynchronous signals blocked: inside
+PostgreSQL they are the server's (cancel, statement_timeout, terminate, reload), and
+its handlers must run on the backend's main thread only. The kernel hands a signal
+sent to the process to any thread that does not block it; a handler that ran on
+torch's threads raced the main thread on the server's bookkeeping. torch's intra-op
+(OpenMP) threads are started by a warm-up with the signals blocked, which the
+threads inherit; the decode pool's threads block them first thing. (The C module
+also routes any handler that still runs elsewhere back to the main thread:
+src/signals.c.)
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from typing import Any, TypeVar
 
 from thanosql_pg.errors import InvalidOption
@@ -21,18 +32,66 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 _threads: int | None = None  # what set_threads last set
+_started: int | None = None  # the thread count torch's pool was last started at, signals blocked
+
+# Signals that report a fault of the thread that gets them (or that no handler takes): they
+# must stay deliverable to every thread.
+_THREAD_DIRECTED = frozenset({
+    signal.SIGILL, signal.SIGTRAP, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGSEGV,
+    signal.SIGSYS, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGKILL, signal.SIGSTOP,
+})
+
+
+def process_signals() -> set[signal.Signals]:
+    """The asynchronous signals (those sent to the process: SIGINT, SIGTERM, SIGALRM, SIGUSR1,
+    SIGHUP ...): the ones a worker thread blocks. Realtime signals are left alone."""
+    return {s for s in signal.valid_signals()
+            if isinstance(s, signal.Signals) and s < signal.SIGRTMIN and s not in _THREAD_DIRECTED}
+
+
+@contextmanager
+def signals_blocked() -> Iterator[None]:
+    """The process's asynchronous signals blocked on this thread meanwhile: a thread started
+    here inherits the mask. A signal that arrives meanwhile waits, and is handled when the
+    mask is restored."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, process_signals())
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def set_threads(n: int) -> None:
     """torch's intra-op threads for what this process runs next (the server's hook,
-    called per statement). Imports torch: call it when a model is about to run."""
-    global _threads
+    called per statement). Imports torch: call it when a model is about to run.
+
+    torch's thread pool is (re)started here, with the signals blocked (module docstring):
+    OpenMP starts its threads on the first parallel region that needs them, and stops
+    and starts threads when the count changes, so a warm-up op that needs all ``n``
+    runs whenever the count differs from the one the pool was last started at."""
+    global _threads, _started
     import torch
 
     n = max(1, int(n))
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+    if torch.get_num_threads() != n or _started != n:
+        with signals_blocked():
+            if torch.get_num_threads() != n:
+                torch.set_num_threads(n)
+            _start_pool(torch, n)
+        _started = n
     _threads = n
+
+
+# at::internal::GRAIN_SIZE: the elements per thread below which torch's element-wise ops
+# stay on fewer threads
+_GRAIN = 32768
+
+
+def _start_pool(torch: Any, n: int) -> None:
+    """An element-wise op large enough that every one of the ``n`` intra-op threads takes
+    part (one byte per element: ``n`` x 32 KB, freed at once)."""
+    if n > 1:
+        torch.empty(n * _GRAIN + 1, dtype=torch.uint8).fill_(1)
 
 
 def torch_device(name: str) -> Any:
@@ -76,8 +135,15 @@ def decode_pool() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
         workers = max(2, os.cpu_count() or 1)
-        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="thanosql-decode")
+        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="thanosql-decode",
+                                   initializer=_block_signals)
     return _pool
+
+
+def _block_signals() -> None:
+    """A decode thread's first act: the process's signals are the main thread's
+    (module docstring). Threads that torch starts from here inherit the mask."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, process_signals())
 
 
 def chunks(items: Sequence[T], n: int) -> list[Sequence[T]]:

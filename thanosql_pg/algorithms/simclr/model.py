@@ -12,7 +12,7 @@ training loop are the shared ones.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -34,6 +34,7 @@ from thanosql_pg.algorithms.shared.images import (
     decode_rows,
     pretrained_normalization,
 )
+from thanosql_pg.algorithms.simclr import SimCLROptions
 from thanosql_pg.algorithms.simclr.augment import Augment
 from thanosql_pg.errors import DataCorrupted, FeatureNotAvailable, InvalidOption
 
@@ -61,7 +62,9 @@ class SimCLRNet(nn.Module):
 
     def __init__(self, backbone: nn.Module, embedding_dim: int) -> None:
         super().__init__()
-        width = int(backbone.num_features)
+        features: Any = backbone.num_features  # timm's: the width of the features (an int)
+        width = int(features)
+        self.embedding_dim = embedding_dim
         self.backbone = backbone
         self.head = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
                                   nn.Linear(width, embedding_dim))
@@ -70,14 +73,14 @@ class SimCLRNet(nn.Module):
         return self.head(self.backbone(x))
 
 
-def new_backbone(name: str, opts: dict[str, Any], reader: Reader,
+def new_backbone(name: str, opts: SimCLROptions, reader: Reader,
                  dirs: Sequence[str]) -> tuple[str, nn.Module, str]:
     """(timm architecture, feature extractor without classifier, where its weights came from)."""
-    if not opts.get("base_model") and not opts["pretrained"] and not weights.check_arch(name):
+    if not opts.base_model and not opts.pretrained and not weights.check_arch(name):
         raise InvalidOption(f'unknown backbone "{name}"',
                             hint="Name a timm model, e.g. backbone='resnet18' (see timm.list_models()).")
     # pretrained: a timm name or a hub repo, never a path
-    return weights.timm_network(name, 0, base_model=opts.get("base_model"), pretrained=opts["pretrained"],
+    return weights.timm_network(name, 0, base_model=opts.base_model, pretrained=opts.pretrained,
                                 resolve=reader.resolve_path, dirs=dirs)
 
 
@@ -85,11 +88,12 @@ class ImageEmbedder:
     """A trained SimCLR network plus its preprocessing."""
 
     def __init__(self, net: SimCLRNet, *, arch: str, inputs: ImageInput) -> None:
-        self.net = net.to(inputs.device, memory_format=torch.channels_last)
+        # Module.to takes memory_format (torch's type stubs leave it out)
+        self.net = net.to(inputs.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.arch = arch
         self.inputs = inputs
         self.input_size = inputs.size
-        self.dim = int(net.head[-1].out_features)
+        self.dim = net.embedding_dim
         self.device = inputs.device
         self._fused: nn.Module | None = None
 
@@ -106,7 +110,8 @@ class ImageEmbedder:
             try:
                 from torch.fx.experimental.optimization import fuse
 
-                self._fused = fuse(self.net).to(memory_format=torch.channels_last)
+                # Module.to takes memory_format (torch's type stubs leave it out)
+                self._fused = fuse(self.net).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             except Exception:  # a backbone torch.fx cannot trace: embed with the network as it is
                 self._fused = self.net
         return self._fused
@@ -130,7 +135,7 @@ class ImageEmbedder:
             raise FeatureNotAvailable(f"SimCLR models embed images only, not {modality}")
         return images.embed_batches(batches, reader, self.input_size, self._embed_array)
 
-    def evaluate(self, source: RowSource, opts: Mapping[str, Any]) -> dict[str, float]:
+    def evaluate(self, source: RowSource, opts: registry.Options) -> dict[str, float]:
         """EVALUATE on labelled images: retrieval precision@k (shared.images)."""
         return images.evaluate_retrieval(source, opts, self.input_size, self._embed_array)
 
@@ -143,49 +148,51 @@ def load(record: StoredModel, payload: bytes | memoryview, device: str) -> Image
     import timm
 
     check_format(record, FORMAT)
-    opts = record.options
     arch = weights.stored_arch(record)
-    registry.check_stored(spec.FAMILY, record.name, opts, ("input_size", "embedding_dim"))
-    dim = int(opts["embedding_dim"])
+    # BUILD's bounds, XX001
+    stored = registry.stored(SimCLROptions, spec.FAMILY, record.options, model=record.name)
+    dim = stored.embedding_dim
     try:
-        mean, std = weights.stored_normalization(opts)
+        mean, std = weights.stored_normalization(record)
         def make() -> SimCLRNet:
             return SimCLRNet(timm.create_model(arch, pretrained=False, num_classes=0), dim)
 
         net = weights.adopt_state(make, weights.state_dict(payload))
     except DataCorrupted as e:
         raise invalid_model(record.name, e) from None
-    inputs = ImageInput(int(opts["input_size"]), mean, std, devices.torch_device(device))
+    inputs = ImageInput(stored.input_size, mean, std, devices.torch_device(device))
     return ImageEmbedder(net, arch=arch, inputs=inputs)
 
 
 # --- training ---------------------------------------------------------------------------------
-def train(algo: registry.Algorithm, opts: dict[str, Any], source: RowSource,
+def train(algo: registry.Algorithm, opts: registry.Options, source: RowSource,
           base: Base | None = None) -> Trained:
     """BUILD (base None) or FIT (base: a loaded model whose .model is an ImageEmbedder)."""
-    device = devices.torch_device(opts["device"])
+    assert isinstance(opts, SimCLROptions)
+    device = devices.torch_device(opts.device)
     with training.seeded(device):
         if base is not None:
             training.refuse_base_model(opts)
             prev: ImageEmbedder = base.model
             # the server fills these from the base model unless given (the spec's carry_over):
             # a different value is a new model
-            backbone = base.record.options.get("backbone", opts["backbone"])
-            if opts["embedding_dim"] != prev.dim or opts["backbone"] != backbone:
+            backbone = registry.stored(SimCLROptions, spec.FAMILY, base.record.options,
+                                       model=base.record.name).backbone
+            if opts.embedding_dim != prev.dim or opts.backbone != backbone:
                 raise InvalidOption(
                     f"FIT MODEL keeps the base model's backbone ({backbone}) and embedding_dim ({prev.dim})",
                     hint="Leave backbone and embedding_dim out of FIT MODEL, or BUILD a new model.")
-            inputs = ImageInput(opts["input_size"], prev.inputs.mean_list, prev.inputs.std_list, device)
+            inputs = ImageInput(opts.input_size, prev.inputs.mean_list, prev.inputs.std_list, device)
             model = ImageEmbedder(prev.net, arch=prev.arch, inputs=inputs)
             origin = f'model "{base.record.name}"'
         else:
-            arch, net, origin = new_backbone(opts["backbone"], opts, source.reader, source.weights_dirs)
+            arch, net, origin = new_backbone(opts.backbone, opts, source.reader, source.weights_dirs)
             weights.check_new_arch(arch, origin)
             # pretrained weights come with their normalization; from scratch ImageNet's is as good as any
             scratch = origin == "random initialisation"
             mean, std = (IMAGENET_MEAN, IMAGENET_STD) if scratch else pretrained_normalization(net)
-            model = ImageEmbedder(SimCLRNet(net, opts["embedding_dim"]), arch=arch,
-                                  inputs=ImageInput(opts["input_size"], mean, std, device))
+            model = ImageEmbedder(SimCLRNet(net, opts.embedding_dim), arch=arch,
+                                  inputs=ImageInput(opts.input_size, mean, std, device))
         done = _fit(model, algo, opts, source)
     return Trained(
         payload=weights.state_payload(model.net), format=FORMAT, labels=None, label_type=None,
@@ -194,7 +201,7 @@ def train(algo: registry.Algorithm, opts: dict[str, Any], source: RowSource,
     )
 
 
-def _fit(model: ImageEmbedder, algo: registry.Algorithm, opts: dict[str, Any],
+def _fit(model: ImageEmbedder, algo: registry.Algorithm, opts: SimCLROptions,
          source: RowSource) -> training.Outcome:
     """NT-Xent on two augmented views of each image; validation scores the same loss on
     the held-out images, with the same augmentations every epoch (comparable epochs)."""
@@ -209,7 +216,7 @@ def _fit(model: ImageEmbedder, algo: registry.Algorithm, opts: dict[str, Any],
 
     def batches(part: RowSource, epoch: int, train: bool) -> Any:
         gen.manual_seed(epoch + 1 if train else 0)
-        rows = (devices.numbered(b) for b in part.batches(opts["batch_size"], shuffle=train, seed=epoch))
+        rows = (devices.numbered(b) for b in part.batches(opts.batch_size, shuffle=train, seed=epoch))
         return devices.prefetch(rows, work, Decoded.combine, depth=2 if device.type == "cuda" else 1)
 
     def forward(epoch: int, dec: Decoded, train: bool) -> training.Step | None:
@@ -221,7 +228,7 @@ def _fit(model: ImageEmbedder, algo: registry.Algorithm, opts: dict[str, Any],
         views = ((views - model.inputs.mean) / model.inputs.std).contiguous(memory_format=torch.channels_last)
         with devices.autocast(device):
             z = net(views)
-        loss, acc = nt_xent(z, opts["temperature"])
+        loss, acc = nt_xent(z, opts.temperature)
         n = len(arr)
         return training.Step(loss, n, loss.detach() * n, n, extra={"contrastive_accuracy": acc * n})
 

@@ -200,3 +200,45 @@ def test_each_error_class_has_one_sqlstate() -> None:
         errors.DataError("x", sqlstate="42P01")  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         type("Bad", (errors.ThanoSQLError,), {"sqlstate": "22000"})
+
+
+def test_no_modules_import_each_other_in_a_circle() -> None:
+    """Every import counts: at module level, inside functions, and under TYPE_CHECKING (an
+    import the type checker needs is a dependency all the same, and a function-level one
+    runs as surely as any other)."""
+    graph: dict[str, set[str]] = {}
+    for name in MODULES:
+        deps = set()
+        for imp in imports(name):
+            target = imp.module
+            if imp.names and all(compiled(target, n) for n in imp.names):
+                continue  # ``from pkg import relay``: a C extension module, which imports nothing
+            while target not in MODULES and "." in target:
+                target = target.rsplit(".", 1)[0]  # ``import a.b.c`` of a module's attribute
+            if target in MODULES and target != name:
+                deps.add(target)
+        graph[name] = deps
+    found: list[str] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                found.append(" -> ".join([*path[path.index(dep):], dep]))
+            elif dep not in state:
+                visit(dep)
+        path.pop()
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+    assert not found, "\n".join(found)
+
+
+def compiled(package: str, name: str) -> bool:
+    """Whether ``package.name`` is a C extension module built from ``name.c`` beside it."""
+    return package in MODULES and (MODULES[package].parent / f"{name}.c").exists()

@@ -49,8 +49,8 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from thanosql_pg.proxy import protocol as proto
 from thanosql_pg.proxy.protocol import (
@@ -67,10 +67,31 @@ try:  # the relay loops in C (relay.c), built by the package's install; optional
 except ImportError:  # no compiler at install time: the same relay in Python
     native_relay = None
 
-if TYPE_CHECKING:
-    from thanosql_pg.proxy.server import ProxyServer
-
 log = logging.getLogger("thanosql_pg.proxy")
+
+
+class HostConfig(Protocol):
+    relay: str  # 'threads' (the C relay), 'python-threads' or 'loop'
+
+
+class SessionHost(Protocol):
+    """What a session needs of the proxy that accepted it, as psycopg's pq/abc.py states
+    what it needs of libpq: ``server.ProxyServer`` is one. The session calls its host
+    through this and never imports the server module, which imports this one."""
+
+    config: HostConfig
+    sessions: set[ClientSession]  # the open sessions, for a clean shutdown
+    large_rewrites: threading.Lock  # rewrites of large statements, one at a time per process
+    trigger_words: tuple[bytes, ...] | None  # the words that make a statement worth rewriting
+    upstream_description: str  # the server, for messages
+
+    def session_rewriter(self, standard_conforming_strings: bool) -> Rewriter: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
+
+    async def open_upstream(self, protocol_factory: Callable[[], asyncio.Protocol]) -> asyncio.Transport: ...
+
+    async def forward_cancel(self, packet: bytes) -> None: ...
 
 _unpack_header = HEADER.unpack_from
 _unpack_type_length = struct.Struct("!BI").unpack_from  # a message header: type byte, int32 length
@@ -262,7 +283,7 @@ class UpstreamSide(asyncio.Protocol):
 class ClientSession(asyncio.Protocol):
     """The client's connection, and the state of its whole session."""
 
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: SessionHost) -> None:
         self.server = server
         # Transports while on the event loop; SocketTransports once relayed on threads.
         self.transport: asyncio.Transport | SocketTransport = None  # type: ignore[assignment]

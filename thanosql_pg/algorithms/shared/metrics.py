@@ -220,12 +220,6 @@ def per_row_rows(utterances: Iterable[Utterance]) -> list[tuple[int, str | None,
 
 
 # --- retrieval --------------------------------------------------------------------------------------
-def precision_at_k(ranked: Sequence[Hashable], relevant: Hashable, k: int) -> float:
-    """The share of the first ``k`` results (labels, best first) that are ``relevant``."""
-    top = list(ranked[:k])
-    return sum(r == relevant for r in top) / k if k > 0 else 0.0
-
-
 # similarities computed at once: a block of queries against the whole gallery (64 MiB of float32)
 _BLOCK_CELLS = 1 << 24
 

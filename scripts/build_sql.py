@@ -64,8 +64,22 @@ def frozen_releases() -> list[str]:
                   key=version_key)
 
 
+def columns(match: re.Match[str]) -> str:
+    """``@COLUMNS:<shape>@``: a result's columns as thanosql_pg defines them once
+    (thanosql_pg/shapes.py; ``report:<name>`` for an EVALUATE report's, from the registry)."""
+    sys.path.insert(0, str(ROOT))
+    from thanosql_pg import shapes
+    from thanosql_pg.algorithms import registry
+
+    key = match.group(1)
+    if key.startswith("report:"):
+        return shapes.columns_sql(registry.REPORTS[key.removeprefix("report:")].columns)
+    return shapes.columns_sql(shapes.SHAPES[key])
+
+
 def section(path: Path, version: str) -> str:
     body = path.read_text().replace("@VERSION@", version).rstrip("\n")
+    body = re.sub(r"@COLUMNS:([a-z_:]+)@", columns, body)
     return f"\n-- {'=' * 74}\n-- {path.relative_to(ROOT)}\n-- {'=' * 74}\n{body}\n"
 
 

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "thanosql_pg"
 HEAVY = ("torch", "transformers", "timm", "numpy", "PIL", "torchaudio", "soundfile", "safetensors")
 ALLOWED_FOR_FAMILIES = ("thanosql_pg.algorithms.shared", "thanosql_pg.algorithms.contract",
-                        "thanosql_pg.algorithms.registry", "thanosql_pg.errors")
+                        "thanosql_pg.algorithms.registry", "thanosql_pg.errors", "thanosql_pg.shapes",
+                        "thanosql_pg.progress_text")
 
 
 def module_name(path: Path) -> str:

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
+from thanosql_pg import progress_text, shapes
 from thanosql_pg.client import standard_conforming_strings
 from thanosql_pg.errors import ThanoSQLError
 
@@ -121,37 +121,7 @@ def _from_server(e: psycopg.Error, text: str, offset: int | None, stmt: str) -> 
 
 
 # --- progress -------------------------------------------------------------------------
-_EPOCH = re.compile(r"\bepochs?\s+(\d+)\s*/\s*(\d+)", re.IGNORECASE)
-_STEP = re.compile(r"\b(?:step|batch)\s+(\d+)\s*/\s*(\d+)", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class ProgressInfo:
-    label: str
-    done: int
-    total: int
-    rest: str  # what follows the counters: loss, accuracy, throughput, ETA
-
-
-def parse_progress(message: str) -> ProgressInfo | None:
-    """Read "epoch e/E" and/or "step i/n" from a NOTICE, in any wording around them;
-    None for a notice without counters."""
-    epoch, step = _EPOCH.search(message), _STEP.search(message)
-    if not epoch and not step:
-        return None
-    if epoch and step:
-        e, n_epochs = int(epoch[1]), int(epoch[2])
-        i, n_steps = int(step[1]), int(step[2])
-        done, total = (max(e, 1) - 1) * n_steps + i, n_epochs * n_steps
-    else:
-        m = epoch or step
-        assert m is not None
-        done, total = int(m[1]), int(m[2])
-    first = min(m.start() for m in (epoch, step) if m)
-    last = max(m.end() for m in (epoch, step) if m)
-    head = message[:first].strip().rstrip(":,;").strip()
-    return ProgressInfo(label=head or "progress", done=min(done, total), total=max(total, 1),
-                        rest=message[last:].strip().lstrip(":,;").strip())
+parse_progress = progress_text.parse  # the notice's wording is progress_text's
 
 
 def _bar_class() -> Any:
@@ -261,7 +231,7 @@ def run_text(conn: psycopg.Connection, text: str) -> Any:  # type: ignore[type-a
     return result
 
 
-_TRAINED_COLUMNS = ["model", "algorithm", "rows", "epochs", "seconds", "metrics"]  # BUILD/FIT's result
+_TRAINED_COLUMNS = list(shapes.names(shapes.TRAINED))  # BUILD/FIT's result
 
 
 def show_pictures(conn: psycopg.Connection, result: Any) -> list[bytes]:  # type: ignore[type-arg]

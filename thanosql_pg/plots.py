@@ -12,10 +12,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from thanosql_pg import shapes
+from thanosql_pg.algorithms import registry
+
 # Columns of the results these pictures are drawn from.
-TRAINING_INFO_COLUMNS = ("version", "epoch", "metric", "train_loss", "train_metric", "validation_loss",
-                         "validation_metric", "learning_rate", "seconds", "samples_per_second")
-CONFUSION_COLUMNS = ("actual", "predicted", "count")
+TRAINING_INFO_COLUMNS = shapes.names(shapes.TRAINING_INFO)
+CONFUSION_COLUMNS = shapes.names(registry.REPORTS["confusion_matrix"].columns)
 
 
 def _figure(width: float, height: float) -> Any:

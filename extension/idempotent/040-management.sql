@@ -53,10 +53,7 @@ $$;
 -- one), like BigQuery ML's ML.TRAINING_INFO. ``metric`` names what
 -- train_metric and validation_metric measure (accuracy, cer, contrastive_loss, ...).
 CREATE OR REPLACE FUNCTION thanosql.training_info(model text, version integer DEFAULT NULL)
-RETURNS TABLE (version integer, epoch integer, metric text, train_loss double precision,
-               train_metric double precision, validation_loss double precision,
-               validation_metric double precision, learning_rate double precision, seconds double precision,
-               samples_per_second double precision)
+RETURNS TABLE (@COLUMNS:training_info@)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT e.version, e.epoch, e.metric, e.train_loss, e.train_metric, e.validation_loss, e.validation_metric,
            e.learning_rate, e.seconds, e.samples_per_second

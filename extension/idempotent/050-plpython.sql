@@ -90,7 +90,7 @@ $$;
 
 CREATE OR REPLACE FUNCTION thanosql.build_model(name text, algorithm text, options jsonb, query text,
                                                 caller_search_path text DEFAULT pg_catalog.current_setting('search_path'))
-RETURNS TABLE (model text, algorithm text, rows bigint, epochs integer, seconds double precision, metrics jsonb)
+RETURNS TABLE (@COLUMNS:trained@)
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
 if GD.get("thanosql.version") != "@VERSION@": plpy.execute("SELECT thanosql._load()")
 return GD["thanosql"].build_model(name, algorithm, options, query, caller_search_path)
@@ -98,7 +98,7 @@ $$;
 
 CREATE OR REPLACE FUNCTION thanosql.fit_model(name text, base_model text, options jsonb, query text,
                                               caller_search_path text DEFAULT pg_catalog.current_setting('search_path'))
-RETURNS TABLE (model text, algorithm text, rows bigint, epochs integer, seconds double precision, metrics jsonb)
+RETURNS TABLE (@COLUMNS:trained@)
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
 if GD.get("thanosql.version") != "@VERSION@": plpy.execute("SELECT thanosql._load()")
 return GD["thanosql"].fit_model(name, base_model, options, query, caller_search_path)
@@ -125,7 +125,7 @@ $$;
 
 CREATE OR REPLACE FUNCTION thanosql.evaluate(model text, options jsonb, query text,
                                              caller_search_path text DEFAULT pg_catalog.current_setting('search_path'))
-RETURNS TABLE (metric text, score double precision) LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
+RETURNS TABLE (@COLUMNS:report:summary@) LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
 if GD.get("thanosql.version") != "@VERSION@": plpy.execute("SELECT thanosql._load()")
 return GD["thanosql"].evaluate(model, options, query, caller_search_path)
 $$;

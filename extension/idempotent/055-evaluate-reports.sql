@@ -8,8 +8,7 @@
 -- report='per_class': per class, then 'macro avg' and 'weighted avg'.
 CREATE OR REPLACE FUNCTION thanosql.evaluate_per_class(model text, options jsonb, query text,
                                                        caller_search_path text DEFAULT pg_catalog.current_setting('search_path'))
-RETURNS TABLE ("class" text, "precision" double precision, recall double precision, f1 double precision,
-               support bigint)
+RETURNS TABLE (@COLUMNS:report:per_class@)
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
 if GD.get("thanosql.version") != "@VERSION@": plpy.execute("SELECT thanosql._load()")
 return GD["thanosql"].evaluate_report(model, options, query, "per_class", caller_search_path)
@@ -19,7 +18,7 @@ $$;
 -- class (the pairs that occur; a missing pair is 0).
 CREATE OR REPLACE FUNCTION thanosql.evaluate_confusion_matrix(model text, options jsonb, query text,
                                                               caller_search_path text DEFAULT pg_catalog.current_setting('search_path'))
-RETURNS TABLE (actual text, predicted text, count bigint)
+RETURNS TABLE (@COLUMNS:report:confusion_matrix@)
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
 if GD.get("thanosql.version") != "@VERSION@": plpy.execute("SELECT thanosql._load()")
 return GD["thanosql"].evaluate_report(model, options, query, "confusion_matrix", caller_search_path)
@@ -30,8 +29,7 @@ $$;
 -- is a path (NULL for the content itself).
 CREATE OR REPLACE FUNCTION thanosql.evaluate_per_row(model text, options jsonb, query text,
                                                      caller_search_path text DEFAULT pg_catalog.current_setting('search_path'))
-RETURNS TABLE (row_number bigint, input text, reference text, hypothesis text, wer double precision,
-               cer double precision)
+RETURNS TABLE (@COLUMNS:report:per_row@)
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
 if GD.get("thanosql.version") != "@VERSION@": plpy.execute("SELECT thanosql._load()")
 return GD["thanosql"].evaluate_report(model, options, query, "per_row", caller_search_path)

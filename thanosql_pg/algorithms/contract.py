@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from thanosql_pg import shapes
 from thanosql_pg.algorithms.registry import Algorithm, Options
 from thanosql_pg.algorithms.shared.limits import MediaLimits
 from thanosql_pg.errors import DataCorrupted
@@ -44,11 +45,9 @@ class Trained:
     epochs: list[dict[str, Any]] = field(default_factory=list)
 
 
-# The keys of a Trained.epochs row (thanosql.training_info's columns): ``epoch`` is 1-based,
-# ``metric`` names what train_metric/validation_metric measure ('accuracy', 'cer',
-# 'contrastive_loss'); validation_* are None without a validation part.
-EPOCH_KEYS = ("epoch", "metric", "train_loss", "train_metric", "validation_loss", "validation_metric",
-              "learning_rate", "seconds", "samples_per_second")
+# The keys of a Trained.epochs row: thanosql.training_info's columns (thanosql_pg.shapes.EPOCH,
+# where they are defined once).
+EPOCH_KEYS = shapes.names(shapes.EPOCH)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from thanosql_pg import progress_text
 from thanosql_pg.algorithms import registry
 from thanosql_pg.algorithms.contract import RowSource
 from thanosql_pg.algorithms.shared.devices import cuda_indices
@@ -471,10 +472,10 @@ class Progress:
                                  None if math.isnan(eta) else eta)
         if notice:
             self.last = now
-            self.source.notice(
-                f"{self.label}: epoch {epoch + 1}/{self.epochs}, step {step}/{self.steps_per_epoch},"
-                f" loss {loss:.4f}, {self.metric.label} {score:.4f}, {self.speed(self.elapsed())},"
-                f" ETA {duration(eta)}")
+            self.source.notice(progress_text.training(
+                self.label, epoch + 1, self.epochs, step, self.steps_per_epoch,
+                f"loss {loss:.4f}, {self.metric.label} {score:.4f}, {self.speed(self.elapsed())},"
+                f" ETA {duration(eta)}"))
 
 
 def duration(seconds: float) -> str:

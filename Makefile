@@ -55,6 +55,8 @@ demo: setup
 
 lint: $(DATA_built)
 	.venv/bin/ruff check thanosql_pg tests bench scripts
+	@# the typed contract and the server, strictly (mypy.ini; stubs/plpy.pyi is PL/Python's plpy)
+	.venv/bin/mypy
 	@# pgspot analyses each script as PostgreSQL runs it. The control file's
 	@# schema is created by CREATE EXTENSION (extension/prelude.sql checks that a
 	@# superuser owns it), which pgspot cannot know: tell it.

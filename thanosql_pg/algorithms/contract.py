@@ -236,7 +236,9 @@ def stored_fields(cls: type[StoredT], record: StoredModel) -> StoredT:
     type than the field's is XX001, before anything uses it."""
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    for f in dataclasses.fields(cls):
         if f.name not in record.options:
             continue
         value = record.options[f.name]

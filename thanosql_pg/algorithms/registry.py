@@ -361,8 +361,9 @@ def _accepts(hint: Any, opt: Option) -> bool:
 def _check_typed(family: Family) -> None:
     """The family's ``typed`` class and its declared options agree (at registration)."""
     typed = family.typed
+    params = getattr(typed, "__dataclass_params__", None)  # dataclasses' record of how it was made
     if not (isinstance(typed, type) and issubclass(typed, Options) and dataclasses.is_dataclass(typed)
-            and typed.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+            and params is not None and params.frozen):
         raise ConfigurationError(f'family "{family.name}": typed must be a frozen dataclass subclass of'
                                  " registry.Options")
     hints = typing.get_type_hints(typed)
@@ -675,13 +676,14 @@ def check_options(statement: str, given: Mapping[str, Any], family: Family | Non
             by_name[alias] = opt
     out: dict[str, Any] = {}
     for key, value in given.items():
-        opt = by_name.get(key.lower())
-        if opt is None:
+        found = by_name.get(key.lower())
+        if found is None:
             where = f"{family.name} " if family else ""
             raise InvalidOption(
                 f'unknown option "{key}" for {where}{statement.upper()}',
                 hint="Valid options: " + ", ".join(sorted(by_name)),
             )
+        opt = found
         if opt.name in out:
             raise InvalidOption(f'option "{opt.name}" is given more than once')
         out[opt.name] = opt.coerce(value)

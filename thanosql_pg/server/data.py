@@ -337,6 +337,8 @@ class MemoryRows(QueryRows):
 
     rows: list[MemoryRow]
 
+    # Not QueryRows.from_query's signature (a context manager over a temporary table): rows
+    # kept in memory need no clean-up, so this returns them directly.
     @classmethod
     def from_query(cls, query: str, input_col: str, target_col: str | None,  # type: ignore[override]
                    options: tuple[str, str | None], *, skip_null_input: bool) -> MemoryRows:
@@ -364,7 +366,7 @@ class MemoryRows(QueryRows):
     def labels(self) -> list[str]:
         if self.target_col is None:
             return []
-        ranked = {r[2]: r[3] for r in self.rows}
+        ranked = {str(r[2]): r[3] for r in self.rows}
         return sorted(ranked, key=lambda label: (ranked[label], label))
 
     def label_counts(self) -> dict[str, int]:
@@ -372,7 +374,8 @@ class MemoryRows(QueryRows):
             return {}
         counts: dict[str, int] = {}
         for r in self._usable():
-            counts[r[2]] = counts.get(r[2], 0) + 1  # type: ignore[index]
+            label = str(r[2])  # with a target column every row has a label (checked when read)
+            counts[label] = counts.get(label, 0) + 1
         return counts
 
     def split(self, fraction: float, seed: int = 0) -> tuple[QueryRows, QueryRows]:

@@ -85,7 +85,10 @@ def embed_query(rec: Any, opts: registry.Options, device: str) -> str:
     reader = MediaReader.for_session(column="search_input", from_json=True)
     (vec,) = _embedder(rec, device).embed([Row(0, value)], reader, by)
     _iterative_hnsw_scans()
-    return vector_literal(vec)  # type: ignore[return-value]
+    literal = vector_literal(vec)
+    if literal is None:  # embed() gives None only for a None value, refused above
+        raise NullValue("search_input is NULL", hint=f"Pass {what}.")
+    return literal
 
 
 def _iterative_hnsw_scans() -> None:

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import plpy
 
@@ -91,7 +91,8 @@ def _wrap(fn: F, *, caller_sql: str | None) -> F:
 
         path = None
         if caller_sql is not None:
-            *args, path = args  # type: ignore[assignment]
+            path = args[-1]
+            args = args[:-1]
         try:
             _session_setup()
             with data.caller_search_path(path):
@@ -115,7 +116,7 @@ def _wrap(fn: F, *, caller_sql: str | None) -> F:
                 hint = _READ_ONLY_HINT
             _raise_clean(message, sqlstate=sqlstate, detail=spidata[1], hint=hint)
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
 _READ_ONLY_HINT = ("On a read-only standby (or transaction) PREDICT, SEARCH IMAGE, EVALUATE and CONVERT's"
@@ -133,7 +134,7 @@ def runs_model(fn: F) -> F:
         with compute.running_model():
             return fn(*args)
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
 def shows_progress(statement: str, phase: str) -> Callable[[F], F]:
@@ -148,7 +149,7 @@ def shows_progress(statement: str, phase: str) -> Callable[[F], F]:
             with data.statement_progress(statement, args[0], phase):
                 return fn(*args)
 
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)
 
     return deco
 

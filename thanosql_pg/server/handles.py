@@ -60,7 +60,7 @@ def take(prepared: str, statement: str) -> tuple[Options, Resolved]:
     except (ValueError, TypeError):
         handle = None
     found = _issued.get(handle) if isinstance(handle, str) else None
-    if found is None or found[0] != _role():
+    if found is None or found[0] != _role() or not isinstance(handle, str):
         raise InvalidParameterValue(
             "this configuration was not made by thanosql.prepare in this session",
             hint="Pass the result of thanosql.prepare(statement, model, options), called in the same"

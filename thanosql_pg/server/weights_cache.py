@@ -28,6 +28,7 @@ import hashlib
 import mmap
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def weights_digest(data: bytes | memoryview) -> str:
     return outer.hexdigest()
 
 
-def payload(record: Any, read: Any) -> bytes | memoryview:
+def payload(record: Any, read: Callable[[Any], bytes]) -> bytes | memoryview:
     """The weights of ``record``'s current version: a memoryview of the shared file,
     or (no cache) the bytes ``read(record)`` returns from the catalog."""
     folder, limit = settings()

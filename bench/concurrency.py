@@ -22,7 +22,7 @@ ratios to one backend's, and the whole server's PSS (postmaster, background
 processes and backends: each shared page once). The RSS sum counts pages the backends share (the
 libraries; weights, once memory-mapped from one file) in every backend; the
 PSS sum counts them once, so sharing shows there. Levels run in turn, ``--repeats`` rounds; medians go to
-bench/results/concurrency.json. Targets (issue 13): 4 sessions reach >= 1.5x
+bench/results/concurrency.json. Targets: 4 sessions reach >= 1.5x
 the rows/s of one on 2 cores, no level falls below 1x; 4 sessions using one
 model hold < 2x the memory of one. /proc must be readable: run it on the
 server's machine as root or as the server's OS user.
@@ -210,7 +210,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def verdict(levels: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets, checked where the levels they name were run."""
+    """The targets above, checked where the levels they name were run."""
     out: dict[str, Any] = {"target": {"throughput": "4 sessions >= 1.5x the rows/s of 1; no level below 1x",
                                       "memory": "4 sessions < 2x the RSS of 1"}}
     out["meets"] = {"no_level_below_1x": all(v["ratio_to_1_session"] >= 1.0 for v in levels.values())}

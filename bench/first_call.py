@@ -27,7 +27,7 @@ embedded cluster started by this script with ``thanosql start --preload`` (under
 preload.
 
 Medians over the sessions and the ratio first / second go to
-bench/results/first_call.json. Target (issue 13): the first call <= 1 s.
+bench/results/first_call.json. Target: the first call <= 1 s.
 Minutes in all with the defaults on two cores (mostly the four BUILDs).
 
     .venv/bin/python bench/first_call.py [--sessions 5] [--train-rows 320] [--search-rows 320]

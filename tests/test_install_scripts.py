@@ -1,4 +1,4 @@
-"""Issue 10: the install scripts never break the machine's apt.
+"""The install scripts never break the machine's apt.
 
 Each test gives apt a throwaway configuration (APT_CONFIG: its own sources
 list, sources folder, package lists and cache in a temporary folder; the

@@ -655,7 +655,7 @@ PLAIN = [
     # Not valid with standard_conforming_strings=on, but maybe with it off: the server decides.
     "SELECT 'it\\'s'; PREDICT USING m AS SELECT 1",
     # Dollar-quote tags are compared as PostgreSQL compares them, non-ASCII letters included
-    # (issue 9, finding 7: an ASCII stand-in for "ä" made $ä$ ... $x$ one quote).
+    # (an ASCII stand-in for "ä" would make $ä$ ... $x$ one quote and hide LIST MODELS).
     "SELECT $ä$ $x$; LIST MODELS; SELECT $x$ $ä$",
     "SELECT $é$ $ä$; PREDICT USING m AS SELECT 1; $é$",
     "SELECT 1 AS \"ä\"\"; LIST MODELS; --\"",

@@ -1,4 +1,4 @@
-"""Issue 13: models on read replicas. `thanosql start --replica` runs a hot standby
+"""Models on read replicas. `thanosql start --replica` runs a hot standby
 streaming from the embedded cluster, with its own proxy; models arrive by WAL.
 On the standby, LIST/DESCRIBE MODEL, PREDICT (inline and nested), SEARCH IMAGE
 and CONVERT's inline form answer as on the primary; a model rebuilt on the

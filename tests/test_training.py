@@ -1,4 +1,4 @@
-"""Training you can watch and trust (issue 12, training part): validation_split,
+"""Training you can watch and trust: validation_split,
 early_stopping/patience, the per-epoch history (thanosql.training_info), class_weight,
 and the thanosql.progress view seen from another session. Real PostgreSQL, the real
 extension, every family's shared training loop (shared/training.py).

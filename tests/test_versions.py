@@ -1,4 +1,4 @@
-"""Model versions (issue 12) and name claims (issue 13), at the catalog level:
+"""Model versions and name claims, at the catalog level:
 every BUILD overwrite and FIT keeps earlier versions, rollback is atomic and
 needs MODIFY, a second BUILD of a name fails at once instead of training to
 the end, and DELETE during a build is a clean error. Models here are catalog

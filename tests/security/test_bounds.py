@@ -1,17 +1,16 @@
-"""Findings 3, 6 and 7 of issue 16: sizes an ordinary role controls that reached the
-work of a backend unchecked.
+"""Sizes an ordinary role controls that reached the work of a backend unchecked.
 
-- Finding 3, a stored architecture is untrusted input: a speech model re-saved with its
+- A stored architecture is untrusted input: a speech model re-saved with its
   feature encoder's strides all 1 (``conv_stride=[1]*7``) keeps every weight's shape and
   loaded, and then made a frame of every sample: a 0.4 s clip took 3.3 s instead of
   0.03 s, quadratic in its length. Every family now checks the architecture it reads
   back (strides, kernels, layers, heads, widths, vocabulary, positions, the feature
   encoder's total downsampling, input_size ...) against its own bounds before anything
   is built for it: XX001 naming the value out of bounds.
-- Finding 6, CLIP's texts were unbounded: 50 MB of search text peaked at 2.5 GB while it
+- CLIP's texts were unbounded: 50 MB of search text peaked at 2.5 GB while it
   was tokenized. A text over the superuser setting thanosql.max_text_bytes is refused
   before it is tokenized (54000, naming the setting), wherever CLIP tokenizes user text.
-- Finding 7, EVALUATE on a hot standby counted only its inputs' bytes toward its 1 GB
+- EVALUATE on a hot standby counted only its inputs' bytes toward its 1 GB
   bound: 1,400 rows of empty images with 1 MB labels peaked at 2.5 GB. Every byte and
   every row counts now, measured by the server before any row reaches Python (54000).
 
@@ -189,7 +188,7 @@ def clip_model(server_dsn: str) -> Iterator[tuple[str, str]]:
             su.execute(f'DROP ROLE "{role}"')
 
 
-# --- finding 3: stored architectures -------------------------------------------------------------
+# --- stored architectures are untrusted input ----------------------------------------------------
 def _wav2vec2(**changes: Any) -> dict[str, Any]:
     from transformers import Wav2Vec2Config
 
@@ -271,7 +270,7 @@ def _normalization(net: Any) -> tuple[list[float], list[float]]:
 
 
 @pytest.mark.parametrize(("change", "named"), [
-    ({"conv_stride": [1] * 7}, "conv_stride"),  # the finding: weights unchanged, 320x the frames
+    ({"conv_stride": [1] * 7}, "conv_stride"),  # the attack: weights unchanged, 320x the frames
     ({"conv_stride": [5, 2, 2, 2, 2, 2, 1]}, "conv_stride"),
     ({"conv_stride": [5, 2, 2, 2, 2, 2]}, "conv_stride"),  # not one per layer
     ({"conv_kernel": [64] * 7}, "conv_kernel"),
@@ -445,7 +444,7 @@ def test_a_rewritten_clip_architecture_fails_fast(clip_model: tuple[str, str],
     assert sentinel.alive()
 
 
-# --- finding 6: CLIP's texts ----------------------------------------------------------------------
+# --- CLIP's texts are bounded ---------------------------------------------------------------------
 def test_clip_texts_are_bounded(clip_model: tuple[str, str], connect_as: Callable[..., Conn],
                                 sentinel: Any) -> None:
     """Search text, CONVERT of a text column and BUILD's captions: a text over
@@ -474,7 +473,7 @@ def test_clip_texts_are_bounded(clip_model: tuple[str, str], connect_as: Callabl
     fails(lambda: build(conn, PREFIX + uuid.uuid4().hex[:6], "CLIP", CLIP_OPTS, f"SELECT x, y FROM {images}"),
           "54000", "thanosql.max_text_bytes", "row 4")
 
-    # The finding's 50 MB search text, in a backend of its own (its peak memory is this
+    # The attack's 50 MB search text, in a backend of its own (its peak memory is this
     # statement's): refused within a second, the memory flat (it peaked at 2.5 GB being tokenized)
     fresh = connect_as(role)
     search_text(fresh, model, "a picture of two")  # torch and the model loaded
@@ -489,7 +488,7 @@ def test_clip_texts_are_bounded(clip_model: tuple[str, str], connect_as: Callabl
     assert sentinel.alive()
 
 
-# --- finding 7: EVALUATE on a hot standby ---------------------------------------------------------
+# --- EVALUATE on a hot standby counts every byte and row ------------------------------------------
 def caught_up(primary: Conn, standby: Conn, timeout: float = 60) -> None:
     lsn = primary.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
     deadline = time.monotonic() + timeout
@@ -511,7 +510,7 @@ def replica(cluster: dict) -> Iterator[dict]:
 
 
 # Lowers the standby's bounds for the calling session only (a superuser's helper: it sets
-# thanosql_pg.server.data's module constants in this backend), so the test needs no
+# thanosql_pg.server.rows's module constants in this backend), so the test needs no
 # gigabyte of rows; EXECUTE is the superuser's alone.
 BOUNDS_HELPER = f"public.{PREFIX}_memory_rows"
 
@@ -521,7 +520,7 @@ def lower_bounds(server_dsn: str) -> Iterator[str]:
     with psycopg.connect(server_dsn, autocommit=True) as su:
         su.execute(f"""CREATE FUNCTION {BOUNDS_HELPER}(max_bytes bigint, max_rows bigint) RETURNS void
             LANGUAGE plpython3u AS $$
-import thanosql_pg.server.data as d
+import thanosql_pg.server.rows as d
 d.MEMORY_ROWS_BYTES, d.MEMORY_ROWS_MAX = max_bytes, max_rows
 $$""")
         su.execute(f"REVOKE ALL ON FUNCTION {BOUNDS_HELPER}(bigint, bigint) FROM PUBLIC")
@@ -550,7 +549,7 @@ def test_standby_evaluate_counts_every_byte_and_row(replica: dict, clip_model: t
         s.execute("SELECT thanosql.rewrite('LIST MODEL')")  # thanosql_pg loaded in this backend
         s.execute(f"SELECT {lower_bounds}(%s, %s)", [1 << 20, 5000])  # 1 MB, 5,000 rows
         s.execute(f'SET ROLE "{role}"')  # from here on: the ordinary role
-        # the finding's rows, scaled to the lowered bound: empty images, large labels
+        # the attack's rows, scaled to the lowered bound: empty images, large labels
         labels = "SELECT ''::bytea AS x, repeat('y', 100000) AS y FROM generate_series(1, 20)"
         err = fails(lambda: evaluate(s, model, labels), "54000", "at most 1 MB", "standby")
         assert "primary" in (err.diag.message_hint or "")
@@ -568,7 +567,7 @@ def test_standby_evaluate_counts_every_byte_and_row(replica: dict, clip_model: t
                         f" UNION ALL SELECT * FROM (VALUES {values}) AS v(x, y)")["Rows"] == 104
 
     # With the real bounds (1 GB, 1,000,000 rows), as the ordinary role in a session of her
-    # own: the finding's 3 M empty rows (they peaked at 1.4 GB) are refused before any is read
+    # own: the attack's 3 M empty rows (they peaked at 1.4 GB) are refused before any is read
     with psycopg.connect(dsn_as(replica["replica"], role), autocommit=True) as s:
         assert evaluate(s, model, f"SELECT * FROM (VALUES {values}) AS v(x, y)")["Rows"] == 4  # torch loaded
         before = peak_rss_mb(s)

@@ -1,6 +1,6 @@
-"""Lexing and parse depth (issue 9: findings 7 and 4, and the "Lexing" requirement).
+"""Lexing and parse depth: literals that hide statements, and statements too deep to parse.
 
-Finding 7: the preprocessor read text differently from PostgreSQL (non-ASCII
+Literals: the preprocessor read text differently from PostgreSQL (non-ASCII
 dollar-quote tags, standard_conforming_strings = off), so a literal could carry a
 ThanoSQL statement whose rewrite ran SQL the literal held. The preprocessor must find
 statement boundaries, strings, dollar quotes and comments exactly where PostgreSQL
@@ -8,7 +8,7 @@ does: checked here against tables of PostgreSQL 15's answers, and by hypothesis
 against the server itself (random texts of literals, comments, quotes and non-ASCII
 letters, under both settings of standard_conforming_strings).
 
-Finding 4: one statement crashed the cluster (pglast's parse tree writer overflowed
+Depth: one statement crashed the cluster (pglast's parse tree writer overflowed
 the C stack of the backend). Deep statements must fail cleanly (SQLSTATE 54001) or
 work, through thanosql.execute, thanosql.rewrite and the proxy, with no backend lost.
 """
@@ -47,18 +47,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # --- the lexer against PostgreSQL 15's answers (tables; no server needed) ------------------------
 
-# The statement of finding 7: one dollar-quoted literal to PostgreSQL ($ä$ ... $ä$).
-FINDING_7 = (
+# A ThanoSQL statement hidden in what PostgreSQL reads as one dollar-quoted literal ($ä$ ... $ä$).
+HIDDEN = (
     "SELECT $ä$ $x$; EVALUATE USING m OPTIONS (image_col=E'$\\u00e4$; DROP TABLE victim; --') "
     "AS SELECT 1; SELECT $x$ $ä$"
 )
 # The same attack for standard_conforming_strings = off: one literal when it is off.
-FINDING_7_SCS = "SELECT 'it\\'s; EVALUATE USING m AS SELECT 1; DROP TABLE victim; --'"
+HIDDEN_SCS = "SELECT 'it\\'s; EVALUATE USING m AS SELECT 1; DROP TABLE victim; --'"
 
 # SQL -> the statements PostgreSQL runs (standard_conforming_strings on, then off).
 STATEMENTS: list[tuple[str, list[str], list[str]]] = [
-    (FINDING_7, [FINDING_7], [FINDING_7]),
-    (FINDING_7_SCS, ["SELECT 'it\\'s", "EVALUATE USING m AS SELECT 1", "DROP TABLE victim"], [FINDING_7_SCS]),
+    (HIDDEN, [HIDDEN], [HIDDEN]),
+    (HIDDEN_SCS, ["SELECT 'it\\'s", "EVALUATE USING m AS SELECT 1", "DROP TABLE victim"], [HIDDEN_SCS]),
     ("SELECT $ä$;$ä$; SELECT 2", ["SELECT $ä$;$ä$", "SELECT 2"], ["SELECT $ä$;$ä$", "SELECT 2"]),
     ("SELECT $é$ $ä$; $é$", ["SELECT $é$ $ä$; $é$"], ["SELECT $é$ $ä$; $é$"]),
     ("SELECT a$x$; SELECT $x$;$x$", ["SELECT a$x$", "SELECT $x$;$x$"], ["SELECT a$x$", "SELECT $x$;$x$"]),
@@ -159,12 +159,12 @@ def test_non_ascii_names_are_no_keywords() -> None:
                                                  ("IDENT", "äbc"), ("AS", "AS"), ("IDENT", "ü")]
 
 
-def test_rewrite_leaves_finding_7_alone() -> None:
-    assert rewrite_for_wire(FINDING_7) is None
-    assert rewrite(FINDING_7) is FINDING_7
-    assert rewrite_for_wire(FINDING_7_SCS, standard_conforming_strings=False) is None
+def test_rewrite_leaves_hidden_statements_alone() -> None:
+    assert rewrite_for_wire(HIDDEN) is None
+    assert rewrite(HIDDEN) is HIDDEN
+    assert rewrite_for_wire(HIDDEN_SCS, standard_conforming_strings=False) is None
     # With the setting on, the EVALUATE is a statement of its own: rewritten where it stands.
-    out = rewrite_for_wire(FINDING_7_SCS)
+    out = rewrite_for_wire(HIDDEN_SCS)
     assert out is not None and out.startswith("SELECT 'it\\'s; SELECT * FROM thanosql.evaluate(")
 
 
@@ -182,7 +182,7 @@ def test_rewrite_output_is_read_alike_when_standard_conforming_strings_is_off() 
     assert json.loads(decode_string(options)) == {"image_col": "a\b"}  # \b: a backspace when off
 
 
-# --- finding 7 against the server ---------------------------------------------------------------
+# --- hidden statements against the server -------------------------------------------------------
 
 
 def _victim(conn: psycopg.Connection) -> None:
@@ -195,9 +195,10 @@ def _victim_exists(conn: psycopg.Connection) -> bool:
     return conn.execute("SELECT pg_catalog.to_regclass('victim') IS NOT NULL").fetchone()[0]
 
 
-@pytest.mark.parametrize(("sql", "scs"), [(FINDING_7, "on"), (FINDING_7_SCS, "off")])
-def test_finding_7_through_execute(mallory: str, connect_as: Callable[..., psycopg.Connection],
-                                   sentinel: Sentinel, sql: str, scs: str) -> None:
+@pytest.mark.parametrize(("sql", "scs"), [(HIDDEN, "on"), (HIDDEN_SCS, "off")])
+def test_hidden_statements_stay_literal_through_execute(mallory: str,
+                                                        connect_as: Callable[..., psycopg.Connection],
+                                                        sentinel: Sentinel, sql: str, scs: str) -> None:
     conn = connect_as(mallory)
     _victim(conn)
     conn.execute(f"SET standard_conforming_strings = {scs}")
@@ -207,9 +208,10 @@ def test_finding_7_through_execute(mallory: str, connect_as: Callable[..., psyco
     assert conn.execute("SELECT thanosql.rewrite(%s) = %s", (sql, sql)).fetchone()[0]
 
 
-@pytest.mark.parametrize(("sql", "scs"), [(FINDING_7, "on"), (FINDING_7_SCS, "off")])
-def test_finding_7_through_the_proxy(mallory: str, connect_as: Callable[..., psycopg.Connection],
-                                     sentinel: Sentinel, sql: str, scs: str) -> None:
+@pytest.mark.parametrize(("sql", "scs"), [(HIDDEN, "on"), (HIDDEN_SCS, "off")])
+def test_hidden_statements_stay_literal_through_the_proxy(mallory: str,
+                                                          connect_as: Callable[..., psycopg.Connection],
+                                                          sentinel: Sentinel, sql: str, scs: str) -> None:
     conn = connect_as(mallory, via="proxy")
     _victim(conn)
     conn.execute(f"SET standard_conforming_strings = {scs}")
@@ -218,7 +220,7 @@ def test_finding_7_through_the_proxy(mallory: str, connect_as: Callable[..., psy
     assert _victim_exists(conn)
 
 
-# --- finding 4: deep statements --------------------------------------------------------------------
+# --- deep statements -------------------------------------------------------------------------------
 
 DEEP = "' || repeat('1+', 100000) || '1"  # inside a SQL string literal: 1+1+...+1
 DEEP_STATEMENTS = [
@@ -233,8 +235,8 @@ DEEP_STATEMENTS = [
 
 
 @pytest.mark.parametrize("sql", DEEP_STATEMENTS)
-def test_finding_4_deep_statements_fail_cleanly(mallory: str, connect_as: Callable[..., psycopg.Connection],
-                                                sentinel: Sentinel, sql: str) -> None:
+def test_deep_statements_fail_cleanly(mallory: str, connect_as: Callable[..., psycopg.Connection],
+                                      sentinel: Sentinel, sql: str) -> None:
     conn = connect_as(mallory)
     # too deep (54001), or, for texts longer than the lexer reads, too long (54000)
     with pytest.raises((psycopg.errors.StatementTooComplex, psycopg.errors.ProgramLimitExceeded)) as info:
@@ -249,8 +251,9 @@ def test_finding_4_deep_statements_fail_cleanly(mallory: str, connect_as: Callab
     "BUILD MODEL m USING SimCLR AS SELECT {deep}",
     "SELECT * FROM (PREDICT USING m AS SELECT {deep}) AS p",
 ])
-def test_finding_4_through_the_proxy(mallory: str, connect_as: Callable[..., psycopg.Connection],
-                                     sentinel: Sentinel, statement: str) -> None:
+def test_deep_statements_fail_cleanly_through_the_proxy(mallory: str,
+                                                        connect_as: Callable[..., psycopg.Connection],
+                                                        sentinel: Sentinel, statement: str) -> None:
     conn = connect_as(mallory, via="proxy")
     with pytest.raises(psycopg.errors.StatementTooComplex):
         conn.execute(statement.format(deep="1+" * 100000 + "1"))
@@ -391,7 +394,7 @@ CONTENT = ["a", "x", "ä", "é", "한", "😀", " ", "\n", "\t", "'", '"', "$", 
            "$x$", "$ä$", "$é$", "$$", "--", "/*", "*/", "''", "\\'", "U&", "$1",
            "; EVALUATE USING m AS SELECT 1; --", "LIST MODELS", "); DROP TABLE victim; --"]
 TAGS = ["", "x", "ä", "é", "q1", "_", "tag", "x9"]
-# Kinds of string constants, dollar quotes (where finding 7 hid) drawn most often.
+# Kinds of string constants, dollar quotes (the likeliest place to hide a statement) drawn most often.
 KINDS = ["plain", "plain", "E", "dollar", "dollar", "dollar", "N", "continued", "U&", "bits"]
 content = st.lists(st.sampled_from(CONTENT), max_size=8).map("".join)
 # A comment's text: anything but line ends (--) or comment marks (/* */, nested separately).

@@ -1,4 +1,4 @@
-"""Finding 5 of issue 9: inputs and options that would exhaust the server's memory.
+"""Inputs and options that would exhaust the server's memory.
 
 A backend that runs out of memory is killed, and PostgreSQL restarts every
 session with it. So every size an ordinary role controls is bounded, and
@@ -140,7 +140,7 @@ def test_image_pixels_are_checked_from_the_header(limited: Conn, tiny_checkpoint
     """An image over thanosql.max_image_pixels is refused before it is decoded, in BUILD and
     PREDICT; on_error='skip' skips it like an unreadable row; a stored input_size is checked too."""
     small = [(png(8, 8, k), str(k % 2)) for k in range(4)]
-    big = png_header(200, 100)  # 20,000 pixels, over mallory's 10,000 (the finding's PNG: 12000x12000)
+    big = png_header(200, 100)  # 20,000 pixels, over mallory's 10,000 (the attack's PNG: 12000x12000)
     table = media_table(limited, [*small, (big, "1")])
     model = PREFIX + uuid.uuid4().hex[:6]
     opts = {**TINY_IMAGE, "base_model": tiny_checkpoint}

@@ -1,4 +1,4 @@
-"""Finding 9 of issue 9: server paths escaping thanosql.data_dir.
+"""Server paths escaping thanosql.data_dir.
 
 An ordinary role may read files only below thanosql.data_dir. Every path it
 gives (image and audio values, base_model, search_input, scan_folder's folder)
@@ -152,7 +152,7 @@ def test_base_model_outside_data_dir(conn: Conn, algo: str, data_dir: Path, outs
                                    {**columns, "base_model": value}, "SELECT x, y FROM imgs"))
 
     # value given -> the path the error names: absolute, through a symlink below data_dir,
-    # the hub-style traversal of the finding (relative: resolved under data_dir), ~
+    # a hub-style traversal (relative: resolved under data_dir), ~
     traversals = (_traversal(data_dir, exists), _traversal(data_dir, missing))
     refused = {str(exists): str(exists), str(missing): str(missing),
                str(inside / "model_link"): str(inside / "model_link"),

@@ -1,4 +1,4 @@
-"""Issue 9, findings 1, 3, 8 and 10: an ordinary role cannot reach another role's
+"""An ordinary role cannot reach another role's
 models, write the catalog directly, take over or spoof ownership, or make the
 extension's functions resolve names through its own search_path.
 
@@ -21,7 +21,7 @@ from .conftest import Sentinel
 
 
 def hijack_operators(conn: psycopg.Connection, schema: str) -> None:
-    """Finding 1: operators that say "equal" to everything, first on the search_path."""
+    """Operators that say "equal" to everything, first on the search_path."""
     conn.execute(f'CREATE SCHEMA "{schema}"')
     for typ in ("name", "text", "oid", "bigint", "regrole", "integer"):
         fn = f'"{schema}".eq_{typ}'
@@ -75,7 +75,7 @@ def test_catalog_tables_are_not_writable_directly(
         mallory: str, victim: tuple[str, int], connect_as: Callable[..., psycopg.Connection]) -> None:
     m = connect_as(mallory)
     name, mid = victim
-    # Finding 8: reserving future ids with OVERRIDING SYSTEM VALUE, or burning the sequence.
+    # Squatting: reserving future ids with OVERRIDING SYSTEM VALUE, or burning the sequence.
     for sql in (
         "INSERT INTO thanosql.models (id, name, algorithm, family, format) OVERRIDING SYSTEM VALUE"
         " VALUES ((SELECT max(id) + 1 FROM thanosql.models), 'squat', 'x', 'x', 'x')",
@@ -188,7 +188,7 @@ def test_grants_name_existing_roles_and_are_private(
 
 def test_load_ignores_the_callers_search_path(
         mallory: str, connect_as: Callable[..., psycopg.Connection], sentinel: Sentinel) -> None:
-    """Finding 3: a function of the caller's named like a catalog function must not
+    """A function of the caller's named like a catalog function must not
     steer which Python code the backend loads (it would run as the postgres OS user)."""
     evil = tempfile.mkdtemp(prefix="thanosql_evil_", dir="/tmp")
     marker = os.path.join(evil, "pwned")

@@ -1,4 +1,4 @@
-"""Attacks on thanosql-proxy (issue 9: findings 6 and 11, and the late cancel).
+"""Attacks on thanosql-proxy: buffering and rewriting, forged session state, the late cancel.
 
 Each test asserts the clean outcome: nothing rewritten before the server authenticated the
 client, memory bounded whatever a message header claims, other clients unaffected, session
@@ -324,7 +324,7 @@ def as_role(dsn: str, role: str) -> str:
     return make_conninfo(dsn, user=role)
 
 
-# --- finding 6: nothing rewritten, nothing buffered, before AuthenticationOk --------------------
+# --- nothing rewritten, nothing buffered, before AuthenticationOk -------------------------------
 
 
 def test_nothing_is_rewritten_before_authentication(fake_server: FakeServer, fake_proxy: CliProxy) -> None:
@@ -382,7 +382,7 @@ def test_unauthenticated_clients_do_not_stall_others(fake_server: FakeServer, fa
     assert beat.worst < 0.5, f"a healthy client waited {beat.worst:.2f} s"
 
 
-# --- finding 6 after authentication: bounded buffering, linear work ------------------------------
+# --- after authentication: bounded buffering, linear work ----------------------------------------
 
 
 def test_query_over_max_rewrite_bytes_is_relayed_untouched(
@@ -475,7 +475,7 @@ def test_authenticated_dollar_bomb_does_not_stall_others(real_proxy_dsn: str, ma
     assert beat.worst < 1.0, f"a healthy client waited {beat.worst:.2f} s"
 
 
-# --- finding 11: session state only from the server's real ParameterStatus messages -------------
+# --- session state only from the server's real ParameterStatus messages -------------------------
 
 FAKE_STATUS = [
     proto.message(b"S", b"client_encoding\x00EUC_TW\x00"),

@@ -1,4 +1,4 @@
-"""Bounds of thanosql-proxy under load (issue 16, finding 5), each test written as the attack.
+"""Bounds of thanosql-proxy under load, each test written as the attack.
 
 1. One authenticated client sending a 4 MiB simple Query that holds a ThanoSQL statement
    (``PREDICT USING m AS SELECT 1,1,1,...``) made a proxy worker grow from 25 MB to 2.3 GB
@@ -224,7 +224,7 @@ def proxy(request: pytest.FixtureRequest, server_dsn: str) -> Iterator[Proxy]:
     p.stop()
 
 
-# --- finding 5, part 1: what a huge ThanoSQL statement costs the proxy ---------------------------
+# --- what a huge ThanoSQL statement costs the proxy ----------------------------------------------
 
 
 def test_huge_thanosql_statement_leaves_memory_and_others_alone(
@@ -373,7 +373,7 @@ def test_max_rewrite_tokens_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == [("ECHO 1", 0)]
 
 
-# --- finding 5, part 2: a dead worker ------------------------------------------------------------
+# --- a dead worker is restarted, the others go on ------------------------------------------------
 
 
 def test_killed_worker_is_restarted_and_other_sessions_go_on(server_dsn: str, tmp_path: Path) -> None:

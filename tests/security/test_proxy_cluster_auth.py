@@ -1,5 +1,4 @@
-"""Issue 9, finding 2: the embedded cluster must not trust connections that arrive through
-the proxy.
+"""The embedded cluster must not trust connections that arrive through the proxy.
 
 With THANOSQL_PASSWORD set (the Docker mode) the proxy used to connect upstream over the
 Unix socket, which pg_hba trusted: every proxy client became the superuser without a

@@ -1,5 +1,5 @@
-"""Issue 16: no function believes who its caller says it is, what hash it names, or what
-configuration it brings. Each test is an attack of the review, run as an ordinary role.
+"""No function believes who its caller says it is, what hash it names, or what
+configuration it brings. Each test is an attack, run as an ordinary role.
 
 - Acting as another role: through a SECURITY DEFINER function the victim calls, through
   an index expression that ANALYZE or REINDEX runs as a superuser, through a trigger.
@@ -88,7 +88,7 @@ def digest(data: bytes) -> str:
 # --- acting as another role ----------------------------------------------------------------------
 def test_a_definer_function_acts_as_its_owner_not_as_whoever_calls_it(
         alice: str, mallory: str, connect_as: Connect, direct: Conn, sentinel: Sentinel) -> None:
-    """Finding 1, first path: mallory's SECURITY DEFINER function, called by alice, tried to
+    """Mallory's SECURITY DEFINER function, called by alice, tried to
     grant itself MODIFY on alice's model by passing session_user as the acting role."""
     a, m = session(connect_as, alice), session(connect_as, mallory)
     name = f"secret_{alice}"
@@ -123,7 +123,7 @@ def test_a_definer_function_acts_as_its_owner_not_as_whoever_calls_it(
 def test_an_index_expression_run_by_a_superuser_changes_no_model(
         maintenance: str, alice: str, mallory: str, connect_as: Connect, direct: Conn,
         sentinel: Sentinel) -> None:
-    """Finding 1, second path: an index expression on mallory's table that ANALYZE (as
+    """An index expression on mallory's table that ANALYZE (as
     autovacuum would, as the bootstrap superuser) or REINDEX evaluates tried to take
     alice's model. Maintenance runs it as the table's owner inside a security-restricted
     operation: the writers refuse there, and would act as mallory anyway."""
@@ -215,7 +215,7 @@ def alices_model(alice: str, connect_as: Connect) -> Iterator[dict[str, Any]]:
 def test_a_model_cannot_name_another_models_weights(
         then: str, alices_model: dict[str, Any], mallory: str, connect_as: Connect, direct: Conn,
         sentinel: Sentinel) -> None:
-    """Finding 2: bob read alice's weights hash while he had USE, then wrote a model of his
+    """Bob read alice's weights hash while he had USE, then wrote a model of his
     own that named it, with one byte of payload; the server mapped alice's cached file for
     it. Now the hash is computed by the server from the bytes it stores."""
     a, m = alices_model["conn"], session(connect_as, mallory)
@@ -269,7 +269,7 @@ def test_chunks_are_whole_mebibytes_and_a_version_is_sealed_once(
 def test_batch_functions_take_only_what_prepare_decided(
         alices_model: dict[str, Any], mallory: str, connect_as: Connect, direct: Conn,
         sentinel: Sentinel) -> None:
-    """Finding 4: prepare refuses batch_size 100000, but predict_batch took any cfg it was
+    """Prepare refuses batch_size 100000, but predict_batch took any cfg it was
     handed (batch_size, device, modality...). Now it takes a handle that prepare issued,
     in this session, to this role."""
     a, name, table = alices_model["conn"], alices_model["name"], alices_model["table"]
@@ -316,7 +316,7 @@ def test_many_values_in_one_call_are_run_in_prepared_batches(alices_model: dict[
 # --- the history ---------------------------------------------------------------------------------
 def test_a_use_grantee_writes_no_history(alices_model: dict[str, Any], mallory: str, connect_as: Connect,
                                          direct: Conn) -> None:
-    """Finding 8: a USE grantee added forged rows to the owner's metrics history."""
+    """A USE grantee added forged rows to the owner's metrics history."""
     a, m, name = alices_model["conn"], session(connect_as, mallory), alices_model["name"]
     mid = a.execute("SELECT id FROM thanosql.models WHERE name = %s", [name]).fetchone()[0]
     a.execute("SELECT thanosql.grant_model(%s, %s, 'USE')", [name, mallory])
@@ -356,7 +356,7 @@ def test_history_values_are_bounded(alice: str, connect_as: Connect) -> None:
 # --- who holds a name ----------------------------------------------------------------------------
 def test_holder_names_a_session_only_to_whoever_may_see_it(
         alice: str, mallory: str, connect_as: Connect, direct: Conn, server_dsn: str) -> None:
-    """Finding 9: the 55P03 message named another role's session, role and statement."""
+    """The 55P03 message named another role's session, role and statement."""
     a = session(connect_as, alice)
     table = f"{alice}.many"
     images_table(a, table, n=64)
@@ -393,7 +393,7 @@ def test_holder_names_a_session_only_to_whoever_may_see_it(
 
 
 def test_no_session_can_mark_itself_busy_or_write_progress(mallory: str, connect_as: Connect) -> None:
-    """Finding 10: _work(true) from idle sessions shrank everyone's thread share, and a fake
+    """_work(true) from idle sessions shrank everyone's thread share, and a fake
     progress row made _holder name the attacker's session. Those writers are no longer SQL."""
     m = session(connect_as, mallory)
     for sql in ("SELECT thanosql._work(true)", "SELECT thanosql._progress_start('BUILD', 'x')",

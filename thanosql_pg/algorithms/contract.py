@@ -12,7 +12,7 @@ version, input column, device), for the server's own use.
 
 Models see rows only through ``RowSource`` and ``Reader``: they never learn whether
 rows came from SQL, a file list or a test fixture. The server side
-(thanosql_pg.server.data / media) implements both with SPI cursors and checked file
+(thanosql_pg.server.rows / media) implements both with SPI cursors and checked file
 access. Pure Python: no torch import (type annotations name no torch types).
 """
 
@@ -160,7 +160,7 @@ class StoredModel(Protocol):
 
 
 class Base(Protocol):
-    """FIT's starting point: a stored model, loaded (server.models.Predictor)."""
+    """FIT's starting point: a stored model, loaded (server.models.LoadedModel)."""
 
     record: StoredModel
     model: Any  # what the family's ``load`` returned

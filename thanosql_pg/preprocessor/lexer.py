@@ -2,7 +2,7 @@
 
 What decides where a statement ends, and whether a word is SQL or the inside of
 a literal, must be PostgreSQL's own reading of the text, or a string constant
-could smuggle a ThanoSQL statement past the server (issue 9, finding 7:
+could smuggle a ThanoSQL statement past the server (e.g.
 ``SELECT $ä$ $x$; EVALUATE ...; SELECT $x$ $ä$`` is one literal to PostgreSQL).
 So tokenizing takes two passes:
 

@@ -4,7 +4,7 @@ libpg_query's parser itself is safe: bison keeps its stack on the heap and stops
 10000 levels ("memory exhausted"). But writing the tree out, as JSON or as protobuf
 (``parse_sql_json``, ``parse_sql``), recurses in C once per tree level with no depth
 check, and a left-deep expression needs no nesting in the grammar: ``SELECT 1+1+...+1``
-with 65000 terms overflows an 8 MB stack (issue 9, finding 4). Inside PostgreSQL that
+with 65000 terms overflows an 8 MB stack. Inside PostgreSQL that
 is a backend crash, and the postmaster restarts every session.
 
 So a text is parsed into a tree only after :func:`check_depth` has bounded the tree's

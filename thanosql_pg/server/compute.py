@@ -71,10 +71,69 @@ def running_model() -> Iterator[int]:
     set_threads(threads)
     _depth = 1
     try:
-        yield threads
+        with interruptible():
+            yield threads
     finally:
         _depth = 0
         native.busy(False)  # the abort clears the slot too
+
+
+# How often a running model lets a pending cancel through (seconds; each check is one SPI call).
+INTERRUPT_CHECK_SECONDS = 0.025
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """While a model runs: a cancel (pg_cancel_backend, statement_timeout) stops it at the
+    next layer, not at the next batch.
+
+    PostgreSQL acts on a cancel only where its own code checks for one, and nothing does
+    while torch computes: a forward pass used to run to its end. A global forward pre-hook
+    (every module of every network, the families' code unaware) lets a pending cancel
+    through on this thread, at most every INTERRUPT_CHECK_SECONDS: the check raises 57014
+    out of the forward pass, and the statement's transaction rolls back. A cancel that code
+    in between catches (``except Exception`` around a forward) or turns into another error
+    is raised again at the next module and when the call ends, so no statement outlives its
+    cancel. Modules that other threads run are not checked: SPI belongs to this thread.
+    One check (spi.check_interrupts) costs a few microseconds."""
+    import threading
+    import time
+
+    import torch
+
+    from thanosql_pg.server import spi
+
+    owner = threading.get_ident()
+    last = time.monotonic()
+    cancelled: list[BaseException] = []
+
+    def check(module: Any, args: Any) -> None:
+        nonlocal last
+        if threading.get_ident() != owner:
+            return
+        if cancelled:
+            raise cancelled[0]
+        now = time.monotonic()
+        if now - last < INTERRUPT_CHECK_SECONDS:
+            return
+        last = now
+        try:
+            spi.check_interrupts()
+        except plpy.SPIError as e:
+            cancelled.append(e)
+            raise
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(check)
+    try:
+        yield
+    except BaseException as e:
+        if cancelled and e is not cancelled[0]:
+            raise cancelled[0] from e  # turned into another error on the way: it is still a cancel
+        raise
+    finally:
+        handle.remove()
+    if cancelled:
+        raise cancelled[0]  # swallowed on the way: the statement still ends with it
 
 
 def set_threads(n: int) -> None:

@@ -38,8 +38,9 @@ from thanosql_pg.errors import (
     UndefinedTable,
     WrongObjectType,
 )
-from thanosql_pg.server import data, models, spi
+from thanosql_pg.server import models, spi
 from thanosql_pg.server.media import MediaReader
+from thanosql_pg.server.rows import clean_query, query_columns, resolve_column
 
 _vector_schema: str | None = None
 
@@ -119,9 +120,9 @@ def convert(rec: Any, opts: registry.Options, resolved: Resolved, query: str, so
 
     embedder = _embedder(rec, resolved.device)
     dim = int(embedder.dim)
-    query = data.clean_query(query)
-    columns = data.query_columns(query)
-    input_col = data.resolve_column(resolved.input_col, columns, option=resolved.input_option)
+    query = clean_query(query)
+    columns = query_columns(query)
+    input_col = resolve_column(resolved.input_col, columns, option=resolved.input_option)
     result_col = opts.result_col
     if not result_col:
         raise InvalidOption('option "result_col" cannot be an empty string')
@@ -244,7 +245,7 @@ def _update_rows(embedder: Any, opts: registry.Options, query: str, input_col: s
     start = last = time.monotonic()
     try:
         for vecs in embedder.embed_batches(batches(), reader, modality):
-            data.check_interrupts()
+            spi.check_interrupts()
             toids, tids = ids.popleft()
             plpy.execute(update, [toids, tids, [vector_literal(v) for v in vecs]])
             done += len(vecs)

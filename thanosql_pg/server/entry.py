@@ -77,7 +77,7 @@ def caller_sql_entry_point(*, whole_call: bool) -> Callable[[F], F]:
     """For functions that run SQL the caller wrote: the SQL function passes the
     caller's search_path as its last argument, which the wrapper takes off.
     ``whole_call``: the whole function is the caller's SQL (thanosql.execute,
-    save_table, CONVERT); else it uses data.as_caller() where it runs it."""
+    save_table, CONVERT); else it uses caller.as_caller() where it runs it."""
     def deco(fn: F) -> F:
         return _wrap(fn, caller_sql="whole" if whole_call else "scoped")
 
@@ -87,7 +87,7 @@ def caller_sql_entry_point(*, whole_call: bool) -> Callable[[F], F]:
 def _wrap(fn: F, *, caller_sql: str | None) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any) -> Any:
-        from thanosql_pg.server import data
+        from thanosql_pg.server import caller
 
         path = None
         if caller_sql is not None:
@@ -95,9 +95,9 @@ def _wrap(fn: F, *, caller_sql: str | None) -> F:
             args = args[:-1]
         try:
             _session_setup()
-            with data.caller_search_path(path):
+            with caller.caller_search_path(path):
                 if caller_sql == "whole":
-                    with data.as_caller():
+                    with caller.as_caller():
                         return fn(*args)
                 return fn(*args)
         except ThanoSQLError as e:
@@ -144,9 +144,9 @@ def shows_progress(statement: str, phase: str) -> Callable[[F], F]:
     def deco(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any) -> Any:
-            from thanosql_pg.server import data
+            from thanosql_pg.server import progress
 
-            with data.statement_progress(statement, args[0], phase):
+            with progress.statement_progress(statement, args[0], phase):
                 return fn(*args)
 
         return cast(F, wrapper)
@@ -254,19 +254,20 @@ def _stream_json(select_sql: str) -> Iterator[str]:
 # --- training -------------------------------------------------------------------
 def _train(name: str, algo: registry.Algorithm, opts: registry.Options, query: str,
            base: Any = None) -> list[tuple[Any, ...]]:
-    from thanosql_pg.server import catalog, data, models
+    from thanosql_pg.server import catalog, models, progress
+    from thanosql_pg.server.rows import QueryRows
 
     registry.require_available(algo)
     module = family_module(algo.family)
     statement = opts.statement
     claimed = catalog.claim(name, overwrite=opts.overwrite, wait=opts.wait)
     start = time.monotonic()
-    with data.QueryRows.from_query(query, algo.family.column_names(statement, opts), on_error=opts.on_error,
+    with QueryRows.from_query(query, algo.family.column_names(statement, opts), on_error=opts.on_error,
                                    options=algo.family.column_options(statement, opts)) as source:
         # 'auto' defers to the thanosql.device setting; the stored options keep 'auto'
         trained = module.train(algo, replace(opts, device=models.resolve_device(opts.device)), source, base)
         rows = source.count
-        data.report_progress("saving", 0, 0, 0, 0, None, None, None)
+        progress.report_progress("saving", 0, 0, 0, 0, None, None, None)
     stored = {k: v for k, v in opts.declared().items() if k not in ("overwrite", "wait")}
     stored.update(trained.options)
     rec = catalog.save(
@@ -390,7 +391,8 @@ def evaluate_report(model: str, options: str, query: str, report: str) -> list[t
 
 def _evaluate(model: str, options: str, query: str, report: str) -> list[tuple[Any, ...]]:
     from thanosql_pg.algorithms.contract import Evaluation
-    from thanosql_pg.server import catalog, data, models
+    from thanosql_pg.server import catalog, models
+    from thanosql_pg.server.rows import QueryRows, in_recovery
 
     shape = registry.REPORTS[report]
     written: dict[str, Any] = json.loads(options)
@@ -405,7 +407,7 @@ def _evaluate(model: str, options: str, query: str, report: str) -> list[tuple[A
                  " thanosql.execute), which calls the right function.")
     family = registry.family(rec.family)
     predictor = models.cached(_resolved(rec, opts))
-    with data.QueryRows.from_query(query, family.column_names("evaluate", opts), on_error=opts.on_error,
+    with QueryRows.from_query(query, family.column_names("evaluate", opts), on_error=opts.on_error,
                                    options=family.column_options("evaluate", opts)) as source:
         result = predictor.evaluate(source, opts)
         rows = source.count
@@ -419,7 +421,7 @@ def _evaluate(model: str, options: str, query: str, report: str) -> list[tuple[A
                                   hint=f"Their model module returned report '{made}'.")
     # The model's history is written by its owner and MODIFY grantees only, and on the
     # primary (a standby cannot write it): a USE grantee's EVALUATE is not recorded.
-    if not data.in_recovery() and catalog.can_modify(rec):
+    if not in_recovery() and catalog.can_modify(rec):
         catalog.record_metrics(rec, "EVALUATE", rows, metrics)
     if out is None:
         return [(k, float(v)) for k, v in metrics.items()] + [("Rows", float(rows))]

@@ -26,3 +26,12 @@ def standard_conforming_strings() -> bool:
     """The session's setting, which decides where its strings end ('it\\'s' when off)."""
     rows = plpy.execute(plan("SELECT pg_catalog.current_setting('standard_conforming_strings') AS s"))
     return bool(rows[0]["s"] == "on")
+
+
+def check_interrupts() -> None:
+    """Let a pending cancel (statement_timeout, pg_cancel_backend) through.
+
+    PL/Python code never reaches CHECK_FOR_INTERRUPTS by itself; pg_sleep(0)
+    calls it unconditionally, so a pending cancel raises here (57014) and the
+    statement's transaction rolls back."""
+    plpy.execute(plan("SELECT pg_catalog.pg_sleep(0)"))

@@ -12,6 +12,7 @@ bounded by MEMORY_ROWS_BYTES and MEMORY_ROWS_MAX, measured by the server before 
 row is read).
 """
 
+
 from __future__ import annotations
 
 import copy
@@ -27,56 +28,11 @@ from thanosql_pg.algorithms.contract import Row
 from thanosql_pg.errors import DataError, LimitExceeded, NullValue, UndefinedColumn
 from thanosql_pg.errors import SyntaxError as SQLSyntaxError
 from thanosql_pg.server import spi
+from thanosql_pg.server.caller import as_caller
 from thanosql_pg.server.media import MediaReader
+from thanosql_pg.server.progress import report_progress
 
 _counter = itertools.count(1)
-
-
-# --- the caller's search_path ----------------------------------------------------
-# Every extension function pins search_path = pg_catalog, pg_temp, so that
-# nothing thanosql_pg runs resolves a name through the caller's path. The SQL
-# the caller wrote (the query after AS, table names, thanosql.execute's text)
-# must resolve as the caller would: those functions receive the caller's path
-# (an argument whose default is evaluated before the function's SET applies),
-# and it is switched on only around that SQL.
-PINNED_SEARCH_PATH = "pg_catalog, pg_temp"
-_caller_path: str | None = None
-_as_caller = False  # the caller's path is in effect now
-
-
-@contextmanager
-def caller_search_path(path: str | None) -> Iterator[None]:
-    """For one entry point call: remember the caller's search_path (see ``as_caller``)."""
-    global _caller_path, _as_caller
-    previous = _caller_path, _as_caller
-    _caller_path, _as_caller = path, False
-    try:
-        yield
-    finally:
-        _caller_path, _as_caller = previous
-
-
-@contextmanager
-def as_caller() -> Iterator[None]:
-    """Run the caller's own SQL with the caller's search_path, then pin it again.
-    The setting is transaction-local and the function's SET clause restores it
-    on exit, errors included. Nested uses keep the caller's path until the
-    outermost one ends."""
-    global _as_caller
-    if _caller_path is None or _as_caller:
-        yield
-        return
-    _set_search_path(_caller_path)
-    _as_caller = True
-    try:
-        yield
-    finally:
-        _as_caller = False
-        _set_search_path(PINNED_SEARCH_PATH)
-
-
-def _set_search_path(path: str) -> None:
-    plpy.execute(spi.plan("SELECT pg_catalog.set_config('search_path', $1, true)", ["text"]), [path])
 
 
 def clean_query(query: str) -> str:
@@ -108,30 +64,6 @@ def resolve_column(name: str, available: list[str], *, option: str) -> str:
         detail="Available columns: " + (", ".join(available) or "none"),
         hint=f"Set {option} to one of the query's columns.",
     )
-
-
-# --- what a running statement shows other sessions (thanosql.progress) -------------
-# The C module's slots in shared memory (src/progress.c), never a table: nothing is
-# written in the statement's transaction, so a cancelled statement leaves no trace.
-@contextmanager
-def statement_progress(statement: str, model: str, phase: str) -> Iterator[None]:
-    """Around a BUILD/FIT/EVALUATE/CONVERT: its row in thanosql.progress, in ``phase``
-    until the statement reports another (training: 'train', 'validate')."""
-    from thanosql_pg.server import native
-
-    native.progress_begin(statement, model)
-    report_progress(phase, 0, 0, 0, 0, None, None, None)
-    try:
-        yield
-    finally:
-        native.progress_finish()  # an error or cancel clears the slot at abort too
-
-
-def report_progress(phase: str, epoch: int, epochs: int, step: int, steps: int, loss: float | None,
-                    samples_per_second: float | None, eta_seconds: float | None) -> None:
-    from thanosql_pg.server import native
-
-    native.progress_report(phase, epoch, epochs, step, steps, loss, samples_per_second, eta_seconds)
 
 
 class QueryRows:
@@ -290,7 +222,7 @@ class QueryRows:
         report_progress(phase, epoch, epochs, step, steps, loss, samples_per_second, eta_seconds)
 
     def check_interrupts(self) -> None:
-        check_interrupts()
+        spi.check_interrupts()
 
 
 def in_recovery() -> bool:
@@ -502,7 +434,7 @@ def _read_cursor(run: Callable[[bool], Any], tgt: str | None, max_bytes: int,
         size = (256 if last["ahead256"] <= MEMORY_FETCH_BYTES else
                 16 if last["ahead16"] <= MEMORY_FETCH_BYTES else 1)
         del batch, last  # the fetched dicts go before the next fetch comes
-        check_interrupts()
+        spi.check_interrupts()
         batch = cursor.fetch(size)
     return rows, label_type
 
@@ -529,15 +461,6 @@ def weights_dirs(data_dir: str) -> list[str]:
     if data_dir:
         dirs.append(os.path.join(data_dir, "weights"))
     return dirs  # missing ones included: the first one is named in "weights not found" hints
-
-
-def check_interrupts() -> None:
-    """Let a pending cancel (statement_timeout, pg_cancel_backend) through.
-
-    PL/Python code never reaches CHECK_FOR_INTERRUPTS by itself; pg_sleep(0)
-    calls it unconditionally, so a pending cancel raises here (57014) and the
-    statement's transaction rolls back."""
-    plpy.execute(spi.plan("SELECT pg_catalog.pg_sleep(0)"))
 
 
 def _create_table(table: str) -> Callable[[str, str, str | None], int]:

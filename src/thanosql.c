@@ -178,8 +178,20 @@ thanosql_raise_error(PG_FUNCTION_ARGS)
 	int			position = PG_ARGISNULL(4) ? 0 : PG_GETARG_INT32(4);
 	int			sqlerrcode;
 
-	if (strlen(state) != 5)
-		state = "XX000";
+	/*
+	 * An error's SQLSTATE: five of [0-9A-Z], and not of the classes that say
+	 * success, warning or no data (00, 01, 02), which an ERROR must not carry.
+	 */
+	{
+		bool		valid = strlen(state) == 5;
+
+		for (int i = 0; valid && i < 5; i++)
+			valid = (state[i] >= '0' && state[i] <= '9') || (state[i] >= 'A' && state[i] <= 'Z');
+		if (valid && state[0] == '0' && (state[1] == '0' || state[1] == '1' || state[1] == '2'))
+			valid = false;
+		if (!valid)
+			state = "XX000";
+	}
 	sqlerrcode = MAKE_SQLSTATE(state[0], state[1], state[2], state[3], state[4]);
 
 	ereport(ERROR,

@@ -71,18 +71,18 @@ class _Rewriting:
     """Cursor mixin: rewrite ThanoSQL before execute()."""
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        return super().execute(rewrite_query(query, self), params, **kwargs)  # type: ignore[misc]
+        return super().execute(rewrite_query(query, self), params, **kwargs)  # type: ignore[misc]  # a mixin: super() is the cursor
 
 
-class ThanoSQLCursor(_Rewriting, psycopg.Cursor):  # type: ignore[misc]
+class ThanoSQLCursor(_Rewriting, psycopg.Cursor[Any]):
     pass
 
 
-class ThanoSQLServerCursor(_Rewriting, psycopg.ServerCursor):  # type: ignore[misc]
+class ThanoSQLServerCursor(_Rewriting, psycopg.ServerCursor):
     pass
 
 
-class ThanoSQLConnection(psycopg.Connection):  # type: ignore[type-arg]
+class ThanoSQLConnection(psycopg.Connection[Any]):
     """A psycopg.Connection whose cursors (and so ``execute``) accept ThanoSQL."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -91,7 +91,7 @@ class ThanoSQLConnection(psycopg.Connection):  # type: ignore[type-arg]
         self.server_cursor_factory = ThanoSQLServerCursor
 
 
-def register_vector_types(conn: psycopg.Connection) -> bool:  # type: ignore[type-arg]
+def register_vector_types(conn: psycopg.Connection[Any]) -> bool:
     """Register pgvector's types when the database has the extension; True if it did."""
     idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     try:
@@ -108,7 +108,7 @@ def register_vector_types(conn: psycopg.Connection) -> bool:  # type: ignore[typ
             conn.rollback()
 
 
-def _load_vectors_as_numpy(conn: psycopg.Connection) -> None:  # type: ignore[type-arg]
+def _load_vectors_as_numpy(conn: psycopg.Connection[Any]) -> None:
     """pgvector's loaders return its Vector class; numpy arrays are what pandas
     and numpy users want (writable copies: np.frombuffer's are read-only)."""
     import numpy as np
@@ -125,7 +125,7 @@ def _load_vectors_as_numpy(conn: psycopg.Connection) -> None:  # type: ignore[ty
 
 
 def _numpy_loader(base: type, np: Any) -> type:
-    class NumpyLoader(base):  # type: ignore[misc, valid-type]
+    class NumpyLoader(base):  # type: ignore[misc]  # base: a loader class found at run time
         def load(self, data: Any) -> Any:
             return np.array(super().load(data).to_numpy())
 

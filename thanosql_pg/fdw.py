@@ -52,7 +52,7 @@ def _flag(options: dict[str, str], name: str, default: bool) -> bool:
     raise InvalidOption(f'option "{name}" must be true or false, got {value!r}')
 
 
-class FolderFDW(ForeignDataWrapper):  # type: ignore[misc, valid-type]
+class FolderFDW(ForeignDataWrapper):  # type: ignore[misc, valid-type]  # multicorn: only in the server
     def __init__(self, options: dict[str, str], columns: dict[str, Any]) -> None:
         if ForeignDataWrapper is not object:
             super().__init__(options, columns)

@@ -191,14 +191,14 @@ class CommandStatus(str):
         return str(self)
 
 
-def to_dataframe(cur: psycopg.Cursor) -> Any:  # type: ignore[type-arg]
+def to_dataframe(cur: psycopg.Cursor[Any]) -> Any:
     import pandas as pd
 
     columns = [c.name for c in cur.description or ()]
     return pd.DataFrame(cur.fetchall(), columns=columns)
 
 
-def run_text(conn: psycopg.Connection, text: str) -> Any:  # type: ignore[type-arg]
+def run_text(conn: psycopg.Connection, text: str) -> Any:
     """Run every statement of ``text``; return the last one's result: a DataFrame,
     a CommandStatus, or None for an empty text. Raises ThanoSQLCellError."""
     from thanosql_pg.preprocessor import rewrite
@@ -234,7 +234,7 @@ def run_text(conn: psycopg.Connection, text: str) -> Any:  # type: ignore[type-a
 _TRAINED_COLUMNS = list(shapes.names(shapes.TRAINED))  # BUILD/FIT's result
 
 
-def show_pictures(conn: psycopg.Connection, result: Any) -> list[bytes]:  # type: ignore[type-arg]
+def show_pictures(conn: psycopg.Connection, result: Any) -> list[bytes]:
     """Beside the DataFrame: the training curve of a finished BUILD/FIT, and the heatmap
     of a confusion-matrix EVALUATE, as inline PNG images. Returns the images shown."""
     columns = list(getattr(result, "columns", []))
@@ -265,9 +265,9 @@ class ThanoSQLMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.dsn: str | None = None
-        self.conn: psycopg.Connection | None = None  # type: ignore[type-arg]
+        self.conn: psycopg.Connection[Any] | None = None
 
-    def connection(self) -> psycopg.Connection:  # type: ignore[type-arg]
+    def connection(self) -> psycopg.Connection[Any]:
         from thanosql_pg.client import connect, default_dsn
 
         if self.conn is None or self.conn.closed or self.conn.broken:

@@ -218,13 +218,16 @@ DECLARE
     m thanosql.models := thanosql._model_by_id(p_model_id, who, 'MODIFY', 'write the weights');
 BEGIN
     IF p_seq IS NULL OR p_seq OPERATOR(pg_catalog.<) 0 OR p_data IS NULL
-       OR pg_catalog.length(p_data) OPERATOR(pg_catalog.>) 1048576 THEN
-        RAISE EXCEPTION 'a weights chunk has a sequence number from 0 and at most 1048576 bytes'
+       OR pg_catalog.length(p_data) OPERATOR(pg_catalog.>) 1048576
+       OR pg_catalog.length(p_data) OPERATOR(pg_catalog.=) 0 THEN
+        RAISE EXCEPTION 'a weights chunk has a sequence number from 0 and 1 to 1048576 bytes'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- The version row, share-locked until this transaction ends: a seal (which locks it
+    -- for update) waits for this chunk, and counts it, or this insert sees the seal.
     IF EXISTS (SELECT 1 FROM thanosql.model_versions v
                 WHERE v.model_id OPERATOR(pg_catalog.=) m.id AND v.version OPERATOR(pg_catalog.=) m.version
-                  AND v.payload_sha256 IS NOT NULL) THEN
+                  AND v.payload_sha256 IS NOT NULL FOR SHARE) THEN
         RAISE EXCEPTION 'version % of model "%" is sealed: its weights cannot change', m.version, m.name
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'BUILD or FIT makes a new version.';
@@ -259,6 +262,10 @@ DECLARE
     total bigint;
     digest text;
 BEGIN
+    -- No chunk of an uncommitted transaction escapes the count: a put_chunk holds the
+    -- version row share-locked until it commits.
+    PERFORM 1 FROM thanosql.model_versions v
+      WHERE v.model_id OPERATOR(pg_catalog.=) m.id AND v.version OPERATOR(pg_catalog.=) m.version FOR UPDATE;
     SELECT pg_catalog.count(*), pg_catalog.max(c.seq), COALESCE(pg_catalog.sum(pg_catalog.length(c.data)), 0)
       INTO n, top, total
       FROM thanosql.model_chunks c
@@ -348,7 +355,9 @@ CREATE OR REPLACE FUNCTION thanosql._record_metrics(p_model_id bigint, p_stateme
                                                     p_metrics jsonb, who pg_catalog.regrole)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    writable boolean := thanosql._writable();
     m thanosql.models := thanosql._model_by_id(p_model_id, who, 'MODIFY', 'record the metrics');
+    kept integer := 1000;  -- rows of history per model: DESCRIBE MODEL must never fail by their number
 BEGIN
     IF p_statement IS NULL OR p_statement OPERATOR(pg_catalog.<>) ALL (ARRAY['BUILD', 'FIT', 'EVALUATE']) THEN
         RAISE EXCEPTION 'metrics are recorded for BUILD, FIT or EVALUATE, not %', p_statement
@@ -357,6 +366,11 @@ BEGIN
     PERFORM thanosql._bounded_json(p_metrics, 'metrics', 65536);
     INSERT INTO thanosql.model_metrics (model_id, statement, rows, metrics, by_role, version)
     VALUES (p_model_id, p_statement, p_rows, p_metrics, pg_catalog.pg_get_userbyid(who), m.version);
+    DELETE FROM thanosql.model_metrics h
+     WHERE h.model_id OPERATOR(pg_catalog.=) m.id
+       AND h.ctid OPERATOR(pg_catalog.<>) ALL (ARRAY(
+               SELECT k.ctid FROM thanosql.model_metrics k WHERE k.model_id OPERATOR(pg_catalog.=) m.id
+                ORDER BY k.at DESC LIMIT kept));
     IF p_statement OPERATOR(pg_catalog.=) ANY (ARRAY['BUILD', 'FIT']) THEN
         UPDATE thanosql.model_versions SET rows = p_rows, metrics = p_metrics
          WHERE model_id OPERATOR(pg_catalog.=) m.id AND version OPERATOR(pg_catalog.=) m.version;

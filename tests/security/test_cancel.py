@@ -1,4 +1,4 @@
-"""Cancel and statement_timeout inside running models.
+"""Cancel and statement_timeout inside running models: a cancel lands at the next layer, never a crash.
 
 - A cancel (``pg_cancel_backend`` from another session) or a ``statement_timeout`` stops a
   model at its next layer, within a second or two, however long one forward pass takes

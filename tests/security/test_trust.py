@@ -422,3 +422,54 @@ def test_server_side_rewrites_are_bounded(mallory: str, connect_as: Connect, sen
                    if line.startswith("VmHWM:"))
     assert peak_kb < 600 * 1024, f"the backend peaked at {peak_kb // 1024} MB"
     assert m.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_seal_waits_for_chunks_still_being_written(mallory: str, connect_as: Connect) -> None:
+    """A chunk put by a transaction that commits after the seal started could land in a
+    sealed version, whose hash and size then named other bytes: the seal now waits for it."""
+    writer, sealer = session(connect_as, mallory), session(connect_as, mallory)
+    name = f"race_{mallory}"
+    mid = sealer.execute("SELECT model_id FROM thanosql._claim_model(%s, false, false)", [name]).fetchone()[0]
+    sealer.execute("SELECT thanosql._write_model(%s, 'a', 'f', '{}', NULL, NULL, 'x', 'BUILD', 1)", [mid])
+    first = b"A" * (1 << 20)
+    sealer.execute("SELECT thanosql._put_model_chunk(%s, 0, %s)", [mid, first])
+    outcome: dict[str, Any] = {}
+    with writer.transaction():
+        writer.execute("SELECT thanosql._put_model_chunk(%s, 1, '\\x4242')", [mid])
+        def seal() -> None:
+            outcome["sha"] = sealer.execute("SELECT thanosql._seal_model(%s)", [mid]).fetchone()[0]
+
+        thread = threading.Thread(target=seal)
+        thread.start()
+        thread.join(1.0)
+        assert thread.is_alive(), "the seal did not wait for the uncommitted chunk"
+    thread.join(30)
+    assert outcome["sha"] == digest(first + b"BB")
+    size = sealer.execute("SELECT size_bytes FROM thanosql.model_versions WHERE model_id = %s",
+                          [mid]).fetchone()
+    assert size == ((1 << 20) + 2,)
+
+
+def test_history_rows_and_odd_inputs_are_bounded(alice: str, connect_as: Connect) -> None:
+    """The number of metrics rows a model keeps is bounded too (DESCRIBE MODEL aggregates
+    them all); an empty chunk and a success SQLSTATE for raise_error are refused."""
+    a = session(connect_as, alice)
+    name = f"many_{alice}"
+    mid = add_model(a, name)
+    a.execute("SELECT count(thanosql._write_metrics(%s, 'EVALUATE', 1, jsonb_build_object('i', g)))"
+              " FROM generate_series(1, 1005) g", [mid])
+    kept = a.execute("SELECT count(*), min((metrics->>'i')::int) FROM thanosql.model_metrics"
+                     " WHERE model_id = %s", [mid]).fetchone()
+    assert kept[0] == 1000
+    assert a.execute("SELECT name FROM thanosql.describe_model(%s)", [name]).fetchone() == (name,)
+    other = f"empty_{alice}"
+    oid = a.execute("SELECT model_id FROM thanosql._claim_model(%s, false, false)", [other]).fetchone()[0]
+    a.execute("SELECT thanosql._write_model(%s, 'a', 'f', '{}', NULL, NULL, 'x', 'BUILD', 1)", [oid])
+    with pytest.raises(errors.InvalidParameterValue):
+        a.execute("SELECT thanosql._put_model_chunk(%s, 0, ''::bytea)", [oid])
+    for state in ("00000", "01000", "02000", "ab123", "4250"):
+        with pytest.raises(psycopg.Error) as e:
+            a.execute("SELECT thanosql.raise_error(%s, 'x')", [state])
+        assert e.value.sqlstate == "XX000", state
+    with pytest.raises(errors.InsufficientPrivilege):
+        a.execute("SELECT thanosql.raise_error('42501', 'x')")

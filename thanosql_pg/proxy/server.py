@@ -261,7 +261,7 @@ def new_event_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
     """uvloop's loop when installed (it halves the proxy's per-message overhead), else asyncio's."""
     if use_uvloop:
         try:
-            import uvloop  # type: ignore[import-not-found]
+            import uvloop  # type: ignore[import-not-found]  # optional: absent where the type check runs
         except ImportError:
             pass
         else:

@@ -286,7 +286,7 @@ class ClientSession(asyncio.Protocol):
     def __init__(self, server: SessionHost) -> None:
         self.server = server
         # Transports while on the event loop; SocketTransports once relayed on threads.
-        self.transport: asyncio.Transport | SocketTransport = None  # type: ignore[assignment]
+        self.transport: asyncio.Transport | SocketTransport = None  # type: ignore[assignment]  # set by connection_made
         self.upstream: asyncio.Transport | SocketTransport | None = None
         self.peer = "?"
         self.relaying = False

@@ -21,7 +21,7 @@ import math
 import os
 import signal
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from typing import Any, TypeVar
@@ -164,7 +164,8 @@ def decode_now(rows: Sequence[T], work: Callable[[Sequence[tuple[int, T]]], U],
 
 
 def prefetch(batches: Iterable[Sequence[T]], work: Callable[[Sequence[T]], U],
-             combine: Callable[[list[U]], Any], *, depth: int = 1, split: int | None = None) -> Iterator[Any]:
+             combine: Callable[[list[U]], Any], *, depth: int = 1,
+             split: int | None = None) -> Generator[Any, None, None]:
     """Yield ``combine([work(chunk) for chunk in batch])`` for each batch, with
     the next ``depth`` batches already being worked on in the pool.
 
@@ -223,7 +224,7 @@ class Skipped:
 
 
 def evaluation_batches(source: Any, batch_size: int, work: Callable[[Sequence[Any]], U],
-                       combine: Callable[[list[U]], Any], skipped: Skipped) -> Iterator[Any]:
+                       combine: Callable[[list[U]], Any], skipped: Skipped) -> Generator[Any, None, None]:
     """EVALUATE's one pass over ``source`` (a RowSource): each batch decoded in the pool
     (the next one meanwhile), a pending cancel let through before each, the rows skipped
     as unreadable counted in ``skipped``. Close it (contextlib.closing) so that decoding

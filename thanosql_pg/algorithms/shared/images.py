@@ -181,7 +181,7 @@ def decode_rows(rows: Sequence[tuple[int, Row]], *, reader: Reader, size: int, i
         out.positions.append(pos)
         out.texts.append(row.target)
         if index is not None:
-            out.targets.append(index[row.target])  # type: ignore[index]
+            out.targets.append(index[row.target])  # type: ignore[index]  # labelled rows: target is set
     return out
 
 

@@ -376,7 +376,7 @@ class Trainer:
         sums = Sums(self.device)
         phase = "train" if training else "validate"
         steps = 0
-        with closing(batches(part, epoch, training)) as it, (  # type: ignore[type-var]
+        with closing(batches(part, epoch, training)) as it, (
                 nullcontext() if training else torch.no_grad()):
             for batch in it:
                 self.parts.train.check_interrupts()  # a pending cancel stops training here, within one batch

@@ -221,7 +221,7 @@ class SpeechRecognizer:
                 ids[k] = row[p.drop_left:max(p.drop_left, n - p.drop_right)]
         per_wave: list[list[np.ndarray]] = [[] for _ in waves]
         for p, frames in zip(pieces, ids, strict=True):
-            per_wave[p.wave].append(frames)  # type: ignore[arg-type]
+            per_wave[p.wave].append(frames)  # type: ignore[arg-type]  # every piece was filled above
         return [self.norm.finish(self.vocab.decode(np.concatenate(f).tolist())) for f in per_wave]
 
     def predict(self, rows: Sequence[Row], reader: Reader,
@@ -246,7 +246,7 @@ class SpeechRecognizer:
         work = partial(decode_rows, reader=source.reader, norm=self.norm, skip=skip)
         batches = devices.evaluation_batches(source, opts.batch_size, work, Decoded.combine, skipped)
         # a generator (it has close()), though shared.devices annotates it as an Iterator
-        with closing(batches) as decoded:  # type: ignore[type-var]
+        with closing(batches) as decoded:
             for dec in decoded:
                 hyps = self.transcribe([c.audio for c in dec.clips], opts.batch_size)
                 for clip, hyp in zip(dec.clips, hyps, strict=True):
@@ -617,7 +617,7 @@ def _fit(model: SpeechRecognizer, algo: registry.Algorithm, opts: registry.Optio
                                metric=training.CER, weight_decay=WEIGHT_DECAY,
                                warmup_fraction=WARMUP_FRACTION, max_grad_norm=MAX_GRAD_NORM,
                                progress=_Progress)
-    progress: _Progress = trainer.progress  # type: ignore[assignment]
+    progress: _Progress = trainer.progress  # type: ignore[assignment]  # the class passed as progress=
     skip = opts.on_error == "skip"
     work = partial(decode_rows, reader=source.reader, norm=model.norm, skip=skip, for_training=True)
     skipped = devices.Skipped(source.skipped)
@@ -668,7 +668,7 @@ def _fit(model: SpeechRecognizer, algo: registry.Algorithm, opts: registry.Optio
 def _closing_iter(it: Iterator[Any]) -> Iterator[Any]:
     """``it``'s items; ``it`` closed when done, and on an error or cancel (no decoding
     outlives the statement)."""
-    with closing(it):  # type: ignore[type-var]
+    with closing(it):
         yield from it
 
 

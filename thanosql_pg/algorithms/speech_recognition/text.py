@@ -139,7 +139,7 @@ class Vocab:
         return Vocab(self.tokens + [c for c in new if c not in self.index], self.blank, self.delimiter)
 
     def encode(self, text: str) -> list[int]:
-        return [self._space if c == " " else self.index[c] for c in text]  # type: ignore[misc]
+        return [self._space if c == " " else self.index[c] for c in text]  # type: ignore[misc]  # _space: set in __post_init__
 
     def collapse(self, ids: Iterable[int]) -> list[int]:
         """Greedy CTC: merge repeats, drop blanks and special tokens."""

@@ -13,6 +13,7 @@ setup(
     description="The ThanoSQL machine-learning dialect of SQL as a PostgreSQL extension",
     packages=find_packages(include=["thanosql_pg", "thanosql_pg.*"]),
     python_requires=">=3.11",
+    license="PostgreSQL",
     # The proxy's relay loops in C (thanosql_pg/proxy/relay.c). Optional: without a compiler
     # the install goes on and the proxy relays in Python (slower at one client, same behaviour).
     ext_modules=[Extension("thanosql_pg.proxy.relay", ["thanosql_pg/proxy/relay.c"], optional=True)],

@@ -164,6 +164,15 @@ if GD.get("thanosql.version") != "@VERSION@": plpy.execute("SELECT thanosql._loa
 return GD["thanosql"].embed_query(model, options, search_input)
 $$;
 
+-- Every algorithm, its task (the family) and, for each statement it supports, its options:
+-- name, type, default, required, bounds, choices, a one-line description.
+CREATE OR REPLACE FUNCTION thanosql.algorithms()
+RETURNS TABLE (algorithm text, task text, options jsonb) LANGUAGE plpython3u STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+if GD.get("thanosql.version") != "@VERSION@": plpy.execute("SELECT thanosql._load()")
+return GD["thanosql"].algorithms()
+$$;
+
 -- Folder datasets: the files of a server folder as rows (ImageFolder layout:
 -- root/[train|val|test/]<label>/<file>). Logic in thanosql_pg/scanner.py.
 -- Reading a folder follows the rule for files: superusers and members of

@@ -37,6 +37,7 @@ PUBLIC_FUNCTIONS = {
     "thanosql.execute(text,text)": "rewrites, then runs the caller's SQL as the caller",
     "thanosql.save_table(text,text,text)": "runs the caller's CREATE TABLE AS as the caller",
     "thanosql.rewrite(text)": "pure text transformation, depth- and size-bounded",
+    "thanosql.algorithms()": "describes the registry; takes nothing",
     "thanosql.scan_folder(text,boolean,text,boolean)":
         "reads server folders only below thanosql.data_dir unless the caller may read server files",
     "thanosql.raise_error(text,text,text,text,integer)": "raises an error in the caller's own session",

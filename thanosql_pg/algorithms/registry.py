@@ -32,9 +32,10 @@ package and one registration.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -545,13 +546,86 @@ def register(family: Family) -> Family:
     return family
 
 
+# One line on each option, by name, for thanosql.algorithms() (an option's own ``doc`` wins).
+OPTION_DOCS = {
+    "image_col": "the column holding the images: a server path (text) or the image itself (bytea)",
+    "audio_col": "the column holding the recordings: a server path (text) or the audio itself (bytea)",
+    "text_col": "the column holding the texts: transcripts (speech) or captions (CLIP)",
+    "label_col": "the column holding the labels to learn or score against",
+    "batch_size": "rows per step of the model (training) or per model call (PREDICT, EVALUATE, CONVERT)",
+    "epochs": "passes over the rows (with early_stopping: at most)",
+    "learning_rate": "the optimizer's peak learning rate",
+    "overwrite": "replace a model of the same name (its current version is kept for rollback)",
+    "wait": "wait for another session changing the same model instead of failing at once",
+    "input_size": "pixels a side of the images the model sees",
+    "pretrained": "start from published weights (else random initialisation)",
+    "base_model": "start from another checkpoint: a timm or hub name, or a file or folder on the server",
+    "device": "where the model runs: auto (the thanosql.device setting), cpu or cuda",
+    "on_error": "fail on an unreadable row, or skip it (its result is NULL)",
+    "class_weight": "'balanced' weighs each class's loss by how rare it is",
+    "validation_split": "share of the rows held out to score each epoch (0: none)",
+    "early_stopping": "stop when the validation score stops improving, keeping the best epoch",
+    "patience": "epochs without improvement before early stopping stops",
+    "report": "EVALUATE's result: summary, or one of the family's detailed reports",
+    "top_k": "rows returned (SEARCH IMAGE), or the k of precision@k (EVALUATE)",
+    "create_index": "build an HNSW index on the embedding column",
+    "embedding_dim": "dimensions of the embeddings",
+    "backbone": "the timm network that embeds the images",
+    "temperature": "the contrastive loss's temperature",
+    "convert_type": "what CONVERT embeds: images (image_col) or texts (text_col)",
+    "result_col": "the name of the result column",
+    "table_name": "write the rows and results to this table instead of returning them",
+    "search_by": "what search_input is: an image or a text",
+    "search_input": "the image or text to search by (or $1)",
+    "emb_col": "the column holding the embeddings to search (CONVERT's result)",
+}
+
+
+def describe_option(opt: Option) -> dict[str, Any]:
+    """An option as thanosql.algorithms() shows it."""
+    out: dict[str, Any] = {"name": opt.name, "type": opt.kind.__name__ if opt.kind is not object else "any",
+                           "default": opt.default, "required": opt.required,
+                           "nullable": opt.nullable or opt.kind is object,
+                           "description": opt.doc or OPTION_DOCS.get(opt.name, "")}
+    for key, value in (("minimum", opt.minimum), ("maximum", opt.maximum)):
+        if value is not None:
+            out[key] = value
+    if opt.positive:
+        out["positive"] = True
+    if opt.choices:
+        out["choices"] = list(opt.choices)
+    if opt.aliases:
+        out["aliases"] = list(opt.aliases)
+    return out
+
+
+def algorithm_rows() -> list[tuple[str, str, dict[str, Any]]]:
+    """(algorithm, task, options): every registered algorithm, its family, and for each
+    statement it supports the options it takes (thanosql.algorithms())."""
+    rows = []
+    for algo in ALGORITHMS.values():
+        options = {statement: [describe_option(o) for o in options_for(statement, algo.family)]
+                   for statement in STATEMENTS if algo.family.supports(statement)}
+        rows.append((algo.name, algo.family.name, options))
+    return rows
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """'Did you mean "x"? ' for the closest of ``known`` to a misspelled ``word`` (case
+    aside), or '' when none is close."""
+    by_lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.75)
+    return f'Did you mean "{by_lower[close[0]]}"? ' if close else ""
+
+
 def lookup(name: str) -> Algorithm:
     """Find an algorithm by name, case-insensitively."""
     algo = ALGORITHMS.get(name.lower())
     if algo is None:
+        names = [a.name for a in ALGORITHMS.values()]
         raise UndefinedAlgorithm(
             f'unknown algorithm "{name}"',
-            hint="Available algorithms: " + ", ".join(a.name for a in ALGORITHMS.values()),
+            hint=did_you_mean(name, names) + "Available algorithms: " + ", ".join(names),
         )
     return algo
 
@@ -681,7 +755,7 @@ def check_options(statement: str, given: Mapping[str, Any], family: Family | Non
             where = f"{family.name} " if family else ""
             raise InvalidOption(
                 f'unknown option "{key}" for {where}{statement.upper()}',
-                hint="Valid options: " + ", ".join(sorted(by_name)),
+                hint=did_you_mean(key, by_name) + "Valid options: " + ", ".join(sorted(by_name)),
             )
         opt = found
         if opt.name in out:

@@ -19,6 +19,7 @@ from typing import Any
 
 import plpy
 
+from thanosql_pg.algorithms.registry import did_you_mean
 from thanosql_pg.errors import InsufficientPrivilege, UndefinedModel
 from thanosql_pg.server import spi
 
@@ -81,12 +82,20 @@ def get(name: str, privilege: str = "USE") -> ModelRecord:
     """Look a model up for a statement that needs ``privilege`` (USE or MODIFY)."""
     rec = find(name)
     if rec is None:
-        raise UndefinedModel(
-            f'model "{name}" does not exist', hint="LIST MODEL shows the models you can use."
-        )
+        raise UndefinedModel(f'model "{name}" does not exist',
+                             hint=did_you_mean(name, visible_names())
+                             + "LIST MODEL shows the models you can use.")
     if privilege == "MODIFY":
         require_modify(rec)
     return rec
+
+
+def visible_names(limit: int = 10_000) -> list[str]:
+    """The names of the models the current role may use (row-level security decides), the
+    first ``limit`` of them: the candidates of a "did you mean" hint."""
+    rows = plpy.execute(spi.plan("SELECT name FROM thanosql.models ORDER BY name LIMIT $1", ["int4"]),
+                        [limit])
+    return [str(r["name"]) for r in rows]
 
 
 def require_modify(rec: ModelRecord) -> None:

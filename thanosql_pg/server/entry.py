@@ -492,6 +492,14 @@ def embed_query(model: str, options: str, search_input: Any = _NO_INPUT) -> str:
     return embeddings.embed_query(rec, opts, models.resolve_device(opts.device))
 
 
+# --- discovery -------------------------------------------------------------------
+@entry_point
+def algorithms() -> list[tuple[str, str, str]]:
+    """thanosql.algorithms(): every algorithm, its task (family) and its options by statement,
+    straight from the registry."""
+    return [(name, task, json.dumps(options)) for name, task, options in registry.algorithm_rows()]
+
+
 # --- folders ---------------------------------------------------------------------
 @entry_point
 def scan_folder(path: str, recursive: bool, media_type: str | None,

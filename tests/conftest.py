@@ -85,3 +85,15 @@ def unique_name() -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: trains real models; minutes on a 2-core CPU")
+
+
+@pytest.fixture(scope="module")
+def replica(cluster: dict) -> Iterator[dict]:
+    """A hot standby of the test cluster, with its proxy, for one module; stopped after it."""
+    subprocess.run([*THANOSQL, "start", "--replica"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    info = json.loads(subprocess.run([*THANOSQL, "status", "--json"], capture_output=True, text=True,
+                                     cwd=ROOT, check=False).stdout)
+    assert info["replica_running"] and info["replica_proxy_running"], info
+    yield info
+    # the standby costs a server's memory: CI does not need it after this module
+    subprocess.run([*THANOSQL, "stop", "--replica"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)

@@ -7,10 +7,7 @@ and FIT get PostgreSQL's read-only error (25006) with a hint."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import digits  # tests/digits.py
 import psycopg
 import pytest
 from psycopg import errors
+from replicas import caught_up
 
 ROOT = Path(__file__).resolve().parent.parent
 THANOSQL = [sys.executable, "-m", "thanosql_pg.cli"]
@@ -26,28 +24,6 @@ IMAGE = ("BUILD MODEL {name} USING ConvNeXt_Tiny OPTIONS (image_col='path', labe
          " AS SELECT path, label FROM rep_train{where}")
 SIMCLR = ("BUILD MODEL rep_simclr USING SimCLR OPTIONS (image_col='path', epochs=1, batch_size=32,"
           " input_size=32, overwrite=True) AS SELECT path FROM rep_train")
-
-
-def caught_up(primary: psycopg.Connection, standby: psycopg.Connection, timeout: float = 60) -> None:
-    """Wait until the standby has replayed everything the primary has written so far."""
-    lsn = primary.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if standby.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]:
-            return
-        time.sleep(0.1)
-    raise AssertionError("the standby did not catch up")
-
-
-@pytest.fixture(scope="module")
-def replica(cluster: dict) -> Iterator[dict]:
-    subprocess.run([*THANOSQL, "start", "--replica"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    info = json.loads(subprocess.run([*THANOSQL, "status", "--json"], capture_output=True, text=True,
-                                     cwd=ROOT, check=False).stdout)
-    assert info["replica_running"] and info["replica_proxy_running"], info
-    yield info
-    # the standby costs a server's memory: CI does not need it after this module
-    subprocess.run([*THANOSQL, "stop", "--replica"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module")

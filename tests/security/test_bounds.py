@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
 import time
 import uuid
@@ -43,6 +42,8 @@ import pytest
 import soundfile as sf
 from expect import fails
 from PIL import Image
+from replicas import caught_up
+from statements import build, media_table, predict
 
 from thanosql_pg import datasets
 from thanosql_pg.errors import DataCorrupted
@@ -73,28 +74,6 @@ def wav(frames: int, seed: int = 0) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, x, 16000, format="WAV", subtype="PCM_16")
     return buf.getvalue()
-
-
-def media_table(conn: Conn, rows: list[tuple[bytes, str]]) -> str:
-    """A temporary table (x bytea, y text) of ``rows``: what an ordinary role can write."""
-    table = "media_" + uuid.uuid4().hex[:8]
-    conn.execute(f"CREATE TEMP TABLE {table} (x bytea, y text)")
-    with conn.cursor() as cur:
-        cur.executemany(f"INSERT INTO {table} VALUES (%s, %s)", rows)
-    return table
-
-
-def build(conn: Conn, model: str, algo: str, opts: dict[str, Any], query: str) -> Any:
-    return conn.execute("SELECT * FROM thanosql.build_model(%s, %s, %s, %s)",
-                        [model, algo, json.dumps(opts), query]).fetchone()
-
-
-def predict(conn: Conn, model: str, opts: dict[str, Any], values: list[bytes]) -> list[Any]:
-    """predict_batch on bytea values, as the PREDICT rewrite calls it."""
-    return conn.execute(
-        "SELECT thanosql.predict_batch(thanosql.prepare('predict', %s, %s::jsonb),"
-        " ARRAY(SELECT pg_catalog.to_jsonb(v) FROM unnest(%s::bytea[]) AS v))",
-        [model, json.dumps(opts), values]).fetchone()[0]
 
 
 def search_text(conn: Conn, model: str, text: str) -> str:
@@ -489,26 +468,6 @@ def test_clip_texts_are_bounded(clip_model: tuple[str, str], connect_as: Callabl
 
 
 # --- EVALUATE on a hot standby counts every byte and row ------------------------------------------
-def caught_up(primary: Conn, standby: Conn, timeout: float = 60) -> None:
-    lsn = primary.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if standby.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]:
-            return
-        time.sleep(0.1)
-    raise AssertionError("the standby did not catch up")
-
-
-@pytest.fixture(scope="module")
-def replica(cluster: dict) -> Iterator[dict]:
-    subprocess.run([*THANOSQL, "start", "--replica"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    info = json.loads(subprocess.run([*THANOSQL, "status", "--json"], capture_output=True, text=True,
-                                     cwd=ROOT, check=False).stdout)
-    assert info["replica_running"], info
-    yield info
-    subprocess.run([*THANOSQL, "stop", "--replica"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-
-
 # Lowers the standby's bounds for the calling session only (a superuser's helper: it sets
 # thanosql_pg.server.rows's module constants in this backend), so the test needs no
 # gigabyte of rows; EXECUTE is the superuser's alone.

@@ -17,7 +17,6 @@ attack runs as ``mallory`` (LOGIN + CREATE on the database) and ends with the
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import struct
@@ -32,6 +31,7 @@ import psycopg
 import pytest
 import soundfile as sf
 from PIL import Image
+from statements import build, media_table, predict
 
 Conn = psycopg.Connection
 PREFIX = "lim_" + uuid.uuid4().hex[:6]  # this module's models, deleted at its end
@@ -65,19 +65,6 @@ def wav(rate: int, frames: int, seed: int = 0) -> bytes:
 
 
 # --- statements -------------------------------------------------------------------------------
-def build(conn: Conn, model: str, algo: str, opts: dict[str, Any], query: str) -> tuple[Any, ...]:
-    return conn.execute("SELECT * FROM thanosql.build_model(%s, %s, %s, %s)",
-                        [model, algo, json.dumps(opts), query]).fetchone()
-
-
-def predict(conn: Conn, model: str, opts: dict[str, Any], values: list[bytes]) -> list[Any]:
-    """predict_batch on bytea values, as the PREDICT rewrite calls it."""
-    return conn.execute(
-        "SELECT thanosql.predict_batch(thanosql.prepare('predict', %s, %s::jsonb),"
-        " ARRAY(SELECT pg_catalog.to_jsonb(v) FROM unnest(%s::bytea[]) AS v))",
-        [model, json.dumps(opts), values]).fetchone()[0]
-
-
 def fails(sqlstate: str, fn: Callable[[], Any], *contains: str) -> psycopg.Error:
     with pytest.raises(psycopg.Error) as ei:
         fn()
@@ -86,15 +73,6 @@ def fails(sqlstate: str, fn: Callable[[], Any], *contains: str) -> psycopg.Error
     for text in contains:
         assert text in str(err), (text, str(err))
     return err
-
-
-def media_table(conn: Conn, rows: list[tuple[bytes, str]]) -> str:
-    """A temporary table (x bytea, y text) of ``rows``: what an ordinary role can write."""
-    table = "media_" + uuid.uuid4().hex[:8]
-    conn.execute(f"CREATE TEMP TABLE {table} (x bytea, y text)")
-    with conn.cursor() as cur:
-        cur.executemany(f"INSERT INTO {table} VALUES (%s, %s)", rows)
-    return table
 
 
 # --- fixtures ----------------------------------------------------------------------------------

@@ -15,22 +15,22 @@ loopback, so it would never ask).
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import re
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 import wire_samples
+from proxy_process import Heartbeat, recv_exactly
+from proxy_process import ProxyProcess as CliProxy
 from psycopg import errors as pgerr
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -67,16 +67,6 @@ def read_message(sock: socket.socket) -> tuple[bytes, bytes]:
     head = recv_exactly(sock, 5)
     (length,) = struct.unpack("!I", head[1:])
     return head[:1], recv_exactly(sock, length - 4)
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
 
 
 def read_until(sock: socket.socket, type_byte: bytes) -> list[tuple[bytes, bytes]]:
@@ -211,79 +201,10 @@ class FakeServer:
         )
 
 
-class CliProxy:
-    """`thanosql-proxy` from this checkout as its own process."""
-
-    def __init__(self, upstream_port: int, *extra: str, env: dict[str, str] | None = None) -> None:
-        self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "thanosql_pg.proxy.server", "--listen-port", "0",
-                "--upstream-host", "127.0.0.1", "--upstream-port", str(upstream_port),
-                "--log-level", "WARNING", *extra,
-            ],
-            stdout=subprocess.PIPE, stderr=self.stderr, text=True, cwd=ROOT,
-            env={**os.environ, **(env or {})},
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = re.match(r"thanosql-proxy ready: listening on \S+:(\d+),", line)
-        if match is None:
-            self.stop()
-            self.stderr.seek(0)
-            raise AssertionError(f"no ready line: {line!r}\n{self.stderr.read().decode(errors='replace')}")
-        self.port = int(match.group(1))
-        self.pid = self.proc.pid
-
-    def connect(self, user: str) -> socket.socket:
-        """A raw socket that has sent its startup packet."""
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        sock.sendall(proto.startup_packet({"user": user, "database": "x"}))
-        return sock
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 def login(proxy: CliProxy, user: str = "ok") -> socket.socket:
     sock = proxy.connect(user)
     read_until(sock, b"Z")
     return sock
-
-
-class Heartbeat:
-    """A healthy client on a thread doing round trips; records the slowest one."""
-
-    def __init__(self, round_trip: Callable[[], None]) -> None:
-        self.round_trip = round_trip
-        self.worst = 0.0
-        self.count = 0
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                self.round_trip()
-                self.worst = max(self.worst, time.monotonic() - started)
-                self.count += 1
-                time.sleep(0.005)
-        except BaseException as exc:  # reported by stop()
-            self.error = exc
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        assert self.error is None, self.error
-        assert self.count > 0
 
 
 # --- fixtures ------------------------------------------------------------------------------------

@@ -22,17 +22,17 @@ import re
 import signal
 import socket
 import struct
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from proxy_process import Heartbeat as Watch
+from proxy_process import ProxyProcess as Proxy
+from proxy_process import alive, recv_exactly
+from psycopg.conninfo import conninfo_to_dict
 
 from thanosql_pg.preprocessor import rewrite_for_wire
 from thanosql_pg.proxy import protocol as proto
@@ -49,59 +49,6 @@ ATTACK = HEAD + ",1" * ((MAX_REWRITE - 5 - len(HEAD)) // 2)
 # --- helpers -------------------------------------------------------------------------------------
 
 
-class Proxy:
-    """`thanosql-proxy` from this checkout as its own process, in front of `upstream_port`."""
-
-    def __init__(self, upstream_port: int, *extra: str, env: dict[str, str] | None = None) -> None:
-        self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "thanosql_pg.proxy.server", "--listen-port", "0",
-                "--upstream-host", "127.0.0.1", "--upstream-port", str(upstream_port),
-                "--log-level", "WARNING", *extra,
-            ],
-            stdout=subprocess.PIPE, stderr=self.stderr, text=True, cwd=ROOT,
-            env={**os.environ, **(env or {})},
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = re.match(r"thanosql-proxy ready: listening on \S+:(\d+),", line)
-        if match is None:
-            self.stop()
-            self.stderr.seek(0)
-            raise AssertionError(f"no ready line: {line!r}\n{self.stderr.read().decode(errors='replace')}")
-        self.port = int(match.group(1))
-        self.pid = self.proc.pid
-
-    def dsn(self, server_dsn: str, user: str | None = None) -> str:
-        extra = {"user": user} if user else {}
-        return make_conninfo(server_dsn, host="127.0.0.1", port=self.port, **extra)
-
-    def workers(self) -> set[int]:
-        """The pids of its worker processes (--workers), zombies left out."""
-        text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
-        return {pid for pid in map(int, text.split()) if alive(pid)}
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            return self.proc.wait(15)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def alive(pid: int) -> bool:
-    """Running: neither gone nor a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def vm_kib(pid: int, field: str) -> int:
     """A /proc/<pid>/status memory figure (VmRSS, VmHWM) in KiB."""
     match = re.search(rf"^{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
@@ -111,16 +58,6 @@ def vm_kib(pid: int, field: str) -> int:
 
 def upstream_port(server_dsn: str) -> int:
     return int(conninfo_to_dict(server_dsn)["port"])
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
 
 
 def until_ready(sock: socket.socket) -> list[tuple[bytes, bytes]]:
@@ -151,37 +88,6 @@ def error_fields(messages: list[tuple[bytes, bytes]]) -> dict[str, str]:
         if type_byte == b"E":
             return {f[:1].decode(): f[1:].decode() for f in body.split(b"\x00") if f}
     return {}
-
-
-class Watch:
-    """A healthy client on a thread doing `round_trip` over and over; records the slowest."""
-
-    def __init__(self, round_trip: Callable[[], None], pause: float = 0.005) -> None:
-        self.round_trip = round_trip
-        self.pause = pause
-        self.worst = 0.0
-        self.count = 0
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                self.round_trip()
-                self.worst = max(self.worst, time.monotonic() - started)
-                self.count += 1
-                time.sleep(self.pause)
-        except BaseException as exc:  # reported by stop()
-            self.error = exc
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(60)
-        assert self.error is None, self.error
-        assert self.count > 0
 
 
 def client_port(conn: psycopg.Connection) -> int:

@@ -305,6 +305,10 @@ thanosql.data_dir = '{self.files}'
                    "CREATE EXTENSION IF NOT EXISTS thanosql CASCADE; ALTER EXTENSION thanosql UPDATE")
 
     def _start_proxy(self, state: State) -> None:
+        if not _port_free(state.proxy_port) and not os.environ.get("THANOSQL_PROXY_PORT"):
+            # the saved port is in the kernel's ephemeral range: a client socket may hold it
+            state.proxy_port = _free_port(state.port + 1)
+            self._save_state(state)
         self._spawn_proxy(state, listen_port=state.proxy_port, upstream_port=state.port,
                           pid_file=self.proxy_pid, log_file=self.proxy_log)
 
@@ -365,6 +369,10 @@ thanosql.data_dir = '{self.files}'
                 check=True, stdout=subprocess.DEVNULL,
             )
         if not self.proxy_running(self.replica_proxy_pid, state.replica_proxy_port):
+            if not _port_free(state.replica_proxy_port):
+                # the saved port is in the kernel's ephemeral range: a client socket may hold it
+                state.replica_proxy_port = _free_port(state.replica_port + 1)
+                self._save_state(state)
             self._spawn_proxy(state, listen_port=state.replica_proxy_port, upstream_port=state.replica_port,
                               pid_file=self.replica_proxy_pid, log_file=self.replica_proxy_log)
         return state

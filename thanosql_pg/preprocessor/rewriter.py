@@ -9,6 +9,12 @@ from thanosql_pg.preprocessor.parser import parse
 from thanosql_pg.preprocessor.printer import error_statement, splice
 from thanosql_pg.preprocessor.sqltree import StatementTooComplex
 
+# The most tokens (words, numbers, literals, operators, comments) a rewrite reads of one text
+# by default, in the proxy (--max-rewrite-tokens) and in the backend (thanosql.execute,
+# thanosql.rewrite): what it holds stays proportional to it, about 400 bytes a token, however
+# long the text (without a bound, 4 MB of "1,1,1,..." took 2.3 GB and 14 s of CPU).
+DEFAULT_MAX_TOKENS = 1 << 17
+
 
 def rewrite(sql: str, *, standard_conforming_strings: bool = True, max_tokens: int | None = None) -> str:
     """Rewrite every ThanoSQL statement in ``sql``; keep everything else byte for byte.

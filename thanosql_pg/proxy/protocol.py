@@ -10,6 +10,8 @@ import codecs
 import struct
 from collections.abc import Callable
 
+from thanosql_pg.preprocessor.rewriter import DEFAULT_MAX_TOKENS
+
 # Special request codes that stand where a protocol version would in a startup packet.
 CANCEL_REQUEST_CODE = 80877102
 SSL_REQUEST_CODE = 80877103
@@ -37,13 +39,11 @@ MAX_PRE_AUTH_MESSAGE_LENGTH = 65535 + 4
 # rewritten; longer ones are streamed to the server untouched. THANOSQL_PROXY_MAX_REWRITE_BYTES
 # or --max-rewrite-bytes change it.
 DEFAULT_MAX_REWRITE_BYTES = 4 << 20
-# The most tokens (words, numbers, literals, operators, comments) the rewriter reads of one
-# Query/Parse: a text holding a ThanoSQL statement and more tokens gets SQLSTATE 54000,
-# plain SQL is relayed untouched (the preprocessor's max_tokens). What a rewrite holds is
-# about 400 bytes per token at most, plus a few copies of the text: about 60 MB with these
-# defaults (without the bound, 4 MB of "1,1,1,..." took 2.3 GB and 14 s of CPU).
-# THANOSQL_PROXY_MAX_REWRITE_TOKENS or --max-rewrite-tokens change it.
-DEFAULT_MAX_REWRITE_TOKENS = 1 << 17
+# The most tokens the rewriter reads of one Query/Parse: a text holding a ThanoSQL statement
+# and more tokens gets SQLSTATE 54000, plain SQL is relayed untouched (the preprocessor's
+# bound, which the backend applies too). THANOSQL_PROXY_MAX_REWRITE_TOKENS or
+# --max-rewrite-tokens change it.
+DEFAULT_MAX_REWRITE_TOKENS = DEFAULT_MAX_TOKENS
 
 HEADER = struct.Struct("!I")
 INT16 = struct.Struct("!h")

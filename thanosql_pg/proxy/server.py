@@ -346,14 +346,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-rewrite-bytes",
         type=_rewrite_limit,
-        default=_env_max_rewrite_bytes(),
+        default=_env_setting(MAX_REWRITE_BYTES_ENV, DEFAULT_MAX_REWRITE_BYTES, _rewrite_limit),
         help="Query/Parse messages longer than this are relayed untouched, not buffered and "
         f"rewritten (default ${MAX_REWRITE_BYTES_ENV}, else {DEFAULT_MAX_REWRITE_BYTES})",
     )
     parser.add_argument(
         "--max-rewrite-tokens",
         type=_positive,
-        default=_env_positive(MAX_REWRITE_TOKENS_ENV, DEFAULT_MAX_REWRITE_TOKENS),
+        default=_env_setting(MAX_REWRITE_TOKENS_ENV, DEFAULT_MAX_REWRITE_TOKENS, _positive),
         help="the most tokens read of a Query/Parse to rewrite: past it, a ThanoSQL statement gets "
         "SQLSTATE 54000 and plain SQL is relayed untouched; bounds the rewrite's memory (about 400 "
         f"bytes a token) (default ${MAX_REWRITE_TOKENS_ENV}, else {DEFAULT_MAX_REWRITE_TOKENS})",
@@ -399,22 +399,14 @@ def _positive(text: str) -> int:
     return value
 
 
-def _env_max_rewrite_bytes() -> int:
-    text = os.environ.get(MAX_REWRITE_BYTES_ENV)
-    if not text:
-        return DEFAULT_MAX_REWRITE_BYTES
-    try:
-        return _rewrite_limit(text)
-    except (ValueError, argparse.ArgumentTypeError) as exc:
-        sys.exit(f"thanosql-proxy: {MAX_REWRITE_BYTES_ENV}={text!r}: {exc}")
-
-
-def _env_positive(name: str, default: int) -> int:
+def _env_setting(name: str, default: int, parse: Callable[[str], int]) -> int:
+    """An option's default from the environment variable ``name``, read by ``parse`` (the
+    option's own argparse type); a bad value stops the proxy, naming the variable."""
     text = os.environ.get(name)
     if not text:
         return default
     try:
-        return _positive(text)
+        return parse(text)
     except (ValueError, argparse.ArgumentTypeError) as exc:
         sys.exit(f"thanosql-proxy: {name}={text!r}: {exc}")
 

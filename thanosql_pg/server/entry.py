@@ -183,20 +183,15 @@ def family_module(family: registry.Family) -> Any:
 
 
 # --- text ----------------------------------------------------------------------
-# The most tokens thanosql.rewrite and thanosql.execute lex of one text, as the proxy's
-# --max-rewrite-tokens (default) does: what the lexer holds stays proportional to it,
-# however long the text (errors.TokenLimitExceeded, 54000).
-MAX_REWRITE_TOKENS = 1 << 17
-
-
 @entry_point
 def rewrite(sql: str) -> str:
     from thanosql_pg.preprocessor import rewrite as _rewrite
+    from thanosql_pg.preprocessor.rewriter import DEFAULT_MAX_TOKENS
     from thanosql_pg.server import spi
 
     # The session's setting decides where its strings end ('it\'s' when off).
     scs = spi.standard_conforming_strings()
-    return _rewrite(sql, standard_conforming_strings=scs, max_tokens=MAX_REWRITE_TOKENS)
+    return _rewrite(sql, standard_conforming_strings=scs, max_tokens=DEFAULT_MAX_TOKENS)
 
 
 @caller_sql_entry_point(whole_call=True)
@@ -207,6 +202,7 @@ def execute(sql: str) -> Iterator[str]:
     yields one object {"command": ..., "rows_affected": n}.
     """
     from thanosql_pg.preprocessor import rewrite as _rewrite
+    from thanosql_pg.preprocessor.rewriter import DEFAULT_MAX_TOKENS
     from thanosql_pg.preprocessor.sqltree import split_plain
     from thanosql_pg.server import spi
 
@@ -215,9 +211,9 @@ def execute(sql: str) -> Iterator[str]:
     # classified from a parse tree only once its depth is known to be safe (a deep one
     # once crashed the backend in pglast.parse_sql).
     scs = spi.standard_conforming_strings()
-    text = _rewrite(sql, standard_conforming_strings=scs, max_tokens=MAX_REWRITE_TOKENS)
+    text = _rewrite(sql, standard_conforming_strings=scs, max_tokens=DEFAULT_MAX_TOKENS)
     try:
-        statements = split_plain(text, standard_conforming_strings=scs, max_tokens=MAX_REWRITE_TOKENS)
+        statements = split_plain(text, standard_conforming_strings=scs, max_tokens=DEFAULT_MAX_TOKENS)
     except ThanoSQLError as exc:
         if text is not sql:  # the position is in the rewrite, not in the caller's text
             exc.position = None

@@ -177,6 +177,12 @@ BEGIN
     END IF;
     PERFORM thanosql._bounded_json(p_options, 'options', 1048576);
     PERFORM thanosql._bounded_json(p_labels, 'labels', 16777216);
+    IF GREATEST(pg_catalog.octet_length(p_algorithm), pg_catalog.octet_length(p_family),
+                pg_catalog.octet_length(p_format), pg_catalog.octet_length(p_label_type)) OPERATOR(pg_catalog.>) 256
+       OR p_rows OPERATOR(pg_catalog.<) 0 THEN
+        RAISE EXCEPTION 'a model version names its algorithm, family, format and label type in at most 256'
+                        ' bytes each, and counts rows from 0' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     SELECT * INTO m FROM thanosql.models WHERE id OPERATOR(pg_catalog.=) p_model_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'model % was deleted while this statement ran', p_model_id

@@ -473,3 +473,14 @@ def test_history_rows_and_odd_inputs_are_bounded(alice: str, connect_as: Connect
         assert e.value.sqlstate == "XX000", state
     with pytest.raises(errors.InsufficientPrivilege):
         a.execute("SELECT thanosql.raise_error('42501', 'x')")
+
+
+def test_a_version_s_names_and_counts_are_bounded(mallory: str, connect_as: Connect) -> None:
+    """What _write_model stores beside options and labels is bounded too: a caller chooses it."""
+    m = session(connect_as, mallory)
+    mid = m.execute("SELECT model_id FROM thanosql._claim_model(%s, false, false)",
+                    [f"names_{mallory}"]).fetchone()[0]
+    for algorithm, rows in (("x" * 257, 1), ("ConvNeXt_Tiny", -1)):
+        with pytest.raises(errors.InvalidParameterValue, match="at most 256"):
+            m.execute("SELECT thanosql._write_model(%s, %s, 'f', '{}', NULL, NULL, 'x', 'BUILD', %s)",
+                      [mid, algorithm, rows])

@@ -361,13 +361,7 @@ thanosql.data_dir = '{self.files}'
         if not (self.replica / "PG_VERSION").exists():
             self._base_backup(state)
         if not self.server_running(self.replica):
-            self.replica_log.touch()
-            self._chown(self.replica_log)
-            subprocess.run(
-                self._server_cmd([str(pg_bindir() / "pg_ctl"), "start", "-w", "-t", "120", "-D",
-                                  str(self.replica), "-l", str(self.replica_log)]),
-                check=True, stdout=subprocess.DEVNULL,
-            )
+            self._start_replica_server(state)
         if not self.proxy_running(self.replica_proxy_pid, state.replica_proxy_port):
             if not _port_free(state.replica_proxy_port):
                 # the saved port is in the kernel's ephemeral range: a client socket may hold it
@@ -376,6 +370,31 @@ thanosql.data_dir = '{self.files}'
             self._spawn_proxy(state, listen_port=state.replica_proxy_port, upstream_port=state.replica_port,
                               pid_file=self.replica_proxy_pid, log_file=self.replica_proxy_log)
         return state
+
+    def _start_replica_server(self, state: State) -> None:
+        """Start the standby's server on its saved port, or on a free one when a client socket
+        now holds it: the ports lie in the kernel's ephemeral range (32768-60999)."""
+        assert state.replica_port is not None
+        self.replica_log.touch()
+        self._chown(self.replica_log)
+        for _ in range(3):
+            if not _port_free(state.replica_port):
+                state.replica_port = _free_port(state.proxy_port + 1)
+                self._save_state(state)
+            # -p overrides the port the base backup wrote into postgresql.conf
+            done = subprocess.run(
+                self._server_cmd([str(pg_bindir() / "pg_ctl"), "start", "-w", "-t", "120", "-D",
+                                  str(self.replica), "-l", str(self.replica_log),
+                                  "-o", f"-p {state.replica_port}"]),
+                check=False, stdout=subprocess.DEVNULL,
+            )
+            if done.returncode == 0:
+                return
+            if self.server_running(self.replica):
+                return
+        tail = self.replica_log.read_text(errors="replace").splitlines()[-15:]
+        raise ConfigurationError("the standby did not start:\n" + "\n".join(tail),
+                                 hint=f"See {self.replica_log}.")
 
     def _slot_usable(self, state: State) -> bool:
         """Whether the primary still keeps, in the standby's replication slot, every WAL

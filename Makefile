@@ -7,7 +7,7 @@
 
 EXTENSION = thanosql
 MODULE_big = thanosql
-OBJS = src/thanosql.o src/progress.o src/preload.o src/signals.o src/act.o
+OBJS = src/thanosql.o src/progress.o src/preload.o src/signals.o src/act.o src/jobs.o
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 
 # One release number, in thanosql_pg/_version.py: the control file, the SQL

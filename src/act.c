@@ -58,6 +58,15 @@ static const Act acts[] = {
 	{"_seal_model", "_model_seal", true},
 	{"_write_epochs", "_record_epochs", true},
 	{"_write_metrics", "_record_metrics", true},
+	/* background jobs: submitting and cancelling, by users */
+	{"_create_job", "_job_create", true},
+	{"cancel_job", "_job_cancel", true},
+	/* ... and what only a job's own worker may do (src/jobs.c) */
+	{"_job_begin", "_job_begin_for", true},
+	{"_put_job_checkpoint", "_job_checkpoint_put", true},
+	{"_keep_job_checkpoint", "_job_checkpoint_keep", true},
+	{"_read_job_checkpoint", "_job_checkpoint_read", false},
+	{"_finish_job", "_job_done", true},
 	/* row-level security of model_grants: which grants the caller may see */
 	{"_grant_visible", "_grant_visible_to", false},
 };

@@ -13,6 +13,8 @@
 
 #include <limits.h>
 
+#include "access/xact.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/elog.h"
@@ -20,6 +22,7 @@
 
 #include "preload.h"
 #include "progress.h"
+#include "jobs.h"
 #include "signals.h"
 
 PG_MODULE_MAGIC;
@@ -146,6 +149,7 @@ _PG_init(void)
 							NULL, &cache_size, 8192, 0, INT_MAX,
 							PGC_SUSET, GUC_UNIT_MB, NULL, NULL, NULL);
 	/* last: with thanosql.preload on, this imports thanosql_pg using the settings above */
+	thanosql_jobs_init();
 	thanosql_preload_init(python_lib_dir);
 	MarkGUCPrefixReserved("thanosql");
 
@@ -205,11 +209,36 @@ thanosql_raise_error(PG_FUNCTION_ARGS)
 
 PG_FUNCTION_INFO_V1(thanosql_native_version);
 
+/*
+ * Earlier releases whose SQL this module also serves: it keeps every C symbol
+ * their scripts bind. Their thanosql._load() accepts the module only when it
+ * reports their own release, so a database still at one of them (before its
+ * ALTER EXTENSION UPDATE, say) gets that release's number here.
+ */
+static const char *const served_releases[] = {"0.2.0"};
+
 /* Calling any function of this module loads it, which defines the settings. */
 Datum
 thanosql_native_version(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_TEXT_P(cstring_to_text(THANOSQL_VERSION));
+	const char *version = THANOSQL_VERSION;
+
+	if (IsTransactionState() && SPI_connect() == SPI_OK_CONNECT)
+	{
+		if (SPI_execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'thanosql'",
+						true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+		{
+			char	   *installed = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+			for (int i = 0; installed != NULL && i < lengthof(served_releases); i++)
+			{
+				if (strcmp(installed, served_releases[i]) == 0)
+					version = served_releases[i];
+			}
+		}
+		SPI_finish();
+	}
+	PG_RETURN_TEXT_P(cstring_to_text(version));
 }
 
 PG_FUNCTION_INFO_V1(thanosql_session_init);

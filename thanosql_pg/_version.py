@@ -3,4 +3,4 @@ Makefile (the control file, the SQL scripts of scripts/build_sql.py, the C modul
 the in-database code read it from here, so that none of them imports the notebook-facing
 package face."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -70,6 +70,10 @@ class FeatureNotAvailable(ThanoSQLError, code="0A000"):  # feature_not_supported
     """An algorithm or statement that this version does not implement yet."""
 
 
+class ReadOnlySqlTransaction(ThanoSQLError, code="25006"):  # psycopg's name too
+    """A write on a hot standby (or in a read-only transaction)."""
+
+
 class SyntaxError(ThanoSQLError, code="42601"):  # psycopg's name too
     pass
 

@@ -23,7 +23,11 @@ EPOCH: Shape = (("epoch", "integer"), ("metric", "text"), ("train_loss", "double
 # thanosql.training_info(model, version): the version, then an epoch's columns
 TRAINING_INFO: Shape = (("version", "integer"), *EPOCH)
 
-SHAPES: dict[str, Shape] = {"trained": TRAINED, "epoch": EPOCH, "training_info": TRAINING_INFO}
+# A statement with background=True (thanosql.submit_job): the job it queued
+SUBMITTED: Shape = (("job_id", "bigint"), ("model", "text"), ("status", "text"))
+
+SHAPES: dict[str, Shape] = {"trained": TRAINED, "epoch": EPOCH, "training_info": TRAINING_INFO,
+                            "submitted": SUBMITTED}
 
 
 def names(shape: Shape) -> tuple[str, ...]:

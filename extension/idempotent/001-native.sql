@@ -24,3 +24,14 @@ CREATE OR REPLACE FUNCTION thanosql.raise_error(sqlstate text, message text, det
                                                 hint text DEFAULT NULL, "position" integer DEFAULT NULL)
     RETURNS void AS 'MODULE_PATHNAME', 'thanosql_raise_error' LANGUAGE C VOLATILE
     SET search_path = pg_catalog, pg_temp;
+
+-- Background jobs (src/jobs.c): the job this backend is the worker of (0 in any
+-- other session; only the worker's own C code sets it), and whether this server
+-- runs jobs at all (the library is in shared_preload_libraries).
+CREATE OR REPLACE FUNCTION thanosql._worker_job() RETURNS bigint
+    AS 'MODULE_PATHNAME', 'thanosql_worker_job' LANGUAGE C VOLATILE
+    SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION thanosql._jobs_available() RETURNS boolean
+    AS 'MODULE_PATHNAME', 'thanosql_jobs_available' LANGUAGE C VOLATILE
+    SET search_path = pg_catalog, pg_temp;

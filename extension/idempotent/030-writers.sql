@@ -114,6 +114,14 @@ DECLARE
     m thanosql.models;
     saved_timeout text := pg_catalog.current_setting('lock_timeout');
 BEGIN
+    -- a queued or running background BUILD/FIT of the name has it (its own worker excepted)
+    IF EXISTS (SELECT 1 FROM thanosql.job_records j
+                WHERE j.model OPERATOR(pg_catalog.=) p_name AND j.kind OPERATOR(pg_catalog.=) ANY (ARRAY['build', 'fit'])
+                  AND j.status OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'running'])
+                  AND j.job_id OPERATOR(pg_catalog.<>) thanosql._worker_job()) THEN
+        RAISE EXCEPTION 'model "%" is being built by a background job', p_name USING ERRCODE = 'lock_not_available',
+            HINT = 'Wait for it to end (thanosql.jobs lists your jobs; thanosql.wait_job waits for one), or choose another name.';
+    END IF;
     FOR attempt IN 1..2 LOOP
         SELECT * INTO m FROM thanosql.models WHERE name OPERATOR(pg_catalog.=) p_name;
         IF FOUND THEN

@@ -31,3 +31,26 @@ REVOKE ALL ON FUNCTION thanosql._revoke_model(text, name, text, pg_catalog.regro
 REVOKE ALL ON FUNCTION thanosql._alter_model_owner(text, name, pg_catalog.regrole) FROM PUBLIC;
 REVOKE ALL ON FUNCTION thanosql._grant_visible_to(bigint, pg_catalog.regrole, pg_catalog.regrole) FROM PUBLIC;
 REVOKE ALL ON FUNCTION thanosql._weights_digest(bigint, integer) FROM PUBLIC;
+
+-- Background jobs: their tables are read through thanosql.jobs and written by the
+-- functions of 070-jobs.sql only; the launcher's and the worker's bookkeeping runs as
+-- the bootstrap superuser (src/jobs.c).
+REVOKE ALL ON thanosql.job_records, thanosql.job_checkpoints FROM PUBLIC;
+REVOKE ALL ON SEQUENCE thanosql.job_records_job_id_seq FROM PUBLIC;
+GRANT SELECT ON thanosql.jobs TO PUBLIC;
+GRANT USAGE ON SCHEMA thanosql_jobs TO PUBLIC;
+REVOKE CREATE ON SCHEMA thanosql_jobs FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._job_cleanup(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._jobs_tick(integer, integer, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._job_started(bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._job_unstart(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._job_end(bigint, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._worker_job_row(bigint, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._job_create(text, text, jsonb, text, integer, pg_catalog.regclass,
+                                            pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._job_begin_for(bigint, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._job_checkpoint_put(bigint, integer, integer, bytea, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._job_checkpoint_keep(bigint, integer, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._job_checkpoint_read(bigint, integer, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._job_done(bigint, jsonb, pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._job_cancel(bigint, pg_catalog.regrole) FROM PUBLIC;

@@ -65,6 +65,23 @@ PUBLIC_FUNCTIONS = {
     "thanosql._write_metrics(bigint,text,bigint,jsonb)": "C gate: needs MODIFY; size-bounded",
     "thanosql._grant_visible(bigint,regrole)":
         "C gate behind model_grants' policy: answers for GetUserId() only",
+    # --- background jobs ------------------------------------------------------------------------
+    "thanosql.submit_job(text,text,text,jsonb,text,text,text)":
+        "checks as the statement would, runs the query as the caller, then _create_job",
+    "thanosql._create_job(text,text,jsonb,text,integer,regclass)":
+        "C gate: the job's owner is GetUserId(); reads only a temporary table of this session that"
+        " GetUserId() owns; the rows table it makes is readable by that role only",
+    "thanosql.cancel_job(bigint)": "C gate: the owner's members only; to others the job does not exist",
+    "thanosql.wait_job(bigint,interval)": "reads thanosql.jobs, which shows the caller's own jobs only",
+    "thanosql._job_begin(bigint)": "C gate: only in the job's own worker (_worker_job()), as its owner",
+    "thanosql._put_job_checkpoint(bigint,integer,integer,bytea)": "C gate: the job's own worker only",
+    "thanosql._keep_job_checkpoint(bigint,integer)": "C gate: the job's own worker only",
+    "thanosql._read_job_checkpoint(bigint,integer)": "C gate: the job's own worker only",
+    "thanosql._finish_job(bigint,jsonb)": "C gate: the job's own worker only; size-bounded",
+    "thanosql._run_job(bigint)": "gets nowhere outside the job's own worker (_job_begin refuses)",
+    "thanosql._worker_job()": "C: the job this backend works for, set only by the worker's C code",
+    "thanosql._jobs_available()": "tells whether the library is preloaded",
+    "thanosql._job_visible(regrole)": "a predicate: is CURRENT_USER a member of that role",
     # --- helpers that decide nothing on the caller's word ---------------------------------------
     "thanosql._load()": "imports thanosql_pg from thanosql.python_lib_dir, a superuser-only setting",
     "thanosql._session_init()": "idempotent per-backend set-up (signal routing, progress clean-up)",

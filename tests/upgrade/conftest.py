@@ -25,7 +25,7 @@ import psycopg
 import pytest
 
 HERE = Path(__file__).resolve().parent
-OLD_RELEASES = ("0.1.0",)
+OLD_RELEASES = ("0.1.0", "0.2.0")
 
 
 def _readable(root: Path) -> None:

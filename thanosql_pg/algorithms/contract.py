@@ -108,6 +108,21 @@ class Reader(Protocol):
         ...
 
 
+class CheckpointStore(Protocol):
+    """Where a training keeps its newest checkpoint: a background job's (server/jobs.py),
+    so that a job interrupted by a crash or a restart resumes where it was. ``state``
+    holds tensors, numbers, strings, lists and dicts only (torch.load(weights_only=True)
+    reads it back)."""
+
+    def load(self) -> dict[str, Any] | None:
+        """The newest checkpoint's state, or None before the first one."""
+        ...
+
+    def save(self, epoch: int, state: dict[str, Any]) -> None:
+        """Replace the checkpoint by ``state`` (after epoch ``epoch``, 1-based), durably."""
+        ...
+
+
 class RowSource(Protocol):
     """Labelled rows to train on or evaluate against.
 
@@ -122,6 +137,7 @@ class RowSource(Protocol):
     progress_interval: float  # seconds between progress notices
     reader: Reader
     weights_dirs: list[str]  # where pretrained weights may be found locally, first match wins
+    checkpoints: CheckpointStore | None  # a background job's: the training checkpoints every epoch
 
     def labels(self) -> list[str]: ...
 

@@ -220,9 +220,16 @@ MODALITIES = {
 }
 
 _TABLE = option("table_name", str, None, nullable=True)
+# Run the statement as a background job (server/jobs.py): it returns (job_id, model, status)
+# at once; PREDICT and CONVERT then write into table_name.
+BACKGROUND = option("background", bool, False)
+JOB_STATEMENTS = ("build", "fit", "predict", "evaluate", "convert")
 STATEMENT_OPTIONS: dict[str, tuple[Option, ...]] = {
-    "predict": (option("result_col", str, "predict_result"), _TABLE),
-    "convert": (option("result_col", str, "convert_result"), _TABLE),
+    "build": (BACKGROUND,),
+    "fit": (BACKGROUND,),
+    "evaluate": (BACKGROUND,),
+    "predict": (option("result_col", str, "predict_result"), _TABLE, BACKGROUND),
+    "convert": (option("result_col", str, "convert_result"), _TABLE, BACKGROUND),
     "search": (
         option("search_by", str, None, required=True, choices=tuple(MODALITIES)),
         option("search_input", object, None, required=True),
@@ -327,6 +334,7 @@ class Options:
     search_by: str | None = None
     search_input: object = None
     emb_col: str | None = None
+    background: bool = False
 
     def declared(self) -> dict[str, Any]:
         """The statement's own options, by name."""
@@ -557,6 +565,7 @@ OPTION_DOCS = {
     "learning_rate": "the optimizer's peak learning rate",
     "overwrite": "replace a model of the same name (its current version is kept for rollback)",
     "wait": "wait for another session changing the same model instead of failing at once",
+    "background": "run as a background job: returns (job_id, model, status) at once; see thanosql.jobs",
     "input_size": "pixels a side of the images the model sees",
     "pretrained": "start from published weights (else random initialisation)",
     "base_model": "start from another checkpoint: a timm or hub name, or a file or folder on the server",

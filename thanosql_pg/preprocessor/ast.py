@@ -53,7 +53,7 @@ class Statement:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _WithOptions(Statement):
+class WithOptions(Statement):
     model: str  # the model's name, an identifier (folded unless quoted)
     options: tuple[OptionItem, ...] = ()  # as written
     normalized: dict[str, Any] = field(default_factory=dict)  # checked, canonical names
@@ -61,34 +61,34 @@ class _WithOptions(Statement):
 
 
 @dataclass(frozen=True, kw_only=True)
-class BuildModel(_WithOptions):
+class BuildModel(WithOptions):
     algorithm: str  # canonical spelling from the registry, e.g. "ConvNeXt_Tiny"
     keyword = "BUILD MODEL"
 
 
 @dataclass(frozen=True, kw_only=True)
-class FitModel(_WithOptions):
+class FitModel(WithOptions):
     base_model: str  # the model retrained (USING ...), ``model`` is the one written
     keyword = "FIT MODEL"
 
 
 @dataclass(frozen=True, kw_only=True)
-class Predict(_WithOptions):
+class Predict(WithOptions):
     keyword = "PREDICT"
 
 
 @dataclass(frozen=True, kw_only=True)
-class Evaluate(_WithOptions):
+class Evaluate(WithOptions):
     keyword = "EVALUATE"
 
 
 @dataclass(frozen=True, kw_only=True)
-class Convert(_WithOptions):
+class Convert(WithOptions):
     keyword = "CONVERT"
 
 
 @dataclass(frozen=True, kw_only=True)
-class SearchImage(_WithOptions):
+class SearchImage(WithOptions):
     keyword = "SEARCH IMAGE"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from thanosql_pg.algorithms import registry
@@ -51,8 +52,15 @@ def _splice(text: str, offset: int, statements: Sequence[ast.Statement]) -> str:
     return "".join(parts)
 
 
+# A background job's statement reads the rows fixed at submission through this view,
+# which the job's worker makes (server/jobs.py).
+JOB_ROWS = "SELECT * FROM pg_temp.__thanosql_job_rows"
+
+
 def render(stmt: ast.Statement) -> str:
     """One ThanoSQL statement as one SQL statement (no trailing ``;``)."""
+    if isinstance(stmt, ast.WithOptions) and stmt.normalized.get(registry.BACKGROUND.name) is True:
+        return _background(stmt)
     if isinstance(stmt, ast.BuildModel):
         return (
             f"SELECT * FROM thanosql.build_model({quote_literal(stmt.model)}, "
@@ -85,6 +93,27 @@ def render(stmt: ast.Statement) -> str:
     if isinstance(stmt, ast.DescribeModel):
         return f"SELECT * FROM thanosql.describe_model({quote_literal(stmt.model)})"
     raise TypeError(f"cannot render {type(stmt).__name__}")
+
+
+def _background(stmt: ast.WithOptions) -> str:
+    """``thanosql.submit_job``: the statement as a job. BUILD/FIT pass their algorithm or
+    base model; PREDICT, EVALUATE and CONVERT their plain SQL over the job's rows."""
+    opts = {k: v for k, v in stmt.normalized.items() if k != registry.BACKGROUND.name}
+    source: str | None = None
+    statement: str | None = None
+    if isinstance(stmt, ast.BuildModel):
+        kind, source = "build", stmt.algorithm
+    elif isinstance(stmt, ast.FitModel):
+        kind, source = "fit", stmt.base_model
+    else:
+        kind = stmt.keyword.lower()
+        rows = replace(stmt.query, text=JOB_ROWS, start=0, end=len(JOB_ROWS), nested=(), source_table=None)
+        statement = render(replace(stmt, normalized=opts, query=rows))
+    return (
+        f"SELECT * FROM thanosql.submit_job({quote_literal(kind)}, {quote_literal(stmt.model)}, "
+        f"{quote_nullable(source)}, {jsonb(opts)}, {dollar_quote(render_query(stmt.query))}, "
+        f"{quote_nullable(statement)})"
+    )
 
 
 # Names are qualified and prefixed so that columns of the user's query (say

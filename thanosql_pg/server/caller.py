@@ -34,6 +34,11 @@ def caller_search_path(path: str | None) -> Iterator[None]:
         _caller_path, _as_caller = previous
 
 
+def path() -> str | None:
+    """The caller's search_path, as its entry point received it (a background job keeps it)."""
+    return _caller_path
+
+
 @contextmanager
 def as_caller() -> Iterator[None]:
     """Run the caller's own SQL with the caller's search_path, then pin it again.

@@ -130,6 +130,21 @@ def claim(name: str, *, overwrite: bool, wait: bool = False) -> Claim:
     return Claim(int(row["model_id"]), bool(row["existed"]))
 
 
+class _Release(Exception):
+    """Rolls back try_claim's subtransaction."""
+
+
+def try_claim(name: str, *, overwrite: bool) -> None:
+    """What ``claim`` would say of ``name`` now (a background job's submission): its errors,
+    or nothing, with nothing kept (the claim is rolled back at once)."""
+    try:
+        with plpy.subtransaction():
+            claim(name, overwrite=overwrite)
+            raise _Release
+    except _Release:
+        pass
+
+
 def save(
     claimed: Claim,
     *,

@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast
 import plpy
 
 from thanosql_pg.algorithms import registry
-from thanosql_pg.algorithms.contract import Resolved
+from thanosql_pg.algorithms.contract import CheckpointStore, Resolved
 from thanosql_pg.errors import (
     FeatureNotAvailable,
     InvalidOption,
@@ -249,22 +249,28 @@ def _stream_json(select_sql: str) -> Iterator[str]:
 
 # --- training -------------------------------------------------------------------
 def _train(name: str, algo: registry.Algorithm, opts: registry.Options, query: str,
-           base: Any = None) -> list[tuple[Any, ...]]:
+           base: Any = None, checkpoints: CheckpointStore | None = None) -> list[tuple[Any, ...]]:
+    """BUILD/FIT. ``checkpoints``: a background job's (server/jobs.py), which commits after
+    every epoch; its name was taken by the job at submission, so the claim comes last, in
+    the transaction that stores the model."""
     from thanosql_pg.server import catalog, models, progress
     from thanosql_pg.server.rows import QueryRows
 
     registry.require_available(algo)
     module = family_module(algo.family)
     statement = opts.statement
-    claimed = catalog.claim(name, overwrite=opts.overwrite, wait=opts.wait)
+    claimed = catalog.claim(name, overwrite=opts.overwrite, wait=opts.wait) if checkpoints is None else None
     start = time.monotonic()
     with QueryRows.from_query(query, algo.family.column_names(statement, opts), on_error=opts.on_error,
                                    options=algo.family.column_options(statement, opts)) as source:
+        source.checkpoints = checkpoints
         # 'auto' defers to the thanosql.device setting; the stored options keep 'auto'
         trained = module.train(algo, replace(opts, device=models.resolve_device(opts.device)), source, base)
         rows = source.count
         progress.report_progress("saving", 0, 0, 0, 0, None, None, None)
-    stored = {k: v for k, v in opts.declared().items() if k not in ("overwrite", "wait")}
+    if claimed is None:
+        claimed = catalog.claim(name, overwrite=opts.overwrite, wait=opts.wait)
+    stored = {k: v for k, v in opts.declared().items() if k not in ("overwrite", "wait", "background")}
     stored.update(trained.options)
     rec = catalog.save(
         claimed, algorithm=algo.name, family=algo.family.name, options=stored, labels=trained.labels,
@@ -277,32 +283,92 @@ def _train(name: str, algo: registry.Algorithm, opts: registry.Options, query: s
              json.dumps(trained.metrics))]
 
 
-@caller_sql_entry_point(whole_call=False)
-@runs_model
-@shows_progress("BUILD", "preparing")
-def build_model(name: str, algorithm: str, options: str, query: str) -> list[tuple[Any, ...]]:
+def _not_background(opts: registry.Options) -> registry.Options:
+    """The synchronous functions run now: background=True is the rewrite's (submit_job)."""
+    if opts.background:
+        raise InvalidOption(f"{opts.statement.upper()} with background=True runs as a job, which"
+                            " the statement's rewrite submits (thanosql.submit_job)",
+                            hint="Write the statement through the proxy, %%thanosql or thanosql.execute.")
+    return opts
+
+
+def _build_setup(algorithm: str, written: dict[str, Any]) -> tuple[registry.Algorithm, registry.Options]:
     algo = registry.lookup(algorithm)
-    return _train(name, algo, registry.normalize_options("build", json.loads(options), algo.family), query)
+    registry.require_available(algo)
+    return algo, registry.normalize_options("build", written, algo.family)
 
 
-@caller_sql_entry_point(whole_call=False)
-@runs_model
-@shows_progress("FIT", "preparing")
-def fit_model(name: str, base_model: str, options: str, query: str) -> list[tuple[Any, ...]]:
-    from thanosql_pg.server import catalog, models
+def _fit_setup(name: str, base_model: str, written: dict[str, Any]) -> tuple[registry.Algorithm,
+                                                                             registry.Options, Any]:
+    """FIT's algorithm, options and base model's record."""
+    from thanosql_pg.server import catalog
 
     base_rec = catalog.get(base_model, "USE")
     algo = registry.lookup(base_rec.algorithm)
-    written: dict[str, Any] = json.loads(options)
+    written = dict(written)
     if name == base_model and not any(k.lower() == "overwrite" for k in written):
         written[registry.OVERWRITE.name] = True  # FIT MODEL m USING m trains m further in place
     # properties of the trained model (the family's spec says which): FIT keeps them unless told otherwise
     for key in algo.family.carry_over:
         if key not in written and key in base_rec.options:
             written[key] = base_rec.options[key]
-    opts = registry.normalize_options("fit", written, algo.family)
-    base = models.load(base_rec, family_module(algo.family), device=opts.device)
+    return algo, registry.normalize_options("fit", written, algo.family), base_rec
+
+
+@caller_sql_entry_point(whole_call=False)
+@runs_model
+@shows_progress("BUILD", "preparing")
+def build_model(name: str, algorithm: str, options: str, query: str) -> list[tuple[Any, ...]]:
+    algo, opts = _build_setup(algorithm, json.loads(options))
+    return _train(name, algo, _not_background(opts), query)
+
+
+@caller_sql_entry_point(whole_call=False)
+@runs_model
+@shows_progress("FIT", "preparing")
+def fit_model(name: str, base_model: str, options: str, query: str) -> list[tuple[Any, ...]]:
+    from thanosql_pg.server import models
+
+    algo, opts, base_rec = _fit_setup(name, base_model, json.loads(options))
+    base = models.load(base_rec, family_module(algo.family), device=_not_background(opts).device)
     return _train(name, algo, opts, query, base=base)
+
+
+def train_job(kind: str, model: str, source: str, written: dict[str, Any], query: str,
+              checkpoints: CheckpointStore) -> list[tuple[Any, ...]]:
+    """A background BUILD/FIT (server/jobs.py), from its payload."""
+    from thanosql_pg.server import models
+
+    if kind == "build":
+        algo, opts = _build_setup(source, written)
+        return _train(model, algo, opts, query, checkpoints=checkpoints)
+    algo, opts, base_rec = _fit_setup(model, source, written)
+    base = models.load(base_rec, family_module(algo.family), device=opts.device)
+    return _train(model, algo, opts, query, base=base, checkpoints=checkpoints)
+
+
+def job_options(kind: str, model: str, source: str | None, written: dict[str, Any]) -> tuple[registry.Options,
+                                                                                           registry.Family]:
+    """A job's options, checked at submission as the statement would check them; for
+    BUILD/FIT also the model name, claimed and released at once (a taken name fails now)."""
+    from thanosql_pg.server import catalog
+
+    if kind in ("build", "fit"):
+        if source is None:
+            what = "algorithm" if kind == "build" else "base model"
+            raise InvalidOption(f"{kind.upper()} names its {what}")
+        if kind == "build":
+            algo, opts = _build_setup(source, written)
+        else:
+            algo, opts, _ = _fit_setup(model, source, written)
+        registry.check_training(opts)
+        catalog.try_claim(model, overwrite=opts.overwrite)
+        return opts, algo.family
+    rec, opts = _resolve(kind, model, written)
+    if kind in ("predict", "convert") and opts.table_name is None:
+        raise InvalidOption(f"{kind.upper()} with background=True writes its rows into a table",
+                            hint="Add table_name='...' to OPTIONS.")
+    return opts, registry.family(rec.family)
 
 
 # --- inference ------------------------------------------------------------------
@@ -316,7 +382,7 @@ def _resolve(statement: str, model: str, written: dict[str, Any]) -> tuple[Any, 
             f'{statement.upper()} does not apply to model "{rec.name}" ({rec.algorithm}, {family.name})',
             hint=f"{rec.algorithm} models support: " + ", ".join(s.upper() for s in family.options),
         )
-    return rec, registry.normalize_options(statement, written, family)
+    return rec, _not_background(registry.normalize_options(statement, written, family))
 
 
 def _resolved(rec: Any, opts: registry.Options) -> Resolved:
@@ -486,6 +552,22 @@ def embed_query(model: str, options: str, search_input: Any = _NO_INPUT) -> str:
     rec, opts = _resolve("search", model, written)
     family_module(registry.family(rec.family))
     return embeddings.embed_query(rec, opts, models.resolve_device(opts.device))
+
+
+# --- background jobs ---------------------------------------------------------------
+@caller_sql_entry_point(whole_call=False)
+def submit_job(kind: str, model: str, source: str | None, options: str, query: str,
+               statement: str | None) -> list[tuple[Any, ...]]:
+    from thanosql_pg.server import jobs
+
+    return jobs.submit(kind, model, source, json.loads(options), query, statement)
+
+
+@entry_point
+def run_job(job_id: int) -> None:
+    from thanosql_pg.server import jobs
+
+    jobs.run(job_id)
 
 
 # --- discovery -------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 
 import plpy
 
-from thanosql_pg.algorithms.contract import Row
+from thanosql_pg.algorithms.contract import CheckpointStore, Row
 from thanosql_pg.errors import DataError, LimitExceeded, NullValue, UndefinedColumn
 from thanosql_pg.errors import SyntaxError as SQLSyntaxError
 from thanosql_pg.server import spi
@@ -83,6 +83,7 @@ class QueryRows:
         self._labels: list[str] | None = None
         self.reader = MediaReader.for_session(column=input_col)
         self.weights_dirs = weights_dirs(self.reader.data_dir)
+        self.checkpoints: CheckpointStore | None = None  # set by a background job (server/jobs.py)
         self.progress_interval = float(
             plpy.execute(spi.plan("SELECT setting FROM pg_catalog.pg_settings"
                                            " WHERE name = 'thanosql.progress_interval'"))[0]["setting"]

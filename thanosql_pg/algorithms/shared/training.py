@@ -14,6 +14,7 @@ history and what is kept.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -245,6 +246,13 @@ class Epoch:
                                        else None)}
 
 
+def _epoch(d: dict[str, Any]) -> Epoch:
+    """An Epoch from its checkpointed form (dataclasses.asdict)."""
+    val = d["validation"]
+    return Epoch(d["number"], Pass(**d["train"]), Pass(**val) if val is not None else None,
+                 d["learning_rate"], d["seconds"])
+
+
 def _finite(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 6)
 
@@ -318,6 +326,7 @@ class Trainer:
         self.progress = (progress or Progress)(
             source, label=label, metric=metric, epochs=self.epochs, steps_per_epoch=per_epoch,
             validation_steps=steps_per_epoch(validation.count, bs) if validation is not None else 0)
+        self.checkpoints = source.checkpoints
 
     def run(self, batches: Batches[B], forward: Forward[B]) -> Outcome:
         """Train for the epochs (fewer when early stopping stops), validating after each;
@@ -328,7 +337,10 @@ class Trainer:
         best_state: dict[str, Any] | None = None
         waited = 0
         stopped = False
-        for epoch in range(self.epochs):
+        resumed = self._resume()
+        if resumed is not None:
+            history, best, best_state, waited = resumed
+        for epoch in range(len(history), self.epochs):
             start = time.monotonic()
             train = self._pass(parts.train, epoch, training=True, batches=batches, forward=forward)
             validation = None
@@ -338,18 +350,20 @@ class Trainer:
             record = Epoch(epoch + 1, train, validation, self.stepper.learning_rate(),
                            time.monotonic() - start)
             history.append(record)
-            if validation is None:
-                continue
-            if metric.better(validation.metric, best.validation.metric if best and best.validation else None):
-                best, waited = record, 0
-                if parts.early_stopping:  # keep its weights: a copy, off the accelerator
-                    best_state = {k: v.detach().to("cpu", copy=True)
-                                  for k, v in self.net.state_dict().items()}
-            else:
-                waited += 1
-                if parts.early_stopping and waited >= parts.patience:
-                    stopped = True
-                    break
+            if validation is not None:
+                if metric.better(validation.metric,
+                                 best.validation.metric if best and best.validation else None):
+                    best, waited = record, 0
+                    if parts.early_stopping:  # keep its weights: a copy, off the accelerator
+                        best_state = {k: v.detach().to("cpu", copy=True)
+                                      for k, v in self.net.state_dict().items()}
+                else:
+                    waited += 1
+                    stopped = parts.early_stopping and waited >= parts.patience
+            if self.checkpoints is not None and not stopped and epoch + 1 < self.epochs:
+                self.checkpoints.save(epoch + 1, self._checkpoint(history, best, best_state, waited))
+            if stopped:
+                break
         items = sum(e.train.items for e in history)
         if items == 0:
             what = self.progress.what
@@ -363,6 +377,54 @@ class Trainer:
         outcome = Outcome(metric, history, kept, best, items, stopped, self.progress.samples_per_second())
         self._notices(outcome)
         return outcome
+
+    # -- checkpoints (a background job's, RowSource.checkpoints) ------------------------------
+    def _checkpoint(self, history: list[Epoch], best: Epoch | None, best_state: dict[str, Any] | None,
+                    waited: int) -> dict[str, Any]:
+        """Everything the next epoch depends on: the weights, the optimizer, the schedule and
+        the scaler, the random state, the epochs so far and the early-stopping state."""
+        import torch
+
+        stepper = self.stepper
+        return {
+            "epoch": len(history),
+            "net": self.net.state_dict(),
+            "optimizer": stepper.opt.state_dict(),
+            "scheduler": stepper.sched.state_dict(),
+            "scaler": stepper.scaler.state_dict() if stepper.scaler is not None else None,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": [torch.cuda.get_rng_state(i) for i in self._cuda()],
+            "history": [dataclasses.asdict(e) for e in history],
+            "best": history.index(best) if best is not None else -1,
+            "best_state": best_state,
+            "waited": waited,
+        }
+
+    def _cuda(self) -> list[int]:
+        return cuda_indices(self.device) if str(self.device).startswith("cuda") else []
+
+    def _resume(self) -> tuple[list[Epoch], Epoch | None, dict[str, Any] | None, int] | None:
+        """The state of the newest checkpoint, restored; None without one."""
+        import torch
+
+        state = self.checkpoints.load() if self.checkpoints is not None else None
+        if state is None:
+            return None
+        self.net.load_state_dict(state["net"])
+        stepper = self.stepper
+        stepper.opt.load_state_dict(state["optimizer"])
+        stepper.sched.load_state_dict(state["scheduler"])
+        if stepper.scaler is not None and state["scaler"] is not None:
+            stepper.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        for i, rng in zip(self._cuda(), state["cuda_rng"], strict=False):
+            torch.cuda.set_rng_state(rng, i)
+        history = [_epoch(e) for e in state["history"]]
+        best = history[state["best"]] if state["best"] >= 0 else None
+        self.progress.first_epoch = len(history)
+        self.parts.train.notice(f"{self.label}: resuming after epoch {len(history)} of {self.epochs}"
+                                " from the job's checkpoint")
+        return history, best, state["best_state"], int(state["waited"])
 
     def _pass(self, part: RowSource, epoch: int, *, training: bool, batches: Batches[B],
               forward: Forward[B]) -> Pass:
@@ -433,6 +495,7 @@ class Progress:
         self.last_view = 0.0
         self.samples = 0
         self.steps_done = 0  # training and validation steps
+        self.first_epoch = 0  # epochs done before this run (a resumed job's)
 
     def step(self, samples: int) -> None:
         """A training step of ``samples``."""
@@ -449,7 +512,7 @@ class Progress:
         return self.samples / elapsed if elapsed > 0 else 0.0
 
     def eta(self) -> float:
-        total = self.epochs * (self.steps_per_epoch + self.validation_steps)
+        total = (self.epochs - self.first_epoch) * (self.steps_per_epoch + self.validation_steps)
         left = max(0, total - self.steps_done)
         return self.elapsed() / self.steps_done * left if self.steps_done else float("nan")
 

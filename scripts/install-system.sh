@@ -5,7 +5,7 @@ set -euo pipefail
 PGV=${PG_MAJOR:-15}
 pkgs=(postgresql-$PGV postgresql-client-$PGV postgresql-plpython3-$PGV
       postgresql-server-dev-$PGV python3-venv python3-dev build-essential
-      espeak-ng libsndfile1 dpkg-dev)
+      postgresql-$PGV-cron espeak-ng libsndfile1 dpkg-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   [ -z "$p" ] && continue

@@ -278,3 +278,29 @@ def test_background_predict_and_evaluate(rows: str, proxy_dsn: str, server_dsn: 
         with pytest.raises(errors.InvalidParameterValue, match="table_name"):
             c.execute("PREDICT USING tj_pe OPTIONS (image_col='path', background=True)"
                       " AS SELECT path FROM tj_train")
+
+
+@pytest.mark.slow
+def test_a_pg_cron_schedule_submits_a_job_that_succeeds(rows: str, proxy_dsn: str, clean: None) -> None:
+    """The README's recipe: a schedule (each minute here) whose command submits a background
+    FIT through thanosql.execute."""
+    with connect(proxy_dsn) as c:
+        c.execute(build_sql("tj_cron", 1))
+        fit = ("FIT MODEL tj_cron USING tj_cron OPTIONS (image_col='path', label_col='label', epochs=1,"
+               " batch_size=16, background=True) AS SELECT path, label FROM tj_train")
+        c.execute("SELECT cron.schedule('tj_cron_refit', '* * * * *',"
+                  " pg_catalog.format('SELECT * FROM thanosql.execute(%%L)', %s::text))", (fit,))
+        try:
+            deadline = time.monotonic() + 150
+            found = None
+            while found is None and time.monotonic() < deadline:
+                found = c.execute("SELECT job_id FROM thanosql.jobs WHERE model = 'tj_cron' AND kind = 'fit'"
+                                  " ORDER BY job_id LIMIT 1").fetchone()
+                time.sleep(1)
+            assert found is not None, c.execute("SELECT status, return_message FROM cron.job_run_details"
+                                                " ORDER BY runid DESC LIMIT 3").fetchall()
+        finally:
+            c.execute("SELECT cron.unschedule('tj_cron_refit')")
+        assert c.execute("SELECT thanosql.wait_job(%s)", found).fetchone() == ("succeeded",)
+        assert c.execute("SELECT count(*) FROM thanosql.model_versions v JOIN thanosql.models m"
+                         " ON m.id = v.model_id WHERE m.name = 'tj_cron'").fetchone()[0] >= 2

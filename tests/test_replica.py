@@ -94,7 +94,12 @@ def test_writes_on_the_standby_are_refused_with_a_hint(replica: dict, models: di
                           " AS SELECT path, label FROM rep_train",
                           "CONVERT USING rep_simclr OPTIONS (image_col='path', result_col='emb2')"
                           " AS SELECT * FROM rep_train",
-                          "DELETE MODEL rep_image"):
+                          "DELETE MODEL rep_image",
+                          # a background job: refused at submission, before the query runs
+                          "FIT MODEL rep_image USING rep_image OPTIONS (image_col='path', label_col='label',"
+                          " background=True) AS SELECT path, label FROM rep_train",
+                          "PREDICT USING rep_image OPTIONS (image_col='path', table_name='rep_p',"
+                          " background=True) AS SELECT path FROM rep_train"):
             with pytest.raises(errors.ReadOnlySqlTransaction) as e:
                 s.execute(statement)
             assert "primary" in (e.value.diag.message_hint or ""), statement

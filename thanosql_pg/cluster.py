@@ -26,12 +26,18 @@ from thanosql_pg.errors import ConfigurationError
 DATABASE = "thanosql"
 # Server-wide progress (thanosql.progress) and the count of sessions running models
 # live in shared memory, which a library can only request at server start.
-PRELOAD_OFF = "shared_preload_libraries = 'thanosql'  # thanosql.progress, shared CPU budget"
+PRELOAD_OFF = "shared_preload_libraries = 'thanosql, pg_cron'  # thanosql.progress and jobs, pg_cron"
 # `thanosql start --preload`: the postmaster also starts PL/Python and imports torch, timm
 # and thanosql_pg (src/preload.c), so a new session's first call skips seconds of imports.
 # Python code changed after the server started is seen only after a restart.
-PRELOAD_ON = ("shared_preload_libraries = 'plpython3, thanosql'  # thanosql start --preload",
+PRELOAD_ON = ("shared_preload_libraries = 'plpython3, thanosql, pg_cron'  # thanosql start --preload",
                "thanosql.preload = on")
+# Lines of earlier releases, replaced by the above
+OLD_PRELOAD = ("shared_preload_libraries = 'thanosql'  # thanosql.progress, shared CPU budget",
+               "shared_preload_libraries = 'plpython3, thanosql'  # thanosql start --preload")
+# Background jobs (thanosql's launcher and job workers) and pg_cron's schedules run in
+# background workers: pg_cron's run in this cluster's database, without a connection.
+JOB_LINES = ("max_worker_processes = 32", "cron.database_name = 'thanosql'", "cron.use_background_workers = on")
 FIRST_PORT = 54320
 # The hot standby (start --replica) streams through this physical replication slot; the
 # primary keeps at most this much WAL for it while it is stopped.
@@ -246,8 +252,8 @@ thanosql.data_dir = '{self.files}'
         text = conf.read_text()
         lines = text.splitlines()
         want = self.preloading() if preload is None else preload
-        ours = {PRELOAD_OFF, *PRELOAD_ON}
-        wanted = list(PRELOAD_ON) if want else [PRELOAD_OFF]
+        ours = {PRELOAD_OFF, *PRELOAD_ON, *OLD_PRELOAD, *JOB_LINES}
+        wanted = [*(PRELOAD_ON if want else (PRELOAD_OFF,)), *JOB_LINES]
         if [line for line in lines if line in ours] == wanted:
             return False
         kept = [line for line in lines if line not in ours]
@@ -302,7 +308,8 @@ thanosql.data_dir = '{self.files}'
         # The embedded cluster is the CLI's own: it also brings the extension to the
         # installed release (a no-op when it is there already).
         self._psql(state, DATABASE, "SET client_min_messages = warning; "
-                   "CREATE EXTENSION IF NOT EXISTS thanosql CASCADE; ALTER EXTENSION thanosql UPDATE")
+                   "CREATE EXTENSION IF NOT EXISTS thanosql CASCADE; ALTER EXTENSION thanosql UPDATE; "
+                   "CREATE EXTENSION IF NOT EXISTS pg_cron")
 
     def _start_proxy(self, state: State) -> None:
         if not _port_free(state.proxy_port) and not os.environ.get("THANOSQL_PROXY_PORT"):

@@ -38,8 +38,8 @@ CREATE OR REPLACE VIEW thanosql.progress WITH (security_barrier) AS
     FROM thanosql._progress_slots() s
     LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) s.database
     UNION ALL
-    SELECT NULL::integer, pg_catalog.pg_get_userbyid(j.owner), pg_catalog.current_database()::name,
-           pg_catalog.upper(j.kind), j.model, 'queued'::text, 0, j.epochs, NULL::bigint, NULL::bigint,
+    SELECT NULL::pg_catalog.int4, pg_catalog.pg_get_userbyid(j.owner), pg_catalog.current_database()::pg_catalog.name,
+           pg_catalog.upper(j.kind), j.model, 'queued'::pg_catalog.text, 0, j.epochs, NULL::bigint, NULL::bigint,
            NULL::double precision, NULL::double precision, NULL::interval, j.submitted_at, j.submitted_at
     FROM thanosql.job_records j
     WHERE j.status OPERATOR(pg_catalog.=) 'queued' AND thanosql._job_visible(j.owner);

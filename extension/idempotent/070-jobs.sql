@@ -276,7 +276,7 @@ RETURNS void AS 'MODULE_PATHNAME', 'thanosql_act' LANGUAGE C SET search_path = p
 -- thanosql.jobs: a role sees the jobs of the roles it is a member of; superusers and members
 -- of pg_read_all_stats see all. epoch: the running job's, from thanosql.progress.
 CREATE OR REPLACE VIEW thanosql.jobs WITH (security_barrier) AS
-    SELECT j.job_id, j.owner::text AS owner, j.kind, j.model, j.status, j.attempts,
+    SELECT j.job_id, j.owner::pg_catalog.text AS owner, j.kind, j.model, j.status, j.attempts,
            (SELECT s.epoch FROM thanosql._progress_slots() s
              WHERE j.status OPERATOR(pg_catalog.=) 'running' AND s.pid OPERATOR(pg_catalog.=) j.pid LIMIT 1) AS epoch,
            j.epochs, j.pid, j.submitted_at, j.started_at, j.finished_at, j.sqlstate, j.message, j.result

@@ -5,10 +5,10 @@
 CREATE TABLE thanosql.job_records (
     job_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     owner pg_catalog.regrole NOT NULL,
-    kind text NOT NULL CHECK (kind IN ('build', 'fit', 'predict', 'evaluate', 'convert')),
+    kind text NOT NULL CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['build', 'fit', 'predict', 'evaluate', 'convert'])),
     model text NOT NULL,
     status text NOT NULL DEFAULT 'queued'
-        CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+        CHECK (status OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'running', 'succeeded', 'failed', 'cancelled'])),
     attempts integer NOT NULL DEFAULT 0,
     epochs integer,
     pid integer,
@@ -23,7 +23,7 @@ CREATE TABLE thanosql.job_records (
     result jsonb
 );
 -- the names that queued and running BUILD/FIT jobs will write (thanosql._model_claim)
-CREATE INDEX job_records_active_model ON thanosql.job_records (model) WHERE status IN ('queued', 'running');
+CREATE INDEX job_records_active_model ON thanosql.job_records (model) WHERE status OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'running']);
 
 -- A training job's newest checkpoint (weights, optimizer, schedule, random
 -- states, epochs so far), in chunks as model weights are; removed when the job ends.

@@ -194,6 +194,26 @@ def test_build_streams_progress(kernel: Kernel, cluster: dict) -> None:
     kernel.ok("%%thanosql\nDROP MODEL magic_digits; DROP TABLE magic_digits")
 
 
+def test_background_job_shows_a_bar_until_it_ends(kernel: Kernel, cluster: dict) -> None:
+    with psycopg.connect(cluster["server"], autocommit=True) as conn:
+        rows = digits_data.per_class(digits_data.digits(cluster["files_dir"]), 4)
+        digits_data.load_table(conn, "magic_job_digits", rows)
+    build = ("BUILD MODEL magic_job USING ConvNeXt_Tiny OPTIONS (image_col='path', label_col='label',\n"
+             "  epochs=2, batch_size=8, input_size=32, pretrained=False, overwrite=True, background=True)\n"
+             "AS SELECT path, label FROM magic_job_digits")
+    res = kernel.ok("%%thanosql\n" + build, timeout=600)
+    # the job's row when it ended, and a bar of its epochs that ends full
+    assert "succeeded" in (res.value or ""), res.value
+    assert re.search(r"job \d+: 100%\|", res.stderr) and "2.0/2 epochs" in res.stderr, res.stderr
+    # asked not to wait: the submitted row, at once
+    res = kernel.ok("%%thanosql --no-wait\n" + build, timeout=60)
+    assert "queued" in (res.value or ""), res.value
+    job_id = int(kernel.ok("print(_.job_id[0])").stdout)
+    with psycopg.connect(cluster["server"], autocommit=True) as conn:
+        assert conn.execute("SELECT thanosql.wait_job(%s)", (job_id,)).fetchone() == ("succeeded",)
+    kernel.ok("%%thanosql\nDROP MODEL magic_job; DROP TABLE magic_job_digits")
+
+
 def images(res: CellResult) -> list[bytes]:
     """The PNG images a cell displayed (display_data, as a notebook shows them inline)."""
     import base64

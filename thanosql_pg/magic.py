@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from typing import Any
 
 import psycopg
@@ -198,9 +199,49 @@ def to_dataframe(cur: psycopg.Cursor[Any]) -> Any:
     return pd.DataFrame(cur.fetchall(), columns=columns)
 
 
-def run_text(conn: psycopg.Connection, text: str) -> Any:
+_SUBMITTED_COLUMNS = list(shapes.names(shapes.SUBMITTED))  # a statement with background=True
+_FINAL = ("succeeded", "failed", "cancelled")
+_JOB = ("SELECT j.status, j.epoch, j.epochs, p.step, p.steps, j.message FROM thanosql.jobs j"
+        " LEFT JOIN thanosql.progress p ON p.pid = j.pid WHERE j.job_id = %s")
+
+
+def follow_jobs(conn: psycopg.Connection, job_ids: list[int], *, poll: float = 0.5) -> Any:
+    """A progress bar per background job (epochs, from thanosql.jobs and thanosql.progress)
+    until it ends; then the jobs' rows. Interrupting the wait leaves the jobs running."""
+    import pandas as pd
+
+    try:
+        for job_id in job_ids:
+            bar: Any = None
+            while True:
+                row = conn.execute(_JOB, (job_id,)).fetchone()
+                if row is None:
+                    break
+                status, epoch, epochs, step, steps, _ = row
+                if bar is None and epochs:
+                    bar = _bar_class()(total=epochs, desc=f"job {job_id}", unit="epoch", file=sys.stderr,
+                                       bar_format="{l_bar}{bar}| {n:.1f}/{total} epochs [{elapsed}]"
+                                                  " {postfix}")
+                if bar is not None:
+                    done = max(0.0, (epoch or 0) - 1 + (step or 0) / steps) if epoch and steps else 0.0
+                    bar.n = float(epochs) if status == "succeeded" else done
+                    bar.set_postfix_str(status, refresh=True)
+                if status in _FINAL:
+                    break
+                time.sleep(poll)
+            if bar is not None:
+                bar.close()
+    except KeyboardInterrupt:
+        print("stopped waiting; the jobs go on (thanosql.jobs shows them, thanosql.cancel_job cancels one)",
+              file=sys.stderr)
+    cur = conn.execute("SELECT * FROM thanosql.jobs WHERE job_id = ANY(%s) ORDER BY job_id", (job_ids,))
+    return pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description or ()])
+
+
+def run_text(conn: psycopg.Connection, text: str, *, wait: bool = True) -> Any:
     """Run every statement of ``text``; return the last one's result: a DataFrame,
-    a CommandStatus, or None for an empty text. Raises ThanoSQLCellError."""
+    a CommandStatus, or None for an empty text. Raises ThanoSQLCellError. A background
+    job that the last statement submitted is followed to its end unless ``wait`` is False."""
     from thanosql_pg.preprocessor import rewrite
 
     try:
@@ -227,6 +268,8 @@ def run_text(conn: psycopg.Connection, text: str) -> Any:
         finally:
             conn.remove_notice_handler(notices)
         result = to_dataframe(cur) if cur.description is not None else CommandStatus(cur.statusmessage or "")
+    if wait and list(getattr(result, "columns", [])) == _SUBMITTED_COLUMNS and len(result):
+        result = follow_jobs(conn, [int(j) for j in result["job_id"]])
     show_pictures(conn, result)
     return result
 
@@ -293,8 +336,12 @@ class ThanoSQLMagics(Magics):
 
     @line_cell_magic
     def thanosql(self, line: str, cell: str | None = None) -> Any:
-        """%thanosql [connection string | statement]; %%thanosql [connection string] + statements."""
+        """%thanosql [connection string | statement]; %%thanosql [--no-wait] [connection string] +
+        statements. --no-wait: a background job's statement returns at once (its job row)."""
         line = line.strip()
+        wait = True
+        if cell is not None and line.split()[:1] == ["--no-wait"]:
+            wait, line = False, line[len("--no-wait"):].strip()
         if cell is None:
             if not line:
                 return self.use(self.dsn) if self.dsn else self.use_default()
@@ -307,7 +354,7 @@ class ThanoSQLMagics(Magics):
                                         text="", hint="Give a connection string there, or nothing.")
             if line != self.dsn:
                 self.use(line)
-        return run_text(self.connection(), cell)
+        return run_text(self.connection(), cell, wait=wait)
 
     def use_default(self) -> str:
         from thanosql_pg.client import default_dsn

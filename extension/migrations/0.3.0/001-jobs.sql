@@ -34,6 +34,8 @@ CREATE TABLE thanosql.job_checkpoints (
     data bytea NOT NULL,
     PRIMARY KEY (job_id, epoch, seq)
 );
+-- weights and optimizer state do not compress: store them as they are (as model_chunks)
+ALTER TABLE thanosql.job_checkpoints ALTER COLUMN data SET STORAGE EXTERNAL;
 
 -- The rows each job reads, fixed when it was submitted: thanosql_jobs.rows_<job_id>,
 -- readable by the job's owner only, dropped when the job ends.

@@ -1,0 +1,136 @@
+"""A background job's overhead, and the cost of resuming one after a restart.
+
+The same BUILD MODEL (ConvNeXt_Tiny from scratch on digits PNGs) runs, alternately,
+
+- synchronously: a new connection runs ``thanosql.build_model(...)`` and waits for it
+  (the client's session imports torch, as a job's worker does);
+- as a job: a new connection submits it (``thanosql.submit_job``, what ``background=True``
+  rewrites to) and ``thanosql.wait_job`` waits for the end. On top of the training, the job
+  pays the copy of its rows at submission, the queue (the launcher looks twice a second), a
+  fresh background worker, and a checkpoint committed after every epoch but the last.
+
+Medians of the seconds from the call to the model being stored; ratio job / sync (target:
+overhead <= 5 %). Then the resume cost: a job is stopped by ``thanosql stop`` during its
+second epoch, the server is started again, and the time from the server accepting
+connections to the job training again (its thanosql.progress row in phase 'train') is
+measured. Results: bench/results/job_overhead.json.
+
+    .venv/bin/python bench/job_overhead.py [--rows 960] [--epochs 3] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import common
+
+QUERY = "SELECT path, label FROM bench_jobs"
+SUBMIT = "SELECT job_id FROM thanosql.submit_job('build', 'bench_jobs_job', 'ConvNeXt_Tiny', %s, %s, NULL)"
+
+
+def parse_args() -> Any:
+    p = common.parser(__doc__, "job_overhead")
+    p.add_argument("--rows", type=int, default=960)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    return p.parse_args()
+
+
+def main() -> int:
+    import psycopg
+
+    from thanosql_pg import datasets
+
+    args = parse_args()
+    info = common.cluster_status()
+    dsn = info["server"]
+    rows = common.digit_rows(info["files_dir"], args.rows)
+    opts = {"image_col": "path", "label_col": "label", "epochs": args.epochs, "batch_size": args.batch_size,
+            "input_size": args.input_size, "learning_rate": 2e-3, "pretrained": False, "overwrite": True}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        datasets.load_table(conn, "bench_jobs", rows)
+
+    def sync() -> float:
+        start = time.perf_counter()
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("SELECT * FROM thanosql.build_model('bench_jobs_sync', 'ConvNeXt_Tiny', %s, %s)",
+                      (json.dumps(opts), QUERY)).fetchall()
+        return time.perf_counter() - start
+
+    def job() -> float:
+        start = time.perf_counter()
+        with psycopg.connect(dsn, autocommit=True) as c:
+            job_id = c.execute(SUBMIT, (json.dumps(opts), QUERY)).fetchone()[0]
+            status = c.execute("SELECT thanosql.wait_job(%s)", (job_id,)).fetchone()[0]
+        assert status == "succeeded", status
+        return time.perf_counter() - start
+
+    runs: dict[str, list[float]] = {"sync": [], "job": []}
+    sync()  # warm-up: the page cache holds the PNGs and the libraries for both sides
+    for r in range(args.repeats):
+        runs["sync"].append(sync())
+        runs["job"].append(job())
+        print(f"run {r + 1}: sync {runs['sync'][-1]:.1f} s, job {runs['job'][-1]:.1f} s", flush=True)
+    resume = measure_resume(dsn, opts)
+    print(f"resume: {resume}", flush=True)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        common.clean_up(conn, "bench_jobs_sync", "bench_jobs")
+        common.clean_up(conn, "bench_jobs_job")
+    med = {k: common.median_of([{"s": v} for v in vs], "s") for k, vs in runs.items()}
+    summary = {"sync_seconds": med["sync"], "job_seconds": med["job"], "ratio": med["job"] / med["sync"],
+               "overhead_percent": 100 * (med["job"] / med["sync"] - 1), "target": "overhead <= 5 %",
+               **{f"resume_{k}": v for k, v in resume.items()}}
+    common.save(args, "job_overhead", {"runs": runs, "resume": resume}, summary)
+    return 0
+
+
+def measure_resume(dsn: str, opts: dict[str, Any]) -> dict[str, float]:
+    """Stop the server during a job's second epoch; seconds from the server accepting
+    connections again to the job training again."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        job_id = c.execute(SUBMIT, (json.dumps(opts), QUERY)).fetchone()[0]
+        epoch = "SELECT epoch FROM thanosql.jobs WHERE job_id = %s"
+        while (c.execute(epoch, (job_id,)).fetchone()[0] or 0) < 2:
+            time.sleep(0.2)
+    cli = [sys.executable, "-m", "thanosql_pg.cli"]
+    stop_start = time.perf_counter()
+    subprocess.run([*cli, "stop"], check=True, cwd=common.ROOT, stdout=subprocess.DEVNULL)
+    stopped = time.perf_counter()
+    subprocess.run([*cli, "start"], check=True, cwd=common.ROOT, stdout=subprocess.DEVNULL)
+    while True:
+        try:
+            conn = psycopg.connect(dsn, autocommit=True)
+            break
+        except psycopg.OperationalError:
+            time.sleep(0.05)
+    back = time.perf_counter()
+    with conn:
+        running = None
+        while True:
+            row = conn.execute("SELECT j.status, p.phase, p.step FROM thanosql.jobs j"
+                               " LEFT JOIN thanosql.progress p ON p.pid = j.pid WHERE j.job_id = %s",
+                               (job_id,)).fetchone()
+            if row[0] == "running" and running is None:
+                running = time.perf_counter()
+            if row[1] == "train" and (row[2] or 0) > 0:
+                break
+            time.sleep(0.05)
+        training = time.perf_counter()
+        status = conn.execute("SELECT thanosql.wait_job(%s)", (job_id,)).fetchone()[0]
+        attempts = conn.execute("SELECT attempts FROM thanosql.jobs WHERE job_id = %s",
+                                (job_id,)).fetchone()[0]
+    assert status == "succeeded" and attempts == 2, (status, attempts)
+    return {"stop_seconds": stopped - stop_start, "server_back_to_running_seconds": (running or back) - back,
+            "server_back_to_training_seconds": training - back}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

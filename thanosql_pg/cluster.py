@@ -37,7 +37,10 @@ OLD_PRELOAD = ("shared_preload_libraries = 'thanosql'  # thanosql.progress, shar
                "shared_preload_libraries = 'plpython3, thanosql'  # thanosql start --preload")
 # Background jobs (thanosql's launcher and job workers) and pg_cron's schedules run in
 # background workers: pg_cron's run in this cluster's database, without a connection.
-JOB_LINES = ("max_worker_processes = 32", "cron.database_name = 'thanosql'", "cron.use_background_workers = on")
+# A training job commits a checkpoint (weights and optimizer state) every epoch: room for
+# them in the WAL between checkpoints, so that they do not force one each.
+JOB_LINES = ("max_worker_processes = 32", "cron.database_name = 'thanosql'",
+             "cron.use_background_workers = on", "max_wal_size = '4GB'")
 FIRST_PORT = 54320
 # The hot standby (start --replica) streams through this physical replication slot; the
 # primary keeps at most this much WAL for it while it is stopped.

@@ -103,7 +103,8 @@ BEGIN
                          WHEN j.cancel_requested THEN 'cancelled' ELSE 'failed' END,
            sqlstate = NULLIF(p_sqlstate, '00000'),
            -- PL/Python's prefixes (plpy.Error: , spiexceptions.QueryCanceled: ) say nothing to the user
-           message = NULLIF(pg_catalog.regexp_replace(p_message, '^((plpy|spiexceptions)\.[A-Za-z]+: )+', ''), ''),
+           message = NULLIF(pg_catalog.left(pg_catalog.regexp_replace(p_message, '^((plpy|spiexceptions)\.[A-Za-z]+: )+', ''),
+                                             8192), ''),
            finished_at = pg_catalog.now()
      WHERE r.job_id OPERATOR(pg_catalog.=) p_job_id;
     PERFORM thanosql._job_cleanup(p_job_id);

@@ -25,6 +25,8 @@
  */
 #include "postgres.h"
 
+#include <sys/stat.h>
+
 #include "access/xact.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
@@ -53,6 +55,7 @@
 
 PGDLLEXPORT void thanosql_jobs_launcher_main(Datum arg);
 PGDLLEXPORT void thanosql_job_main(Datum arg);
+PGDLLEXPORT void thanosql_checkpoint_helper_main(Datum arg);
 
 static int	max_jobs = 1;
 static int	job_max_attempts = 3;
@@ -64,6 +67,7 @@ typedef struct JobExtra
 {
 	Oid			database;
 	Oid			owner;
+	int32		epoch;			/* a checkpoint helper's: the epoch it stores */
 } JobExtra;
 
 void
@@ -197,7 +201,7 @@ launch(int64 job_id, Oid owner)
 {
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
-	JobExtra	extra = {MyDatabaseId, owner};
+	JobExtra	extra = {MyDatabaseId, owner, 0};
 	pid_t		pid = 0;
 	char		sql[128];
 	MemoryContext old;
@@ -374,6 +378,143 @@ thanosql_job_main(Datum arg)
 	end_job(current_job, "00000", "");
 	pgstat_report_activity(STATE_IDLE, NULL);
 	proc_exit(0);
+}
+
+/* -- a checkpoint helper ------------------------------------------------------ */
+
+/*
+ * Storing a training checkpoint (weights and optimizer state: hundreds of MB)
+ * takes seconds. The job worker writes it to a file (thanosql_jobs/<id>/ in
+ * the data directory) and starts a helper, connected as the same role, that
+ * copies it into thanosql.job_checkpoints through the job's writers and
+ * commits, while the worker trains on. One helper at a time: the next
+ * checkpoint, and the job's end, wait for it.
+ */
+static BackgroundWorkerHandle *helper = NULL;
+
+static void
+wait_helper(void)
+{
+	if (helper != NULL)
+	{
+		BackgroundWorkerHandle *h = helper;
+
+		helper = NULL;
+		(void) WaitForBackgroundWorkerShutdown(h);
+		pfree(h);
+	}
+}
+
+static void
+require_job_worker(void)
+{
+	if (current_job == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("only a background job's own worker stores its checkpoints")));
+}
+
+void
+thanosql_checkpoint_helper_main(Datum arg)
+{
+	JobExtra	extra;
+	char		sql[128];
+	char		name[64];
+
+	memcpy(&extra, MyBgworkerEntry->bgw_extra, sizeof(extra));
+	current_job = DatumGetInt64(arg);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(extra.database, extra.owner, 0);
+	snprintf(name, sizeof(name), "thanosql checkpoint " INT64_FORMAT, current_job);
+	pgstat_report_appname(name);
+	snprintf(sql, sizeof(sql), "CALL thanosql._store_job_checkpoint(" INT64_FORMAT ", %d)", current_job,
+			 (int) extra.epoch);
+	pgstat_report_activity(STATE_RUNNING, sql);
+	PG_TRY();
+	{
+		run_toplevel(sql);
+	}
+	PG_CATCH();
+	{
+		/* logged; the job keeps its previous checkpoint */
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+	proc_exit(0);
+}
+
+PG_FUNCTION_INFO_V1(thanosql_job_checkpoint_async);
+
+/*
+ * _store_job_checkpoint_async(epoch): a helper stores the checkpoint file of
+ * ``epoch`` (after the previous helper ended). False when no worker slot is
+ * free: the caller then stores it itself.
+ */
+Datum
+thanosql_job_checkpoint_async(PG_FUNCTION_ARGS)
+{
+	BackgroundWorker worker;
+	JobExtra	extra = {MyDatabaseId, GetAuthenticatedUserId(), PG_GETARG_INT32(0)};
+	MemoryContext old;
+	bool		registered;
+	pid_t		pid;
+
+	require_job_worker();
+	wait_helper();
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "thanosql");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "thanosql_checkpoint_helper_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "thanosql checkpoint " INT64_FORMAT, current_job);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "thanosql checkpoint");
+	worker.bgw_main_arg = Int64GetDatum(current_job);
+	memcpy(worker.bgw_extra, &extra, sizeof(extra));
+	worker.bgw_notify_pid = MyProcPid;
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	registered = RegisterDynamicBackgroundWorker(&worker, &helper);
+	MemoryContextSwitchTo(old);
+	if (!registered)
+	{
+		helper = NULL;
+		PG_RETURN_BOOL(false);
+	}
+	if (WaitForBackgroundWorkerStartup(helper, &pid) != BGWH_STARTED)
+	{
+		pfree(helper);
+		helper = NULL;
+		PG_RETURN_BOOL(false);
+	}
+	PG_RETURN_BOOL(true);
+}
+
+PG_FUNCTION_INFO_V1(thanosql_job_checkpoint_wait);
+
+/* Waits until the checkpoint helper started last has ended. */
+Datum
+thanosql_job_checkpoint_wait(PG_FUNCTION_ARGS)
+{
+	require_job_worker();
+	wait_helper();
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(thanosql_job_remove_files);
+
+/* Removes a job's folder of checkpoint files (thanosql_jobs/<id> in the data directory). */
+Datum
+thanosql_job_remove_files(PG_FUNCTION_ARGS)
+{
+	char	   *dir = psprintf("%s/thanosql_jobs/" INT64_FORMAT, DataDir, PG_GETARG_INT64(0));
+	struct stat st;
+
+	if (stat(dir, &st) == 0)
+		(void) rmtree(dir, true);
+	PG_RETURN_VOID();
 }
 
 /* -- SQL-callable ---------------------------------------------------------- */

@@ -6,10 +6,17 @@
 -- for what a role calls, the worker's own job id, thanosql._worker_job(), for
 -- what only a job's worker may do), never taken from an argument.
 
+-- A job's folder of checkpoint files on their way into the catalog (thanosql_jobs/<id> in
+-- the data directory: src/jobs.c's checkpoint helper), removed.
+CREATE OR REPLACE FUNCTION thanosql._remove_job_files(p_job_id bigint) RETURNS void
+    AS 'MODULE_PATHNAME', 'thanosql_job_remove_files' LANGUAGE C STRICT VOLATILE
+    SET search_path = pg_catalog, pg_temp;
+
 -- Removes what a job kept while it ran: its rows and its checkpoint.
 CREATE OR REPLACE FUNCTION thanosql._job_cleanup(p_job_id bigint) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM thanosql._remove_job_files(p_job_id);
     DELETE FROM thanosql.job_checkpoints WHERE job_id OPERATOR(pg_catalog.=) p_job_id;
     -- CASCADE: the worker's temporary view of the rows goes with them
     EXECUTE pg_catalog.format('DROP TABLE IF EXISTS thanosql_jobs.%I CASCADE', 'rows_' OPERATOR(pg_catalog.||) p_job_id);
@@ -187,6 +194,14 @@ RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_
 DECLARE
     j thanosql.job_records := thanosql._worker_job_row(p_job_id, who);
 BEGIN
+    -- the job's end (which removes its checkpoint) waits for this transaction, or this one
+    -- for it, and then finds the job ended
+    PERFORM 1 FROM thanosql.job_records r
+     WHERE r.job_id OPERATOR(pg_catalog.=) p_job_id AND r.status OPERATOR(pg_catalog.=) 'running' FOR SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % has ended: its checkpoint is not kept', p_job_id
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
     DELETE FROM thanosql.job_checkpoints c
      WHERE c.job_id OPERATOR(pg_catalog.=) p_job_id AND c.epoch OPERATOR(pg_catalog.<>) p_epoch;
 END $$;
@@ -317,6 +332,23 @@ RETURNS TABLE (@COLUMNS:submitted@)
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
 if GD.get("thanosql.version") != "@VERSION@": plpy.execute("SELECT thanosql._load()")
 return GD["thanosql"].submit_job(kind, model, source, options, query, statement, caller_search_path)
+$$;
+
+-- A job worker's checkpoint helper (src/jobs.c): starting one for the checkpoint file of
+-- an epoch, and waiting for it; only in a job's worker.
+CREATE OR REPLACE FUNCTION thanosql._store_job_checkpoint_async(p_epoch integer) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'thanosql_job_checkpoint_async' LANGUAGE C STRICT VOLATILE
+    SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION thanosql._wait_job_checkpoint() RETURNS void
+    AS 'MODULE_PATHNAME', 'thanosql_job_checkpoint_wait' LANGUAGE C VOLATILE
+    SET search_path = pg_catalog, pg_temp;
+
+-- What the helper runs, as the job's owner: the file into the catalog, committed.
+CREATE OR REPLACE PROCEDURE thanosql._store_job_checkpoint(job_id bigint, epoch integer) LANGUAGE plpython3u AS $$
+plpy.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
+if GD.get("thanosql.version") != "@VERSION@": plpy.execute("SELECT thanosql._load()")
+GD["thanosql"].store_job_checkpoint(job_id, epoch)
 $$;
 
 -- What a job's worker runs (src/jobs.c), as the job's owner. A procedure, called at top

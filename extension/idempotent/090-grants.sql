@@ -41,6 +41,7 @@ GRANT SELECT ON thanosql.jobs TO PUBLIC;
 GRANT USAGE ON SCHEMA thanosql_jobs TO PUBLIC;
 REVOKE CREATE ON SCHEMA thanosql_jobs FROM PUBLIC;
 REVOKE ALL ON FUNCTION thanosql._job_cleanup(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._remove_job_files(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION thanosql._jobs_tick(integer, integer, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION thanosql._job_started(bigint, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION thanosql._job_unstart(bigint) FROM PUBLIC;

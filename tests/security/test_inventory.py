@@ -79,6 +79,10 @@ PUBLIC_FUNCTIONS = {
     "thanosql._read_job_checkpoint(bigint,integer)": "C gate: the job's own worker only",
     "thanosql._finish_job(bigint,jsonb)": "C gate: the job's own worker only; size-bounded",
     "thanosql._run_job(bigint)": "gets nowhere outside the job's own worker (_job_begin refuses)",
+    "thanosql._store_job_checkpoint(bigint,integer)":
+        "gets nowhere outside the job's own worker or its helper (the checkpoint gates refuse)",
+    "thanosql._store_job_checkpoint_async(integer)": "C: refuses outside a job's worker; stores its own job's",
+    "thanosql._wait_job_checkpoint()": "C: refuses outside a job's worker",
     "thanosql._worker_job()": "C: the job this backend works for, set only by the worker's C code",
     "thanosql._jobs_available()": "tells whether the library is preloaded",
     "thanosql._job_visible(regrole)": "a predicate: is CURRENT_USER a member of that role",
@@ -136,4 +140,5 @@ def test_no_public_function_takes_a_caller_role(direct: psycopg.Connection) -> N
     for fn, names in rows:
         assert not {"caller", "acting", "acting_role"} & set(names or []), fn
     assert sorted(fn for fn, _ in rows) == ["thanosql._grant_visible(bigint,regrole)",
-                                            "thanosql._has_model_privilege(bigint,regrole,text,regrole)"]
+                                            "thanosql._has_model_privilege(bigint,regrole,text,regrole)",
+                                            "thanosql._job_visible(regrole)"]

@@ -560,14 +560,25 @@ def submit_job(kind: str, model: str, source: str | None, options: str, query: s
                statement: str | None) -> list[tuple[Any, ...]]:
     from thanosql_pg.server import jobs
 
-    return jobs.submit(kind, model, source, json.loads(options), query, statement)
+    jobs.check_server()
+    written = {k: v for k, v in json.loads(options).items() if k.lower() != registry.BACKGROUND.name}
+    opts, family = job_options(kind, model, source, written)
+    return jobs.submit(kind, model, source, written, query, statement, opts, family)
 
 
 @entry_point
 def run_job(job_id: int) -> None:
     from thanosql_pg.server import jobs
 
-    jobs.run(job_id)
+    jobs.run(job_id, train_job)
+
+
+@entry_point
+def store_job_checkpoint(job_id: int, epoch: int) -> None:
+    """A job's checkpoint helper (src/jobs.c): the worker's checkpoint file into the catalog."""
+    from thanosql_pg.server import jobs
+
+    jobs.store_checkpoint(job_id, epoch)
 
 
 # --- discovery -------------------------------------------------------------------

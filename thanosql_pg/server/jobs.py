@@ -18,11 +18,15 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
+from collections.abc import Callable
 from typing import Any
 
 import plpy
 
 from thanosql_pg import shapes
+from thanosql_pg.algorithms.contract import CheckpointStore
+from thanosql_pg.algorithms.registry import Family, Options
 from thanosql_pg.errors import FeatureNotAvailable, ObjectNotInPrerequisiteState, ReadOnlySqlTransaction
 from thanosql_pg.server import caller, spi
 
@@ -31,14 +35,19 @@ _counter = itertools.count(1)
 
 
 # --- submission ---------------------------------------------------------------------------------
-def submit(kind: str, model: str, source: str | None, written: dict[str, Any], query: str,
-           statement: str | None) -> list[tuple[Any, ...]]:
-    from thanosql_pg.server import entry
-    from thanosql_pg.server.rows import clean_query, in_recovery, query_columns, resolve_column
+def check_server() -> None:
+    """Before anything else of a submission: this server and database run jobs."""
+    from thanosql_pg.server.rows import in_recovery
 
     _check_server(in_recovery())
-    written = {k: v for k, v in written.items() if k.lower() != "background"}
-    opts, family = entry.job_options(kind, model, source, written)
+
+
+def submit(kind: str, model: str, source: str | None, written: dict[str, Any], query: str,
+           statement: str | None, opts: Options, family: Family) -> list[tuple[Any, ...]]:
+    """Queue a job whose options (``written``, checked as ``opts`` of ``family``) the
+    statement's own checks passed."""
+    from thanosql_pg.server.rows import clean_query, query_columns, resolve_column
+
     if kind != "predict" and kind != "convert":
         # the columns that BUILD, FIT and EVALUATE read, checked now, as those statements would
         available = query_columns(clean_query(query))
@@ -83,9 +92,17 @@ def _check_server(recovering: bool) -> None:
 
 
 # --- the run, in the job's worker ----------------------------------------------------------------------
+def job_dir(job_id: int) -> str:
+    """A job's checkpoint files on their way into the catalog: relative to the data directory,
+    every backend's working directory (removed with the job: thanosql._remove_job_files)."""
+    return os.path.join("thanosql_jobs", str(int(job_id)))
+
+
 class Checkpoints:
-    """A job's newest training checkpoint (contract.CheckpointStore), in the catalog: written
-    through the job's own writers, in chunks, then committed."""
+    """A job's newest training checkpoint (contract.CheckpointStore), in the catalog, written
+    through the job's own writers. Storing hundreds of MB takes seconds: the worker writes the
+    state to a file and a helper process (src/jobs.c) stores it and commits while training
+    goes on; without a free worker slot, the worker stores it itself."""
 
     def __init__(self, job_id: int) -> None:
         self.job_id = job_id
@@ -109,23 +126,54 @@ class Checkpoints:
     def save(self, epoch: int, state: dict[str, Any]) -> None:
         import torch
 
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        data = buf.getbuffer()
-        put = spi.plan("SELECT thanosql._put_job_checkpoint($1, $2, $3, $4)",
-                       ["int8", "int4", "int4", "bytea"])
-        for seq, start in enumerate(range(0, len(data), CHUNK_BYTES)):
-            plpy.execute(put, [self.job_id, epoch, seq, bytes(data[start:start + CHUNK_BYTES])])
-        plpy.execute(spi.plan("SELECT thanosql._keep_job_checkpoint($1, $2)", ["int8", "int4"]),
-                     [self.job_id, epoch])
+        self.flush()  # the previous one is in the catalog, and its file gone
+        os.makedirs(job_dir(self.job_id), mode=0o700, exist_ok=True)
+        path = checkpoint_file(self.job_id, epoch)
+        torch.save(state, path)
+        started = plpy.execute(spi.plan("SELECT thanosql._store_job_checkpoint_async($1) AS ok", ["int4"]),
+                               [epoch])[0]["ok"]
+        if not started:
+            store_checkpoint(self.job_id, epoch)
+        # hours of training in one transaction would hold back VACUUM server-wide
         plpy.commit()
 
+    def flush(self) -> None:
+        """Wait for the checkpoint being stored."""
+        plpy.execute(spi.plan("SELECT thanosql._wait_job_checkpoint()"))
 
-def run(job_id: int) -> None:
-    from thanosql_pg.server import compute, entry, progress
+
+def checkpoint_file(job_id: int, epoch: int) -> str:
+    return os.path.join(job_dir(job_id), f"epoch-{int(epoch)}.pt")
+
+
+def store_checkpoint(job_id: int, epoch: int) -> None:
+    """The checkpoint file of ``epoch`` into the catalog, in chunks, committed; then the file
+    goes (the job's worker, or its helper)."""
+    path = checkpoint_file(job_id, epoch)
+    put = spi.plan("SELECT thanosql._put_job_checkpoint($1, $2, $3, $4)", ["int8", "int4", "int4", "bytea"])
+    with open(path, "rb") as f:
+        seq = 0
+        while chunk := f.read(CHUNK_BYTES):
+            plpy.execute(put, [job_id, epoch, seq, chunk])
+            seq += 1
+    plpy.execute(spi.plan("SELECT thanosql._keep_job_checkpoint($1, $2)", ["int8", "int4"]), [job_id, epoch])
+    plpy.commit()
+    os.remove(path)
+
+
+Train = Callable[[str, str, str, dict[str, Any], str, CheckpointStore], list[tuple[Any, ...]]]
+
+
+def run(job_id: int, train: Train) -> None:
+    """The job's statement: ``train`` (kind, model, source, options, query, checkpoints) for
+    BUILD/FIT, else its plain SQL."""
+    from thanosql_pg.server import compute, progress
 
     job = plpy.execute(spi.plan("SELECT kind, model, search_path, payload::text AS payload"
                                 " FROM thanosql._job_begin($1)", ["int8"]), [job_id])[0]
+    # the job's row is not to stay locked (by _job_begin's update) while it runs: its
+    # checkpoint helper and cancel_job take it
+    plpy.commit()
     kind, model = job["kind"], job["model"]
     payload = json.loads(job["payload"])
     rows = f"SELECT * FROM thanosql_jobs.rows_{int(job_id)}"
@@ -133,8 +181,9 @@ def run(job_id: int) -> None:
     with caller.caller_search_path(job["search_path"]):
         if kind in ("build", "fit"):
             with compute.running_model(), progress.statement_progress(kind.upper(), model, "preparing"):
-                trained = entry.train_job(kind, model, payload["source"], payload["options"], rows,
-                                          Checkpoints(job_id))
+                checkpoints = Checkpoints(job_id)
+                trained = train(kind, model, payload["source"], payload["options"], rows, checkpoints)
+                checkpoints.flush()
             # BUILD's result row, as thanosql.build_model returns it (metrics: JSON text there)
             result = [{name: json.loads(v) if sql_type == "jsonb" else v
                        for (name, sql_type), v in zip(shapes.TRAINED, r, strict=True)} for r in trained]

@@ -81,7 +81,8 @@ PUBLIC_FUNCTIONS = {
     "thanosql._run_job(bigint)": "gets nowhere outside the job's own worker (_job_begin refuses)",
     "thanosql._store_job_checkpoint(bigint,integer)":
         "gets nowhere outside the job's own worker or its helper (the checkpoint gates refuse)",
-    "thanosql._store_job_checkpoint_async(integer)": "C: refuses outside a job's worker; stores its own job's",
+    "thanosql._store_job_checkpoint_async(integer)":
+        "C: refuses outside a job's worker; stores its own job's",
     "thanosql._wait_job_checkpoint()": "C: refuses outside a job's worker",
     "thanosql._worker_job()": "C: the job this backend works for, set only by the worker's C code",
     "thanosql._jobs_available()": "tells whether the library is preloaded",

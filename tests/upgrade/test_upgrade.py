@@ -123,9 +123,9 @@ def test_update_keeps_every_model(release: str, roles: list[str], dbs: Databases
         assert su.execute(MODELS).fetchall() == catalog_before
         # 0.3.0's jobs arrive empty; they run in thanosql.jobs_database only, which says so here
         assert su.execute("SELECT count(*) FROM thanosql.jobs").fetchone() == (0,)
-        with pytest.raises(errors.ObjectNotInPrerequisiteState, match="background jobs run in database"):
-            run(su, "FIT MODEL up_simclr USING up_simclr OPTIONS (image_col='path', epochs=1, background=True)"
-                    " AS SELECT path FROM up_train")
+        with pytest.raises(NOT_READY, match="background jobs run in database"):
+            run(su, "FIT MODEL up_simclr USING up_simclr OPTIONS (image_col='path', epochs=1,"
+                    " background=True) AS SELECT path FROM up_train")
         grants = su.execute("SELECT m.name, g.grantee::text, g.privilege FROM thanosql.model_grants g"
                             " JOIN thanosql.models m ON m.id = g.model_id ORDER BY 1, 2").fetchall()
         assert grants == sorted([("up_image", "-", "USE"), ("up_image", user, "USE")], key=lambda g: g[1])

@@ -38,6 +38,8 @@
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "tcop/pquery.h"
@@ -62,6 +64,49 @@ static int	job_max_attempts = 3;
 static char *jobs_database = NULL;
 static bool jobs_enabled = false;	/* the launcher is registered (preloaded) */
 static int64 current_job = 0;	/* in a job worker: its job */
+
+/* The launcher's latch, which a submission sets when it commits: the job starts at once. */
+typedef struct JobsShared
+{
+	Latch	   *launcher;
+} JobsShared;
+
+static JobsShared *jobs_shared = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static bool wake_at_commit = false;
+static bool wake_callback_registered = false;
+
+static void
+jobs_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(sizeof(JobsShared));
+}
+
+static void
+jobs_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	jobs_shared = ShmemInitStruct("thanosql jobs", sizeof(JobsShared), &found);
+	if (!found)
+		jobs_shared->launcher = NULL;
+	LWLockRelease(AddinShmemInitLock);
+}
+
+static void
+wake_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT && wake_at_commit && jobs_shared != NULL && jobs_shared->launcher != NULL)
+		SetLatch(jobs_shared->launcher);
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
+		wake_at_commit = false;
+}
 
 typedef struct JobExtra
 {
@@ -100,6 +145,10 @@ thanosql_jobs_init(void)
 		snprintf(worker.bgw_type, BGW_MAXLEN, "thanosql job launcher");
 		RegisterBackgroundWorker(&worker);
 		jobs_enabled = true;
+		prev_shmem_request_hook = shmem_request_hook;
+		shmem_request_hook = jobs_shmem_request;
+		prev_shmem_startup_hook = shmem_startup_hook;
+		shmem_startup_hook = jobs_shmem_startup;
 	}
 }
 
@@ -244,6 +293,8 @@ thanosql_jobs_launcher_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(jobs_database, NULL, 0);
 	pgstat_report_appname("thanosql job launcher");
+	if (jobs_shared != NULL)
+		jobs_shared->launcher = &MyProc->procLatch;
 
 	for (;;)
 	{
@@ -526,6 +577,21 @@ Datum
 thanosql_worker_job(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_INT64(current_job);
+}
+
+PG_FUNCTION_INFO_V1(thanosql_jobs_wake);
+
+/* After a submission: the launcher looks at the queue as soon as this transaction commits. */
+Datum
+thanosql_jobs_wake(PG_FUNCTION_ARGS)
+{
+	if (!wake_callback_registered)
+	{
+		RegisterXactCallback(wake_callback, NULL);
+		wake_callback_registered = true;
+	}
+	wake_at_commit = true;
+	PG_RETURN_VOID();
 }
 
 PG_FUNCTION_INFO_V1(thanosql_jobs_available);

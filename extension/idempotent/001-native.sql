@@ -35,3 +35,8 @@ CREATE OR REPLACE FUNCTION thanosql._worker_job() RETURNS bigint
 CREATE OR REPLACE FUNCTION thanosql._jobs_available() RETURNS boolean
     AS 'MODULE_PATHNAME', 'thanosql_jobs_available' LANGUAGE C VOLATILE
     SET search_path = pg_catalog, pg_temp;
+
+-- A submission wakes the job launcher when its transaction commits (instead of its next look).
+CREATE OR REPLACE FUNCTION thanosql._jobs_wake() RETURNS void
+    AS 'MODULE_PATHNAME', 'thanosql_jobs_wake' LANGUAGE C VOLATILE
+    SET search_path = pg_catalog, pg_temp;

@@ -86,6 +86,7 @@ PUBLIC_FUNCTIONS = {
     "thanosql._wait_job_checkpoint()": "C: refuses outside a job's worker",
     "thanosql._worker_job()": "C: the job this backend works for, set only by the worker's C code",
     "thanosql._jobs_available()": "tells whether the library is preloaded",
+    "thanosql._jobs_wake()": "C: the launcher looks at the queue when the caller's transaction commits",
     "thanosql._job_visible(regrole)": "a predicate: is CURRENT_USER a member of that role",
     # --- helpers that decide nothing on the caller's word ---------------------------------------
     "thanosql._load()": "imports thanosql_pg from thanosql.python_lib_dir, a superuser-only setting",

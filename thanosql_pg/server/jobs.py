@@ -67,6 +67,7 @@ def submit(kind: str, model: str, source: str | None, written: dict[str, Any], q
              else None, f"pg_temp.{table}"])[0]["id"]
     finally:
         plpy.execute(f"DROP TABLE IF EXISTS pg_temp.{table}")
+    plpy.execute(spi.plan("SELECT thanosql._jobs_wake()"))
     return [(int(job_id), model, "queued")]
 
 

@@ -210,10 +210,13 @@ tick(int64 *ids, Oid *owners, int max)
 	if (installed)
 	{
 		StringInfoData sql;
+		const char *device = GetConfigOption("thanosql.device", true, false);
+		bool		one_training = device == NULL || strcmp(device, "cpu") != 0;
 
 		initStringInfo(&sql);
-		appendStringInfo(&sql, "SELECT job_id, owner FROM thanosql._jobs_tick(%d, %d, '%s')",
-						 Min(max_jobs, max - nlaunched), job_max_attempts, alive.data);
+		appendStringInfo(&sql, "SELECT job_id, owner FROM thanosql._jobs_tick(%d, %d, '%s', %s)",
+						 Min(max_jobs, max - nlaunched), job_max_attempts, alive.data,
+						 one_training ? "true" : "false");
 		if (SPI_execute(sql.data, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "thanosql._jobs_tick failed");
 		for (uint64 i = 0; i < SPI_processed && n < max; i++)

@@ -304,3 +304,27 @@ def test_a_pg_cron_schedule_submits_a_job_that_succeeds(rows: str, proxy_dsn: st
         assert c.execute("SELECT thanosql.wait_job(%s)", found).fetchone() == ("succeeded",)
         assert c.execute("SELECT count(*) FROM thanosql.model_versions v JOIN thanosql.models m"
                          " ON m.id = v.model_id WHERE m.name = 'tj_cron'").fetchone()[0] >= 2
+
+
+def test_with_two_job_slots_trainings_still_take_turns(rows: str, proxy_dsn: str, server_dsn: str,
+                                                        direct: psycopg.Connection, clean: None) -> None:
+    """thanosql.max_jobs = 2: a PREDICT job runs beside a training, but two trainings never
+    share the device (thanosql.device is not 'cpu')."""
+    direct.execute("ALTER SYSTEM SET thanosql.max_jobs = 2")
+    direct.execute("SELECT pg_reload_conf()")
+    try:
+        with connect(proxy_dsn) as c:
+            c.execute(build_sql("tj_two", 1))
+            time.sleep(1)  # the launcher has read the new setting
+            first = submit(c, build_sql("tj_two_a", 3, ", background=True"))
+            second = submit(c, build_sql("tj_two_b", 1, ", background=True"))
+            predict = submit(c, "PREDICT USING tj_two OPTIONS (image_col='path', table_name='tj_two_p',"
+                                " background=True) AS SELECT id, path FROM tj_train")
+            for j in (first, second, predict):
+                assert c.execute("SELECT thanosql.wait_job(%s)", (j,)).fetchone() == ("succeeded",)
+        a, b, p = (job(server_dsn, j) for j in (first, second, predict))
+        assert b["started_at"] >= a["finished_at"], (a, b)  # the trainings took turns
+        assert p["started_at"] < a["finished_at"], (a, p)  # the PREDICT did not wait for them
+    finally:
+        direct.execute("ALTER SYSTEM RESET thanosql.max_jobs")
+        direct.execute("SELECT pg_reload_conf()")

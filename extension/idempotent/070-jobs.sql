@@ -26,12 +26,16 @@ END $$;
 -- to the queue (or fail after max_attempts attempts); then queued jobs start, oldest
 -- first, while fewer than max_jobs run. ``alive``: the jobs of the workers the launcher
 -- started that still run (before they show in pg_stat_activity).
-CREATE OR REPLACE FUNCTION thanosql._jobs_tick(max_jobs integer, max_attempts integer, alive bigint[])
+-- ``one_training``: BUILD/FIT jobs run one at a time, whatever max_jobs says (thanosql.device is
+-- not 'cpu': trainings would share a GPU); a later PREDICT, EVALUATE or CONVERT may start meanwhile.
+CREATE OR REPLACE FUNCTION thanosql._jobs_tick(max_jobs integer, max_attempts integer, alive bigint[],
+                                               one_training boolean)
 RETURNS TABLE (job_id bigint, owner oid) LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j thanosql.job_records;
     free integer;
     login boolean;
+    training boolean;
 BEGIN
     FOR j IN SELECT * FROM thanosql.job_records r
               WHERE r.status OPERATOR(pg_catalog.=) 'running'
@@ -55,9 +59,12 @@ BEGIN
     END LOOP;
     SELECT max_jobs OPERATOR(pg_catalog.-) pg_catalog.count(*)::integer INTO free
       FROM thanosql.job_records r WHERE r.status OPERATOR(pg_catalog.=) 'running';
+    SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>) 0 INTO training FROM thanosql.job_records r
+     WHERE r.status OPERATOR(pg_catalog.=) 'running' AND r.kind OPERATOR(pg_catalog.=) ANY (ARRAY['build', 'fit']);
     FOR j IN SELECT * FROM thanosql.job_records r WHERE r.status OPERATOR(pg_catalog.=) 'queued'
               ORDER BY r.job_id FOR UPDATE LOOP
         EXIT WHEN free OPERATOR(pg_catalog.<=) 0;
+        CONTINUE WHEN one_training AND training AND j.kind OPERATOR(pg_catalog.=) ANY (ARRAY['build', 'fit']);
         SELECT a.rolcanlogin INTO login FROM pg_catalog.pg_authid a WHERE a.oid OPERATOR(pg_catalog.=) j.owner;
         IF NOT FOUND OR NOT login THEN
             UPDATE thanosql.job_records r SET status = 'failed', finished_at = pg_catalog.now(), sqlstate = '28000',
@@ -72,6 +79,7 @@ BEGIN
                started_at = pg_catalog.now(), pid = NULL
          WHERE r.job_id OPERATOR(pg_catalog.=) j.job_id;
         free := free OPERATOR(pg_catalog.-) 1;
+        training := training OR j.kind OPERATOR(pg_catalog.=) ANY (ARRAY['build', 'fit']);
         job_id := j.job_id;
         owner := j.owner::oid;
         RETURN NEXT;

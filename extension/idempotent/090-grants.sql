@@ -42,7 +42,7 @@ GRANT USAGE ON SCHEMA thanosql_jobs TO PUBLIC;
 REVOKE CREATE ON SCHEMA thanosql_jobs FROM PUBLIC;
 REVOKE ALL ON FUNCTION thanosql._job_cleanup(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION thanosql._remove_job_files(bigint) FROM PUBLIC;
-REVOKE ALL ON FUNCTION thanosql._jobs_tick(integer, integer, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION thanosql._jobs_tick(integer, integer, bigint[], boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION thanosql._job_started(bigint, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION thanosql._job_unstart(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION thanosql._job_end(bigint, text, text) FROM PUBLIC;

@@ -328,3 +328,22 @@ def test_with_two_job_slots_trainings_still_take_turns(rows: str, proxy_dsn: str
     finally:
         direct.execute("ALTER SYSTEM RESET thanosql.max_jobs")
         direct.execute("SELECT pg_reload_conf()")
+
+
+def test_a_checkpoint_that_cannot_be_written_does_not_stop_the_job(rows: str, proxy_dsn: str, cluster: dict,
+                                                                   clean: None) -> None:
+    """Where the checkpoint files go cannot be written (as on a full disk): the job warns and
+    trains on."""
+    folder = Path(cluster["data_dir"]) / "thanosql_jobs"
+    folder.mkdir(exist_ok=True)
+    server = Path(cluster["data_dir"]).stat()  # the server's OS user owns it, and may not write it now
+    os.chown(folder, server.st_uid, server.st_gid)
+    folder.chmod(0o500)
+    try:
+        with connect(proxy_dsn) as c:
+            job_id = submit(c, build_sql("tj_nockpt", 2, ", background=True"))
+            assert c.execute("SELECT thanosql.wait_job(%s)", (job_id,)).fetchone() == ("succeeded",)
+            epochs = c.execute("SELECT epoch FROM thanosql.training_info('tj_nockpt')").fetchall()
+            assert [e for (e,) in epochs] == [1, 2]
+    finally:
+        folder.chmod(0o700)

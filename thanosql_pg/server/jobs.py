@@ -128,9 +128,17 @@ class Checkpoints:
         import torch
 
         self.flush()  # the previous one is in the catalog, and its file gone
-        os.makedirs(job_dir(self.job_id), mode=0o700, exist_ok=True)
         path = checkpoint_file(self.job_id, epoch)
-        torch.save(state, path)
+        try:
+            os.makedirs(job_dir(self.job_id), mode=0o700, exist_ok=True)
+            torch.save(state, path)
+        except OSError as e:  # a full disk, say: training goes on (from the previous checkpoint if need be)
+            if os.path.exists(path):
+                os.remove(path)
+            plpy.warning(f"job {self.job_id}: no checkpoint after epoch {epoch} ({e.strerror or e}); an"
+                         " interrupted job would resume from its previous one")
+            plpy.commit()
+            return
         started = plpy.execute(spi.plan("SELECT thanosql._store_job_checkpoint_async($1) AS ok", ["int4"]),
                                [epoch])[0]["ok"]
         if not started:

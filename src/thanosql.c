@@ -46,6 +46,7 @@ static int	max_threads = 0;
 static char *cache_dir = NULL;
 static int	cache_size = 8192;
 static int	max_text_bytes = 65536;
+static int	query_cache_size = 256;
 
 /*
  * PL/Python reports an exception raised by Python code as
@@ -148,6 +149,10 @@ _PG_init(void)
 							"Size of the shared weights cache (0: no cache).",
 							NULL, &cache_size, 8192, 0, INT_MAX,
 							PGC_SUSET, GUC_UNIT_MB, NULL, NULL, NULL);
+	DefineCustomIntVariable("thanosql.query_cache_size",
+							"SEARCH query embeddings a session keeps for repeated searches (0: none).",
+							NULL, &query_cache_size, 256, 0, 16384,
+							PGC_USERSET, 0, NULL, NULL, NULL);
 	/* last: with thanosql.preload on, this imports thanosql_pg using the settings above */
 	thanosql_jobs_init();
 	thanosql_preload_init(python_lib_dir);

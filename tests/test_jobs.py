@@ -347,3 +347,45 @@ def test_a_checkpoint_that_cannot_be_written_does_not_stop_the_job(rows: str, pr
             assert [e for (e,) in epochs] == [1, 2]
     finally:
         folder.chmod(0o700)
+
+
+@pytest.mark.slow
+def test_after_max_attempts_the_job_fails_and_a_dropped_role_fails_its_job(
+        rows: str, proxy_dsn: str, server_dsn: str, clean: None) -> None:
+    role = f"tj_role_{os.getpid()}_gone"
+
+    def admin(*sql: str) -> None:
+        with connect(server_dsn) as su:  # a new connection each time: the server restarts here
+            for statement in sql:
+                su.execute(statement)
+
+    admin("ALTER SYSTEM SET thanosql.job_max_attempts = 1", "SELECT pg_reload_conf()",
+          f"DROP ROLE IF EXISTS {role}", f"CREATE ROLE {role} LOGIN")
+    try:
+        time.sleep(1)  # the launcher has read the new setting
+        with connect(proxy_dsn) as c:
+            job_id = submit(c, build_sql("tj_once", 20, ", background=True"))
+        state = wait_for(server_dsn, job_id, lambda j: (j["epoch"] or 0) >= 2)
+        os.kill(state["pid"], signal.SIGKILL)  # one interruption is all it may take
+        state = wait_for(server_dsn, job_id, lambda j: j["status"] in FINAL)
+        assert state["status"] == "failed" and state["sqlstate"] == "57P01", state
+        assert "interrupted 1 times" in state["message"] and state["attempts"] == 1, state
+        with connect(server_dsn) as su:
+            assert su.execute("SELECT count(*) FROM thanosql.job_checkpoints WHERE job_id = %s",
+                              (job_id,)).fetchone() == (0,)
+        # a role dropped while its job waits: the job fails, saying so
+        with connect(proxy_dsn) as c:
+            blocker = submit(c, build_sql("tj_block", 30, ", background=True"))
+            wait_for(server_dsn, blocker, lambda j: j["status"] == "running")
+            with connect(dsn_as(proxy_dsn, role)) as r:
+                orphan = submit(r, build_sql("tj_orphan", 1, ", background=True"))
+            admin(f"DROP OWNED BY {role}", f"DROP ROLE {role}")  # DROP OWNED: the grant on the job's rows
+            c.execute("SELECT thanosql.cancel_job(%s)", (blocker,))
+        state = wait_for(server_dsn, orphan, lambda j: j["status"] in FINAL)
+        assert state["status"] == "failed" and "was dropped" in state["message"], state
+    finally:
+        admin("ALTER SYSTEM RESET thanosql.job_max_attempts", "SELECT pg_reload_conf()")
+        with connect(server_dsn) as su:
+            if su.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                su.execute(f"DROP OWNED BY {role}")
+                su.execute(f"DROP ROLE {role}")

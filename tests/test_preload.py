@@ -22,7 +22,7 @@ import digits
 import psycopg
 import pytest
 
-from thanosql_pg.cluster import PRELOAD_OFF, PRELOAD_ON, Cluster
+from thanosql_pg.cluster import JOB_LINES, OLD_PRELOAD, PRELOAD_OFF, PRELOAD_ON, Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 THANOSQL = [sys.executable, "-m", "thanosql_pg.cli"]
@@ -93,12 +93,15 @@ def test_preload_is_switched_in_postgresql_conf(tmp_path: Path) -> None:
     cl = Cluster(tmp_path)
     cl.data.mkdir(parents=True)
     conf = cl.data / "postgresql.conf"
-    conf.write_text(f"port = 5\n{PRELOAD_OFF}\nwork_mem = '8MB'\n")
+    # a cluster made by an earlier release: its preload line, without the jobs' and pg_cron's lines
+    conf.write_text(f"port = 5\n{OLD_PRELOAD[0]}\nwork_mem = '8MB'\n")
     assert not cl.preloading()
+    assert cl.configure_preload(None) is True  # brought to this release's lines
+    assert conf.read_text().splitlines() == ["port = 5", "work_mem = '8MB'", PRELOAD_OFF, *JOB_LINES]
     assert cl.configure_preload(None) is False
     assert cl.configure_preload(True) is True and cl.preloading()
     assert cl.configure_preload(None) is False and cl.preloading()
     lines = conf.read_text().splitlines()
-    assert lines[:2] == ["port = 5", "work_mem = '8MB'"] and lines[2:] == list(PRELOAD_ON)
+    assert lines[:2] == ["port = 5", "work_mem = '8MB'"] and lines[2:] == [*PRELOAD_ON, *JOB_LINES]
     assert cl.configure_preload(False) is True and not cl.preloading()
-    assert conf.read_text().splitlines() == ["port = 5", "work_mem = '8MB'", PRELOAD_OFF]
+    assert conf.read_text().splitlines() == ["port = 5", "work_mem = '8MB'", PRELOAD_OFF, *JOB_LINES]

@@ -183,6 +183,36 @@ def test_top_k_and_result_col(models: dict[str, Any], px: Conn, data: dict[str, 
     assert sorted(r[0] for r in nested) == sorted(r[0] for r in top if r[1] == label)
 
 
+def test_repeated_searches_keep_the_embedding_of_the_same_bytes(models: dict[str, Any], px: Conn,
+                                                                data: dict[str, Any], files: Path) -> None:
+    """A session keeps SEARCH's query embeddings (thanosql.query_cache_size), keyed by the
+    model's version and the bytes searched with: a file rewritten under the same path is
+    embedded anew, and the answers are those of the cache turned off."""
+    model = models["trained"]["model"]
+    first, second = (Path(q["path"]) for q in data["queries"][:2])
+
+    def embed(path: Path) -> str:
+        options = json.dumps({"search_by": "image", "search_input": str(path), "emb_col": "emb"})
+        return px.execute("SELECT thanosql.embed_query(%s, %s)::text", [model, options]).fetchone()[0]
+
+    a, b = embed(first), embed(second)
+    assert a != b and embed(first) == a and embed(second) == b
+    moving = files / f"{PREFIX}_moving.png"
+    moving.write_bytes(first.read_bytes())
+    moving.chmod(0o644)
+    assert embed(moving) == a
+    moving.write_bytes(second.read_bytes())  # the same path, other bytes: embedded anew
+    assert embed(moving) == b
+    px.execute("SET thanosql.query_cache_size = 0")
+    try:
+        assert embed(first) == a and embed(moving) == b
+    finally:
+        px.execute("RESET thanosql.query_cache_size")
+        moving.unlink()
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="query_cache_size"):
+        px.execute("SET thanosql.query_cache_size = 1000000")
+
+
 def test_search_plan_uses_hnsw_and_embeds_once(models: dict[str, Any], conn: Conn,
                                                data: dict[str, Any]) -> None:
     model, t = models["trained"]["model"], data["train"]

@@ -212,15 +212,27 @@ def test_load_ignores_the_callers_search_path(
 def test_every_function_pins_its_search_path(direct: psycopg.Connection) -> None:
     rows = direct.execute(
         "SELECT p.oid::regprocedure::text, p.proconfig, p.prosecdef, pg_get_userbyid(p.proowner),"
-        " (SELECT rolsuper FROM pg_roles WHERE oid = p.proowner)"
+        " (SELECT rolsuper FROM pg_roles WHERE oid = p.proowner), p.prokind, p.prosrc"
         " FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid"
         " JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'thanosql' WHERE d.deptype = 'e'"
     ).fetchall()
     assert len(rows) > 30
-    for fn, config, secdef, _owner, owner_super in rows:
+    procedures = []
+    for fn, config, secdef, _owner, owner_super, kind, source in rows:
+        if kind == "p":
+            # A procedure that commits may not have a SET clause (PostgreSQL refuses the COMMIT):
+            # the background jobs' procedures pin the path themselves, first thing, at session
+            # level in their worker's own session, and are not SECURITY DEFINER.
+            assert config is None and not secdef, fn
+            pin = "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)"
+            assert source.lstrip().startswith(f'plpy.execute("{pin}")'), fn
+            procedures.append(fn)
+            continue
         assert config == ["search_path=pg_catalog, pg_temp"], fn
         if secdef:
             assert owner_super, fn
+    assert sorted(procedures) == ["thanosql._run_job(bigint)",
+                                  "thanosql._store_job_checkpoint(bigint,integer)"]
     # and nothing else in the schema that PUBLIC could have slipped in
     strays = direct.execute(
         "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = 'thanosql'::regnamespace"

@@ -22,6 +22,7 @@ Then an HNSW index (vector_cosine_ops), unless one serves the column already.
 from __future__ import annotations
 
 import collections
+import hashlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -84,12 +85,53 @@ def embed_query(rec: Any, opts: registry.Options, device: str) -> str:
     if not isinstance(value, (str, bytes)):
         raise DatatypeMismatch(f"search_input must be {what}, got {value!r}")
     reader = MediaReader.for_session(column="search_input", from_json=True)
-    (vec,) = _embedder(rec, device).embed([Row(0, value)], reader, by)
+    # The cache is keyed by what is embedded: the bytes of a file (read now, so that a file
+    # rewritten under the same path is embedded anew), or the text.
+    content: str | bytes = value if by == "text" else reader.read(Row(0, value))
+    key = (rec.id, rec.version, by, hashlib.sha256(content.encode() if isinstance(content, str)
+                                                   else content).digest())
+    size = _query_cache_size()
+    literal = _query_cache.get(key) if size > 0 else None
+    if literal is None:
+        (vec,) = _embedder(rec, device).embed([Row(0, content)], reader, by)
+        literal = vector_literal(vec)
+        if literal is None:  # embed() gives None only for a None value, refused above
+            raise NullValue("search_input is NULL", hint=f"Pass {what}.")
+        _query_cache.put(key, literal, size)
     _iterative_hnsw_scans()
-    literal = vector_literal(vec)
-    if literal is None:  # embed() gives None only for a None value, refused above
-        raise NullValue("search_input is NULL", hint=f"Pass {what}.")
     return literal
+
+
+class QueryCache:
+    """SEARCH's query embeddings in this session, most recently used last, at most
+    thanosql.query_cache_size of them: a repeated search (paging, a dashboard) skips the
+    model. Keyed by the model's id and version, so that a new version of a model drops
+    the embeddings its earlier versions made."""
+
+    def __init__(self) -> None:
+        self.entries: collections.OrderedDict[tuple[Any, ...], str] = collections.OrderedDict()
+
+    def get(self, key: tuple[Any, ...]) -> str | None:
+        found = self.entries.get(key)
+        if found is not None:
+            self.entries.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[Any, ...], literal: str, size: int) -> None:
+        model_id, version = key[0], key[1]
+        for old in [k for k in self.entries if k[0] == model_id and k[1] != version]:
+            del self.entries[old]
+        self.entries[key] = literal
+        while len(self.entries) > max(0, size):  # size 0: the setting turned the cache off
+            self.entries.popitem(last=False)
+
+
+_query_cache = QueryCache()
+
+
+def _query_cache_size() -> int:
+    return int(plpy.execute(spi.plan("SELECT pg_catalog.current_setting('thanosql.query_cache_size')::int"
+                                     " AS n"))[0]["n"])
 
 
 def _iterative_hnsw_scans() -> None:

@@ -40,3 +40,9 @@ CREATE OR REPLACE FUNCTION thanosql._jobs_available() RETURNS boolean
 CREATE OR REPLACE FUNCTION thanosql._jobs_wake() RETURNS void
     AS 'MODULE_PATHNAME', 'thanosql_jobs_wake' LANGUAGE C VOLATILE
     SET search_path = pg_catalog, pg_temp;
+
+-- Settings' values as the server holds them (integers in their base unit), without
+-- building pg_settings' every row: read on every media read and every SEARCH.
+CREATE OR REPLACE FUNCTION thanosql._settings(names text[]) RETURNS text[]
+    AS 'MODULE_PATHNAME', 'thanosql_settings' LANGUAGE C STRICT STABLE
+    SET search_path = pg_catalog, pg_temp;

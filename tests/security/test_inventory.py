@@ -12,7 +12,10 @@ The rules behind the reasons (README, "Security model"):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import psycopg
+import pytest
 
 PUBLIC_FUNCTIONS = {
     # --- statements: run as the caller, read through row-level security -------------------------
@@ -86,6 +89,7 @@ PUBLIC_FUNCTIONS = {
     "thanosql._wait_job_checkpoint()": "C: refuses outside a job's worker",
     "thanosql._worker_job()": "C: the job this backend works for, set only by the worker's C code",
     "thanosql._jobs_available()": "tells whether the library is preloaded",
+    "thanosql._settings(text[])": "C: settings' values as SHOW gives them (superuser-only ones refused)",
     "thanosql._jobs_wake()": "C: the launcher looks at the queue when the caller's transaction commits",
     "thanosql._job_visible(regrole)": "a predicate: is CURRENT_USER a member of that role",
     # --- helpers that decide nothing on the caller's word ---------------------------------------
@@ -144,3 +148,14 @@ def test_no_public_function_takes_a_caller_role(direct: psycopg.Connection) -> N
     assert sorted(fn for fn, _ in rows) == ["thanosql._grant_visible(bigint,regrole)",
                                             "thanosql._has_model_privilege(bigint,regrole,text,regrole)",
                                             "thanosql._job_visible(regrole)"]
+
+
+def test_settings_are_read_as_show_reads_them(make_role: Callable[[str], str],
+                                             connect_as: Callable[..., psycopg.Connection]) -> None:
+    """thanosql._settings, which media reads and SEARCH use instead of pg_settings, refuses
+    the settings an ordinary role may not SHOW."""
+    with connect_as(make_role("eve")) as eve:
+        assert eve.execute("SELECT thanosql._settings(ARRAY['thanosql.max_audio_seconds', 'no.such'])"
+                           ).fetchone() == (["1800", None],)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            eve.execute("SELECT thanosql._settings(ARRAY['data_directory'])")

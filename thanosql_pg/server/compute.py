@@ -63,10 +63,9 @@ def running_model() -> Iterator[int]:
             _depth -= 1
         return
     busy = native.busy(True)
-    rows = plpy.execute(_plan(
-        "max", "SELECT setting FROM pg_catalog.pg_settings WHERE name OPERATOR(pg_catalog.=)"
-               " 'thanosql.max_threads'"))
-    budget = int(rows[0]["setting"]) if rows.nrows() else 0
+    rows = plpy.execute(_plan("max", "SELECT (thanosql._settings(ARRAY['thanosql.max_threads']))[1]"
+                                     " AS setting"))
+    budget = int(rows[0]["setting"] or 0)
     threads = share(budget or cores(), busy)
     set_threads(threads)
     _depth = 1

@@ -134,14 +134,24 @@ def _query_cache_size() -> int:
                                      " AS n"))[0]["n"])
 
 
+_iterative_scan_default: bool | None = None  # hnsw.iterative_scan is at its default in this session
+
+
 def _iterative_hnsw_scans() -> None:
     """An HNSW index scan returns at most hnsw.ef_search (40) rows unless pgvector's
     iterative scans are on, which would cut top_k=1000 (or a WHERE on the query) short.
     This runs before the scan starts (the embedding is its InitPlan), so turn them on
     for this transaction, unless the session chose a setting itself."""
-    rows = plpy.execute("SELECT source FROM pg_catalog.pg_settings WHERE name = 'hnsw.iterative_scan'")
-    if rows.nrows() and rows[0]["source"] == "default":
-        plpy.execute("SELECT pg_catalog.set_config('hnsw.iterative_scan', 'strict_order', true)")
+    global _iterative_scan_default
+    value = plpy.execute(spi.plan("SELECT pg_catalog.current_setting('hnsw.iterative_scan', true)"
+                                  " AS v"))[0]["v"]
+    if value != "off":
+        return  # set by the session (or missing: pgvector too old to have it)
+    if _iterative_scan_default is None:  # pg_settings' source, read once: building its rows costs
+        rows = plpy.execute("SELECT source FROM pg_catalog.pg_settings WHERE name = 'hnsw.iterative_scan'")
+        _iterative_scan_default = bool(rows.nrows()) and rows[0]["source"] == "default"
+    if _iterative_scan_default:
+        plpy.execute(spi.plan("SELECT pg_catalog.set_config('hnsw.iterative_scan', 'strict_order', true)"))
 
 
 # --- CONVERT that returns rows -----------------------------------------------------------------

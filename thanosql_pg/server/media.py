@@ -27,16 +27,13 @@ from thanosql_pg.algorithms.contract import Row
 from thanosql_pg.algorithms.shared.limits import DEFAULT_LIMITS, MediaLimits
 from thanosql_pg.errors import FileError, InsufficientPrivilege, IoError, NullValue, ValueTypeMismatch
 
-# pg_settings' setting is in the base unit (seconds), whatever unit it was set in;
-# current_setting() would format it ('30min'). NULL when thanosql.so is not loaded.
-# Operators qualified: the limits must not depend on the caller's search_path.
-_SETTING = "(SELECT s.setting FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) '{}')"
+# thanosql._settings gives integers in their base unit (seconds), whatever unit they were
+# set in (current_setting() would format them: '30min'), without building pg_settings.
 _SETTINGS_SQL = (
-    "SELECT pg_catalog.current_setting('thanosql.data_dir') AS data_dir,"
-    " pg_catalog.pg_has_role('pg_read_server_files', 'USAGE') AS unrestricted,"
-    f" {_SETTING.format('thanosql.max_image_pixels')} AS max_image_pixels,"
-    f" {_SETTING.format('thanosql.max_audio_seconds')} AS max_audio_seconds,"
-    f" {_SETTING.format('thanosql.max_text_bytes')} AS max_text_bytes"
+    "SELECT s[1] AS data_dir, pg_catalog.pg_has_role('pg_read_server_files', 'USAGE') AS unrestricted,"
+    " s[2] AS max_image_pixels, s[3] AS max_audio_seconds, s[4] AS max_text_bytes"
+    " FROM thanosql._settings(ARRAY['thanosql.data_dir', 'thanosql.max_image_pixels',"
+    " 'thanosql.max_audio_seconds', 'thanosql.max_text_bytes']) AS s"
 )
 
 

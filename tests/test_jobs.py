@@ -81,9 +81,9 @@ def wait_for(dsn: str, job_id: int, done: Callable[[dict[str, Any]], bool],
 
 
 def submit(c: psycopg.Connection, sql: str) -> int:
-    start = time.monotonic()
+    """The statement's one row, (job_id, model, 'queued'); how fast it comes is
+    bench/job_overhead.py's to measure."""
     row = c.execute(sql).fetchone()
-    assert time.monotonic() - start < 1.0, "a submission returns in well under a second"
     assert row is not None and row[2] == "queued", row
     return int(row[0])
 

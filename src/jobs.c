@@ -248,14 +248,16 @@ run_admin(const char *sql)
 	CommitTransactionCommand();
 }
 
-static void
-launch(int64 job_id, Oid owner)
+/*
+ * A dynamic worker running ``function`` for job ``job_id`` (``type`` names it in
+ * pg_stat_activity), started; NULL when no worker slot is free or it did not
+ * start. The handle lives in TopMemoryContext: it outlives transactions.
+ */
+static BackgroundWorkerHandle *
+start_worker(const char *function, const char *type, int64 job_id, JobExtra extra, pid_t *pid)
 {
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
-	JobExtra	extra = {MyDatabaseId, owner, 0};
-	pid_t		pid = 0;
-	char		sql[128];
 	MemoryContext old;
 	bool		registered;
 
@@ -264,18 +266,35 @@ launch(int64 job_id, Oid owner)
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "thanosql");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "thanosql_job_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "thanosql job " INT64_FORMAT, job_id);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "thanosql job");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "%s " INT64_FORMAT, type, job_id);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "%s", type);
 	worker.bgw_main_arg = Int64GetDatum(job_id);
 	memcpy(worker.bgw_extra, &extra, sizeof(extra));
 	worker.bgw_notify_pid = MyProcPid;
-	/* the handle outlives transactions: launched[] keeps it while the worker runs */
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	registered = RegisterDynamicBackgroundWorker(&worker, &handle);
 	MemoryContextSwitchTo(old);
-	if (!registered ||
-		WaitForBackgroundWorkerStartup(handle, &pid) != BGWH_STARTED)
+	if (!registered)
+		return NULL;
+	if (WaitForBackgroundWorkerStartup(handle, pid) != BGWH_STARTED)
+	{
+		pfree(handle);
+		return NULL;
+	}
+	return handle;
+}
+
+static void
+launch(int64 job_id, Oid owner)
+{
+	JobExtra	extra = {MyDatabaseId, owner, 0};
+	BackgroundWorkerHandle *handle;
+	pid_t		pid = 0;
+	char		sql[128];
+
+	handle = start_worker("thanosql_job_main", "thanosql job", job_id, extra, &pid);
+	if (handle == NULL)
 	{
 		/* no free worker slot (max_worker_processes): the job waits for the next tick */
 		snprintf(sql, sizeof(sql), "SELECT thanosql._job_unstart(" INT64_FORMAT ")", job_id);
@@ -386,23 +405,34 @@ end_job(int64 job_id, const char *sqlstate, const char *message)
 	CommitTransactionCommand();
 }
 
-void
-thanosql_job_main(Datum arg)
+/*
+ * In a job's worker or its checkpoint helper: this job's, connected as the job's
+ * owner, named ``<type> <id>`` in pg_stat_activity. A query cancel (cancel_job)
+ * ends the running statement, SIGTERM (a server stop) the process.
+ */
+static JobExtra
+join_job(Datum arg, const char *type)
 {
 	JobExtra	extra;
-	char		sql[128];
 	char		name[64];
 
 	memcpy(&extra, MyBgworkerEntry->bgw_extra, sizeof(extra));
 	current_job = DatumGetInt64(arg);
-	/* a cancel (cancel_job) ends the statement; SIGTERM (a server stop) the process */
 	pqsignal(SIGINT, StatementCancelHandler);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(extra.database, extra.owner, 0);
-	snprintf(name, sizeof(name), "thanosql job " INT64_FORMAT, current_job);
+	snprintf(name, sizeof(name), "%s " INT64_FORMAT, type, current_job);
 	pgstat_report_appname(name);
+	return extra;
+}
 
+void
+thanosql_job_main(Datum arg)
+{
+	char		sql[128];
+
+	join_job(arg, "thanosql job");
 	snprintf(sql, sizeof(sql), "CALL thanosql._run_job(" INT64_FORMAT ")", current_job);
 	pgstat_report_activity(STATE_RUNNING, sql);
 	PG_TRY();
@@ -471,17 +501,9 @@ require_job_worker(void)
 void
 thanosql_checkpoint_helper_main(Datum arg)
 {
-	JobExtra	extra;
+	JobExtra	extra = join_job(arg, "thanosql checkpoint");
 	char		sql[128];
-	char		name[64];
 
-	memcpy(&extra, MyBgworkerEntry->bgw_extra, sizeof(extra));
-	current_job = DatumGetInt64(arg);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnectionByOid(extra.database, extra.owner, 0);
-	snprintf(name, sizeof(name), "thanosql checkpoint " INT64_FORMAT, current_job);
-	pgstat_report_appname(name);
 	snprintf(sql, sizeof(sql), "CALL thanosql._store_job_checkpoint(" INT64_FORMAT ", %d)", current_job,
 			 (int) extra.epoch);
 	pgstat_report_activity(STATE_RUNNING, sql);
@@ -510,40 +532,13 @@ PG_FUNCTION_INFO_V1(thanosql_job_checkpoint_async);
 Datum
 thanosql_job_checkpoint_async(PG_FUNCTION_ARGS)
 {
-	BackgroundWorker worker;
 	JobExtra	extra = {MyDatabaseId, GetAuthenticatedUserId(), PG_GETARG_INT32(0)};
-	MemoryContext old;
-	bool		registered;
 	pid_t		pid;
 
 	require_job_worker();
 	wait_helper();
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "thanosql");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "thanosql_checkpoint_helper_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "thanosql checkpoint " INT64_FORMAT, current_job);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "thanosql checkpoint");
-	worker.bgw_main_arg = Int64GetDatum(current_job);
-	memcpy(worker.bgw_extra, &extra, sizeof(extra));
-	worker.bgw_notify_pid = MyProcPid;
-	old = MemoryContextSwitchTo(TopMemoryContext);
-	registered = RegisterDynamicBackgroundWorker(&worker, &helper);
-	MemoryContextSwitchTo(old);
-	if (!registered)
-	{
-		helper = NULL;
-		PG_RETURN_BOOL(false);
-	}
-	if (WaitForBackgroundWorkerStartup(helper, &pid) != BGWH_STARTED)
-	{
-		pfree(helper);
-		helper = NULL;
-		PG_RETURN_BOOL(false);
-	}
-	PG_RETURN_BOOL(true);
+	helper = start_worker("thanosql_checkpoint_helper_main", "thanosql checkpoint", current_job, extra, &pid);
+	PG_RETURN_BOOL(helper != NULL);
 }
 
 PG_FUNCTION_INFO_V1(thanosql_job_checkpoint_wait);

@@ -256,7 +256,6 @@ def _train(name: str, algo: registry.Algorithm, opts: registry.Options, query: s
     from thanosql_pg.server import catalog, models, progress
     from thanosql_pg.server.rows import QueryRows
 
-    registry.require_available(algo)
     module = family_module(algo.family)
     statement = opts.statement
     claimed = catalog.claim(name, overwrite=opts.overwrite, wait=opts.wait) if checkpoints is None else None
@@ -305,6 +304,7 @@ def _fit_setup(name: str, base_model: str, written: dict[str, Any]) -> tuple[reg
 
     base_rec = catalog.get(base_model, "USE")
     algo = registry.lookup(base_rec.algorithm)
+    registry.require_available(algo)
     written = dict(written)
     if name == base_model and not any(k.lower() == "overwrite" for k in written):
         written[registry.OVERWRITE.name] = True  # FIT MODEL m USING m trains m further in place

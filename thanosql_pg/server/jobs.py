@@ -46,18 +46,17 @@ def submit(kind: str, model: str, source: str | None, written: dict[str, Any], q
            statement: str | None, opts: Options, family: Family) -> list[tuple[Any, ...]]:
     """Queue a job whose options (``written``, checked as ``opts`` of ``family``) the
     statement's own checks passed."""
-    from thanosql_pg.server.rows import clean_query, query_columns, resolve_column
+    from thanosql_pg.server.rows import clean_query, query_columns, resolve_columns
 
+    query = clean_query(query)
     if kind != "predict" and kind != "convert":
-        # the columns that BUILD, FIT and EVALUATE read, checked now, as those statements would
-        available = query_columns(clean_query(query))
-        names, options = family.column_names(kind, opts), family.column_options(kind, opts)
-        for name, option in zip(names, options, strict=True):
-            if name is not None and option is not None:
-                resolve_column(name, available, option=option)
+        # the columns that BUILD, FIT and EVALUATE read, checked now (before the query runs),
+        # as those statements would
+        resolve_columns(family.column_names(kind, opts), query_columns(query),
+                        family.column_options(kind, opts))
     table = f"__thanosql_job_src_{next(_counter)}"
     with caller.as_caller():
-        plpy.execute(f"CREATE TEMPORARY TABLE {table} AS {clean_query(query)}")
+        plpy.execute(f"CREATE TEMPORARY TABLE {table} AS {query}")
     try:
         payload = {"source": source, "options": written, "statement": statement}
         job_id = plpy.execute(spi.plan(

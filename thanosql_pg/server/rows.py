@@ -478,6 +478,16 @@ def _create_table(table: str) -> Callable[[str, str, str | None], int]:
     return create
 
 
+def resolve_columns(columns: tuple[str, str | None], available: list[str],
+                    options: tuple[str, str | None]) -> tuple[str, str | None]:
+    """The (input, label) columns as ``available`` spells them (``resolve_column``); the label
+    may be None. ``options`` name the options that gave them, for messages."""
+    input_col, target_col = columns
+    inp = resolve_column(input_col, available, option=options[0])
+    tgt = resolve_column(target_col, available, option=options[1] or "") if target_col is not None else None
+    return inp, tgt
+
+
 def _materialize(query: str, input_col: str, target_col: str | None, options: tuple[str, str | None],
                  keep: Callable[[str, str, str | None], int]) -> int:
     """``keep(query, input, label)`` the rows; returns how many. A column the query lacks
@@ -495,8 +505,7 @@ def _materialize(query: str, input_col: str, target_col: str | None, options: tu
         available = query_columns(query)
     except plpy.SPIError:
         raise original from None
-    inp = resolve_column(input_col, available, option=options[0])
-    tgt = resolve_column(target_col, available, option=options[1] or "") if target_col is not None else None
+    inp, tgt = resolve_columns((input_col, target_col), available, options)
     if (inp, tgt) == (input_col, target_col):
         raise original
     return keep(query, inp, tgt)

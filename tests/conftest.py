@@ -27,6 +27,12 @@ def cluster() -> dict:
                          check=False)
     info = json.loads(out.stdout)
     assert info["server_running"] and info["proxy_running"], info
+    # The tests build hundreds of models: keep the shared weights cache at 1 GB (the default's
+    # 8 GB is a server's, not a test machine's disk)
+    with psycopg.connect(info["server"], autocommit=True) as c:
+        if c.execute("SHOW thanosql.cache_size").fetchone()[0] != "1GB":
+            c.execute("ALTER SYSTEM SET thanosql.cache_size = '1GB'")
+            c.execute("SELECT pg_reload_conf()")
     return info
 
 
@@ -78,6 +84,16 @@ def conn(server_dsn: str, request: pytest.FixtureRequest) -> Iterator[psycopg.Co
         drop_prefixed(c, request.module.PREFIX)
 
 
+@pytest.fixture(scope="module")
+def tiny_net(files: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """test_convnext's folder (tiny_models): base_model for a fast ConvNeXt_Tiny BUILD,
+    named with the module's ``PREFIX``."""
+    from tiny_models import convnext_folder
+
+    with convnext_folder(files, request.module.PREFIX) as folder:
+        yield folder
+
+
 @pytest.fixture
 def unique_name() -> str:
     return "t_" + uuid.uuid4().hex[:10]
@@ -95,5 +111,7 @@ def replica(cluster: dict) -> Iterator[dict]:
                                      cwd=ROOT, check=False).stdout)
     assert info["replica_running"] and info["replica_proxy_running"], info
     yield info
-    # the standby costs a server's memory: CI does not need it after this module
-    subprocess.run([*THANOSQL, "stop", "--replica"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    # the standby costs a server's memory, and the WAL the primary keeps for it disk: CI does
+    # not need it after this module (the next module's start --replica copies the cluster afresh)
+    subprocess.run([*THANOSQL, "stop", "--replica", "--drop"], check=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL)

@@ -25,13 +25,26 @@ def main(argv: list[str] | None = None) -> int:
                     "changed afterwards needs a restart)")
     stop = sub.add_parser("stop", help="stop the proxy and the cluster (and the standby)")
     stop.add_argument("--replica", action="store_true", help="stop only the standby and its proxy")
+    stop.add_argument("--drop", action="store_true",
+                      help="with --replica: also remove the standby and its replication slot, so that"
+                      " the primary keeps no WAL for it")
     st = sub.add_parser("status", help="show where the cluster and the proxy listen")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("psql", help="run psql through the proxy (extra arguments go to psql)")
     rw = sub.add_parser("rewrite", help="print what the preprocessor makes of SQL text")
     rw.add_argument("sql", help="ThanoSQL text; '-' reads standard input")
+    wk = sub.add_parser("worker", help="join a BUILD or FIT with remote_workers from this machine")
+    wk.add_argument("--join", metavar="HOST:PORT", required=True,
+                    help="the address the statement's NOTICE gives")
+    wk.add_argument("--secret", help="the statement's secret, from the same NOTICE"
+                    " (or the environment variable THANOSQL_WORKER_SECRET)")
 
     args, extra = parser.parse_known_args(argv)
+    if args.command == "worker":
+        # a training process: no cluster here, and torch only in it (thanosql_pg.workers.worker)
+        from thanosql_pg.workers import worker
+
+        return worker.main(["--join", args.join, *(["--secret", args.secret] if args.secret else [])])
     if extra and args.command != "psql":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     cluster = Cluster()
@@ -47,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 cluster.stop()
         elif args.command == "stop":
             if args.replica:
-                cluster.stop_replica()
+                cluster.drop_replica() if args.drop else cluster.stop_replica()
             else:
                 cluster.stop()
             print("stopped")

@@ -37,15 +37,16 @@ OLD_PRELOAD = ("shared_preload_libraries = 'thanosql'  # thanosql.progress, shar
                "shared_preload_libraries = 'plpython3, thanosql'  # thanosql start --preload")
 # Background jobs (thanosql's launcher and job workers) and pg_cron's schedules run in
 # background workers: pg_cron's run in this cluster's database, without a connection.
-# A training job commits a checkpoint (weights and optimizer state) every epoch: room for
-# them in the WAL between checkpoints, so that they do not force one each.
 JOB_LINES = ("max_worker_processes = 32", "cron.database_name = 'thanosql'",
-             "cron.use_background_workers = on", "max_wal_size = '4GB'")
+             "cron.use_background_workers = on")
+# A line of an earlier 0.3.0 development build, removed: 4 GB of WAL kept between checkpoints
+# cost more disk than the checkpoints it saved were worth.
+OLD_JOB_LINES = ("max_wal_size = '4GB'",)
 FIRST_PORT = 54320
 # The hot standby (start --replica) streams through this physical replication slot; the
 # primary keeps at most this much WAL for it while it is stopped.
 REPLICA_SLOT = "thanosql_replica"
-REPLICA_WAL_KEEP = "4GB"
+REPLICA_WAL_KEEP = "1GB"
 # pg_hba with THANOSQL_PASSWORD: SCRAM for every TCP connection (the proxy's included);
 # the Unix socket only for OS users logging in as their own role (`peer`, see pg_ident).
 _PASSWORD_HBA = ("local all all peer map=thanosql\nhost all all all scram-sha-256\n"
@@ -255,7 +256,7 @@ thanosql.data_dir = '{self.files}'
         text = conf.read_text()
         lines = text.splitlines()
         want = self.preloading() if preload is None else preload
-        ours = {PRELOAD_OFF, *PRELOAD_ON, *OLD_PRELOAD, *JOB_LINES}
+        ours = {PRELOAD_OFF, *PRELOAD_ON, *OLD_PRELOAD, *JOB_LINES, *OLD_JOB_LINES}
         wanted = [*(PRELOAD_ON if want else (PRELOAD_OFF,)), *JOB_LINES]
         if [line for line in lines if line in ours] == wanted:
             return False
@@ -456,6 +457,18 @@ hot_standby_feedback = on
                                   str(self.replica)]),
                 check=True, stdout=subprocess.DEVNULL,
             )
+
+    def drop_replica(self) -> None:
+        """Stop the standby, then remove it and its replication slot: the primary keeps no
+        WAL for it any more (a later ``start --replica`` copies the cluster afresh)."""
+        self.stop_replica()
+        state = self.state()
+        if state is not None and self.server_running():
+            self._psql(state, "postgres",
+                       "SELECT pg_catalog.pg_drop_replication_slot(slot_name)"
+                       f" FROM pg_catalog.pg_replication_slots WHERE slot_name = '{REPLICA_SLOT}'")
+        if self.replica.exists():
+            shutil.rmtree(self.replica)
 
     def stop(self) -> None:
         self.stop_replica()

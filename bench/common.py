@@ -282,6 +282,32 @@ def digit_rows(files_dir: str | Path, n: int) -> Rows:
     return [{**rows[i % len(rows)], "id": i} for i in range(n)]
 
 
+def add_training_args(p: argparse.ArgumentParser, *, rows: int, epochs: int, input_size: int = 32,
+                      repeats: int = 3, batch_size: int = 32) -> None:
+    """The options of a benchmark that BUILDs ConvNeXt_Tiny from scratch on digits."""
+    p.add_argument("--rows", type=int, default=rows)
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--input-size", type=int, default=input_size)
+    p.add_argument("--repeats", type=int, default=repeats)
+
+
+def digits_training(args: argparse.Namespace, table: str) -> tuple[str, dict[str, Any]]:
+    """(the server's DSN, BUILD's options) for ``add_training_args``'s benchmark, after
+    loading ``args.rows`` digits into ``table`` (id, path, label)."""
+    import psycopg
+
+    from thanosql_pg import datasets
+
+    info = cluster_status()
+    rows = digit_rows(info["files_dir"], args.rows)
+    with psycopg.connect(info["server"], autocommit=True) as conn:
+        datasets.load_table(conn, table, rows)
+    return info["server"], {"image_col": "path", "label_col": "label", "epochs": args.epochs,
+                            "batch_size": args.batch_size, "input_size": args.input_size,
+                            "learning_rate": 2e-3, "pretrained": False, "overwrite": True}
+
+
 def build_model(conn: Any, name: str, algorithm: str, options: dict[str, Any], query: str) -> list[tuple]:
     """``thanosql.build_model`` called directly (set-up is not what a benchmark times)."""
     return conn.execute("SELECT * FROM thanosql.build_model(%s, %s, %s, %s)",

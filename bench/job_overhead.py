@@ -36,27 +36,15 @@ SUBMIT = "SELECT job_id FROM thanosql.submit_job('build', 'bench_jobs_job', 'Con
 
 def parse_args() -> Any:
     p = common.parser(__doc__, "job_overhead")
-    p.add_argument("--rows", type=int, default=960)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
+    common.add_training_args(p, rows=960, epochs=3)
     return p.parse_args()
 
 
 def main() -> int:
     import psycopg
 
-    from thanosql_pg import datasets
-
     args = parse_args()
-    info = common.cluster_status()
-    dsn = info["server"]
-    rows = common.digit_rows(info["files_dir"], args.rows)
-    opts = {"image_col": "path", "label_col": "label", "epochs": args.epochs, "batch_size": args.batch_size,
-            "input_size": args.input_size, "learning_rate": 2e-3, "pretrained": False, "overwrite": True}
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        datasets.load_table(conn, "bench_jobs", rows)
+    dsn, opts = common.digits_training(args, "bench_jobs")
 
     def sync() -> float:
         start = time.perf_counter()

@@ -49,6 +49,8 @@ static char *cache_dir = NULL;
 static int	cache_size = 8192;
 static int	max_text_bytes = 65536;
 static int	query_cache_size = 256;
+static int	max_workers = 8;
+static char *worker_listen_address = NULL;
 
 /*
  * PL/Python reports an exception raised by Python code as
@@ -155,6 +157,14 @@ _PG_init(void)
 							"SEARCH query embeddings a session keeps for repeated searches (0: none).",
 							NULL, &query_cache_size, 256, 0, 16384,
 							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("thanosql.max_workers",
+							"Most training processes one BUILD or FIT may start (its option workers).",
+							NULL, &max_workers, 8, 1, 1024,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("thanosql.worker_listen_address",
+							   "Where a BUILD with remote_workers waits for workers of other machines, and the address its first worker's rendezvous binds.",
+							   NULL, &worker_listen_address, "127.0.0.1",
+							   PGC_SUSET, 0, NULL, NULL, NULL);
 	/* last: with thanosql.preload on, this imports thanosql_pg using the settings above */
 	thanosql_jobs_init();
 	thanosql_preload_init(python_lib_dir);

@@ -12,7 +12,6 @@ seconds. Speech uses the tests' tiny Wav2Vec2 checkpoint, SimCLR timm's ``test_r
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
@@ -47,30 +46,6 @@ def conn(server_dsn: str) -> Iterator[Conn]:
         c.execute("SET thanosql.progress_interval = 1000")
         yield c
         drop_prefixed(c, PREFIX)
-
-
-@pytest.fixture(scope="module")
-def tiny_net(files: Path) -> Iterator[str]:
-    """A timm model folder (config.json + model.safetensors) of test_convnext with random
-    weights for 10 classes: base_model for a fast ConvNeXt_Tiny BUILD."""
-    import shutil
-
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
-    folder = files / f"{PREFIX}_test_convnext"
-    folder.mkdir()
-    torch.manual_seed(0)
-    net = timm.create_model("test_convnext", pretrained=False, num_classes=10)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({
-        "architecture": "test_convnext", "num_classes": 10,
-        "pretrained_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
-    for p in (folder, *folder.iterdir()):
-        os.chmod(p, 0o755 if p.is_dir() else 0o644)  # the server runs as another OS user
-    yield str(folder)
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

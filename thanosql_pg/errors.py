@@ -183,6 +183,11 @@ class WeightsUnavailable(ThanoSQLError, code="58000"):  # system_error
     """Pretrained weights are neither cached nor downloadable."""
 
 
+class WorkerFailed(ThanoSQLError, code="58000"):  # system_error
+    """A training worker process (BUILD/FIT with workers) died or broke the protocol;
+    its own errors keep their SQLSTATE."""
+
+
 class ConfigurationError(ThanoSQLError, code="F0000"):  # config_file_error
     pass
 

@@ -34,6 +34,7 @@ import psycopg
 import pytest
 import soundfile as sf
 from catalog_rows import drop_prefixed
+from tiny_models import write_convnext
 
 from .conftest import Sentinel
 
@@ -98,22 +99,10 @@ def victim(server_dsn: str) -> Iterator[psycopg.Connection]:
 def image(conn: psycopg.Connection, files: Path, scratch: Path) -> dict[str, Any]:
     """ConvNeXt_Tiny on timm's test_convnext (random weights) at input_size 1024, built from
     two digits; a PREDICT call of IMAGES digits is one long forward pass."""
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
-    folder = scratch / "test_convnext"
-    folder.mkdir()
-    torch.manual_seed(0)
-    net = timm.create_model("test_convnext", pretrained=False, num_classes=2)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({
-        "architecture": "test_convnext", "num_classes": 2,
-        "pretrained_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
-    readable(folder)
+    folder = write_convnext(scratch / "test_convnext", num_classes=2)
     train, test = digits.tables(conn, files, name("d"), train_per_class=1, test_per_class=2)
     model = name("image")
-    opts = {"image_col": "path", "label_col": "label", "base_model": str(folder), "epochs": 1,
+    opts = {"image_col": "path", "label_col": "label", "base_model": folder, "epochs": 1,
             "batch_size": 2, "input_size": IMAGE_SIZE}
     conn.execute("SELECT * FROM thanosql.build_model(%s, 'ConvNeXt_Tiny', %s, %s)",
                  [model, json.dumps(opts), f"SELECT path, label FROM {train} WHERE label IN (0, 1)"])

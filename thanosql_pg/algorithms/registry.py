@@ -188,10 +188,18 @@ PATIENCE = option("patience", int, 3, positive=True, maximum=MAX_EPOCHS)
 VALIDATION = (VALIDATION_SPLIT, EARLY_STOPPING, PATIENCE)
 
 
+# Data-parallel training (shared/distributed.py, server/distributed.py): the processes one
+# BUILD/FIT trains with (thanosql.max_workers bounds it further), and how many of them join
+# from other machines (thanosql worker --join).
+MAX_WORKERS = 1024
+WORKERS = option("workers", int, 1, positive=True, maximum=MAX_WORKERS)
+REMOTE_WORKERS = option("remote_workers", int, 0, minimum=0, maximum=MAX_WORKERS - 1)
+
+
 def training_options(*own: Option) -> tuple[Option, ...]:
-    """BUILD/FIT's option set: the family's ``own`` plus ``VALIDATION``, which the shared
-    training loop implements, and ``WAIT`` (one place declares them for every family)."""
-    return (*own, *VALIDATION, WAIT)
+    """BUILD/FIT's option set: the family's ``own`` plus ``VALIDATION`` and ``WORKERS``, which
+    the shared training loop implements, and ``WAIT`` (one place declares them for every family)."""
+    return (*own, *VALIDATION, WORKERS, REMOTE_WORKERS, WAIT)
 
 
 def check_training(opts: Options) -> None:
@@ -323,6 +331,8 @@ class Options:
     validation_split: float = 0.0
     early_stopping: bool = False
     patience: int = 3
+    workers: int = 1
+    remote_workers: int = 0
     # EVALUATE; SEARCH IMAGE (top_k is also EVALUATE's retrieval k)
     report: str = "summary"
     top_k: int | None = None
@@ -565,6 +575,9 @@ OPTION_DOCS = {
     "learning_rate": "the optimizer's peak learning rate",
     "overwrite": "replace a model of the same name (its current version is kept for rollback)",
     "wait": "wait for another session changing the same model instead of failing at once",
+    "workers": "training processes (torch.distributed: gloo on the CPU, one per GPU with device='cuda');"
+               " batch_size stays the global batch",
+    "remote_workers": "how many of the workers join from other machines (thanosql worker --join)",
     "background": "run as a background job: returns (job_id, model, status) at once; see thanosql.jobs",
     "input_size": "pixels a side of the images the model sees",
     "pretrained": "start from published weights (else random initialisation)",

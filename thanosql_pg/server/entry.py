@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast
 import plpy
 
 from thanosql_pg.algorithms import registry
-from thanosql_pg.algorithms.contract import CheckpointStore, Resolved
+from thanosql_pg.algorithms.contract import CheckpointStore, Resolved, RowSource
 from thanosql_pg.errors import (
     FeatureNotAvailable,
     InvalidOption,
@@ -264,7 +264,13 @@ def _train(name: str, algo: registry.Algorithm, opts: registry.Options, query: s
                                    options=algo.family.column_options(statement, opts)) as source:
         source.checkpoints = checkpoints
         # 'auto' defers to the thanosql.device setting; the stored options keep 'auto'
-        trained = module.train(algo, replace(opts, device=models.resolve_device(opts.device)), source, base)
+        resolved = replace(opts, device=models.resolve_device(opts.device))
+        if opts.workers > 1:  # the family's train runs in each worker process instead
+            from thanosql_pg.server import distributed
+
+            trained = distributed.train(algo, resolved, cast(RowSource, source), base)
+        else:
+            trained = module.train(algo, resolved, source, base)
         rows = source.count
         progress.report_progress("saving", 0, 0, 0, 0, None, None, None)
     if claimed is None:
@@ -294,7 +300,16 @@ def _not_background(opts: registry.Options) -> registry.Options:
 def _build_setup(algorithm: str, written: dict[str, Any]) -> tuple[registry.Algorithm, registry.Options]:
     algo = registry.lookup(algorithm)
     registry.require_available(algo)
-    return algo, registry.normalize_options("build", written, algo.family)
+    return algo, _checked_workers(registry.normalize_options("build", written, algo.family))
+
+
+def _checked_workers(opts: registry.Options) -> registry.Options:
+    """``workers`` within thanosql.max_workers, before any row is read."""
+    if opts.workers > 1:
+        from thanosql_pg.server import distributed
+
+        distributed.check_workers(opts)
+    return opts
 
 
 def _fit_setup(name: str, base_model: str, written: dict[str, Any]) -> tuple[registry.Algorithm,
@@ -312,7 +327,7 @@ def _fit_setup(name: str, base_model: str, written: dict[str, Any]) -> tuple[reg
     for key in algo.family.carry_over:
         if key not in written and key in base_rec.options:
             written[key] = base_rec.options[key]
-    return algo, registry.normalize_options("fit", written, algo.family), base_rec
+    return algo, _checked_workers(registry.normalize_options("fit", written, algo.family)), base_rec
 
 
 @caller_sql_entry_point(whole_call=False)

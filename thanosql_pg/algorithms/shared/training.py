@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from thanosql_pg import progress_text
 from thanosql_pg.algorithms import registry
 from thanosql_pg.algorithms.contract import RowSource
+from thanosql_pg.algorithms.shared import distributed
 from thanosql_pg.algorithms.shared.devices import cuda_indices
 from thanosql_pg.errors import DataError, InvalidOption
 
@@ -72,23 +73,35 @@ class Stepper:
             param_groups(net, weight_decay), learning_rate, total_steps, warmup_fraction, device)
         self.max_grad_norm = max_grad_norm
 
-    def step(self, loss: Any) -> None:
+    def step(self, loss: Any, items: int = 0, *, shared: bool = False) -> int:
+        """One step on ``loss``, the mean over ``items`` samples. ``shared``: one of several
+        ranks (shared.distributed), whose gradients become the global batch's mean first;
+        ``loss`` is then None for a rank without samples in this step, which still takes
+        part. Returns the samples the step was taken on (0: none anywhere, no step)."""
         import torch
 
         self.opt.zero_grad(set_to_none=True)
+        if loss is not None:
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        elif self.scaler is not None:
+            self.scaler.scale(torch.zeros((), device=self.params[0].device))  # its scale, made once
+        if shared:
+            items = distributed.average_gradients(self.params, items if loss is not None else 0,
+                                                  self.params[0].device)
+            if items == 0:
+                return 0
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             if self.max_grad_norm is not None:
                 self.scaler.unscale_(self.opt)
                 torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
             self.scaler.step(self.opt)
             self.scaler.update()
         else:
-            loss.backward()
             if self.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
             self.opt.step()
         self.sched.step()
+        return items
 
     def learning_rate(self) -> float:
         """The learning rate of the last step (the schedule's, of the first parameter group)."""
@@ -201,6 +214,26 @@ class Sums:
         self.weight += out.weight
         self.items += out.items
 
+    def reduce(self, device: Any) -> None:
+        """Sum over the ranks (shared.distributed): the whole pass, as one process sees it.
+        Extras are summed where every rank has the same ones (a rank without a batch has
+        none: the pass's extras are then this rank's)."""
+        import torch
+
+        keys = sorted(self.extra)
+        sizes = distributed.reduce_sums([len(keys), len(keys) ** 2], device)
+        world = distributed.World.current()
+        same = world is not None and sizes == [world.size * len(keys), world.size * len(keys) ** 2]
+        values = [float(self.loss), float(self.score), self.weight, float(self.items)]
+        if same:
+            values += [float(self.extra[k]) for k in keys]
+        total = distributed.reduce_sums(values, device)
+        self.loss = torch.tensor(total[0], device=device)
+        self.score = torch.tensor(total[1], device=device)
+        self.weight, self.items = total[2], round(total[3])
+        if same:
+            self.extra = dict(zip(keys, total[4:], strict=True))
+
     def means(self) -> tuple[float, float]:
         """(mean loss, metric) so far; waits for the device."""
         if not self.items:
@@ -310,6 +343,10 @@ class Trainer:
         self.net = net
         self.device = device
         self.metric = metric
+        # one of several ranks (a BUILD/FIT with workers): start from rank 0's weights
+        self.world = distributed.World.current()
+        if self.world is not None:
+            distributed.prepare(net, device)
         self.label = label
         if opts.epochs is None:
             raise InvalidOption('option "epochs" has no value', hint="Add epochs=... to OPTIONS.")
@@ -443,14 +480,24 @@ class Trainer:
             for batch in it:
                 self.parts.train.check_interrupts()  # a pending cancel stops training here, within one batch
                 out = forward(epoch, batch, training)
-                if out is None:
+                if self.world is not None and training:
+                    # every rank steps on every global batch, with or without samples of its own
+                    taken = self.stepper.step(out.loss if out else None, out.items if out else 0, shared=True)
+                    if taken:
+                        self.progress.step(taken)
+                elif out is None:
                     continue
-                if training:
+                elif training:
                     self.stepper.step(out.loss)
                     self.progress.step(out.items)
-                sums.add(out)
+                if out is not None:
+                    sums.add(out)
                 steps += 1
                 self.progress.update(phase, epoch, steps, sums.means)
+        if self.world is not None:
+            sums.reduce(self.device)
+            if training:
+                distributed.average_buffers(self.net)
         return sums.result(time.monotonic() - start)
 
     def _notices(self, out: Outcome) -> None:

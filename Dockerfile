@@ -7,7 +7,7 @@
 #   TORCH_INDEX=URL      an extra pip index for torch/torchvision/torchaudio, e.g.
 #                        https://download.pytorch.org/whl/cu128 for that CUDA build, or .../whl/cpu
 #                        for a smaller CPU-only image. Empty (the default): PyPI's Linux wheels,
-#                        which are CUDA builds (they also run on CPU), at the pins of requirements.txt.
+#                        which are CUDA builds (they also run on CPU), at the pins of constraints.txt.
 #   WITH_MULTICORN=1     build multicorn2 from source, for the FolderFDW foreign data wrapper
 #   MULTICORN_REF=tag    the multicorn2 tag or branch to build (default v3.0)
 #   PREFETCH_WEIGHTS=1   download the default pretrained weights (the four image models, the
@@ -25,7 +25,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends make sudo ca-ce
 WORKDIR /opt/thanosql_pg
 COPY . .
 # The same install scripts CI runs (make test -> scripts/setup.sh). pip reads
-# PIP_EXTRA_INDEX_URL; the pins in requirements.txt still decide the versions.
+# PIP_EXTRA_INDEX_URL; the pins in constraints.txt still decide the versions.
 RUN if [ -n "$TORCH_INDEX" ]; then export PIP_EXTRA_INDEX_URL="$TORCH_INDEX"; fi \
     && bash scripts/install-system.sh \
     && bash scripts/install-pgvector.sh \

@@ -36,6 +36,7 @@ from typing import Any, cast
 from thanosql_pg import errors
 from thanosql_pg.algorithms import registry
 from thanosql_pg.algorithms.contract import CheckpointStore, Row, RowSource, Trained
+from thanosql_pg.algorithms.shared import devices
 from thanosql_pg.algorithms.shared.limits import MediaLimits
 from thanosql_pg.workers import wire
 
@@ -290,7 +291,9 @@ def run(channel: Channel) -> int:
         import torch
         import torch.distributed as dist
 
-        torch.set_num_threads(max(1, int(start["threads"])))
+        # this rank's share of the statement's cores (devices.set_threads: the one place that sets
+        # torch's threads, which the family's torch_device would otherwise set to every core)
+        devices.set_threads(max(1, int(start["threads"])))
         if start["device"] == "cuda":
             torch.cuda.set_device(0)  # the backend gave this process one GPU (CUDA_VISIBLE_DEVICES)
         _process_group(channel, start)

@@ -104,7 +104,32 @@ def test_retrieval_precision_against_brute_force() -> None:
     assert 0.0 <= got[1] <= 1.0
     with pytest.raises(DataError):
         metrics.retrieval_precision(x[:1], labels[:1], (1,))
-    assert metrics.retrieval_result(x, labels, "summary", 5).keys() == {"Precision@1", "Precision@5"}
+    assert metrics.retrieval_result(x, labels, "summary", 5).keys() == {
+        "Precision@1", "Precision@5", "Median similarity@5, same label", "Median similarity@5, other label"}
+
+
+def test_the_spread_of_retrieval_scores_against_brute_force() -> None:
+    """The medians of the top-k neighbours' similarities, same label and other label, to the
+    bins' 0.001; and a clean separation shows as a gap between them."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(80, 6)).astype(np.float32)
+    labels = [int(v) for v in rng.integers(0, 4, 80)]
+    got = metrics.retrieval_scores(x, labels, (1, 10))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = unit @ unit.T
+    np.fill_diagonal(sim, -np.inf)
+    ranked = np.argsort(-sim, axis=1)[:, :10]
+    lab = np.array(labels)
+    same = [sim[i, j] for i in range(80) for j in ranked[i] if lab[j] == lab[i]]
+    other = [sim[i, j] for i in range(80) for j in ranked[i] if lab[j] != lab[i]]
+    assert got.same_label_similarity == pytest.approx(float(np.median(same)), abs=2e-3)
+    assert got.other_label_similarity == pytest.approx(float(np.median(other)), abs=2e-3)
+    # two tight clusters far apart: same-label neighbours near 1, the others far below
+    centers = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    pts = np.repeat(centers, 20, axis=0) + rng.normal(scale=0.05, size=(40, 2)).astype(np.float32)
+    clustered = metrics.retrieval_scores(pts, [0] * 20 + [1] * 20, (25,))
+    assert clustered.same_label_similarity > 0.99 > 0.5 > clustered.other_label_similarity
+    assert metrics.retrieval_scores(pts, [0] * 20 + [1] * 20, (5,)).other_label_similarity is None
 
 
 def test_reports_come_from_the_family_specs() -> None:
@@ -307,7 +332,9 @@ def test_simclr_retrieval_precision(conn: Conn, files: Path) -> None:
     m = dict(conn.execute(f"EVALUATE USING {model} OPTIONS (image_col='path', label_col='label', top_k=5)"
                           f" AS {query}").fetchall())
     print(f"\nSimCLR (1 epoch, 80 digits) retrieval: {m}")
-    assert list(m) == ["Precision@1", "Precision@5", "Rows"] and m["Rows"] == 80
+    assert list(m) == ["Precision@1", "Precision@5", "Median similarity@5, same label",
+                       "Median similarity@5, other label", "Rows"] and m["Rows"] == 80
+    assert -1.0 <= m["Median similarity@5, other label"] <= 1.0
     assert 0.0 <= m["Precision@5"] <= 1.0 and 0.0 <= m["Precision@1"] <= 1.0
     assert m["Precision@1"] > 0.1  # chance is 7/79; digits are easy even for a barely trained model
     # the same from CONVERT's embeddings (into the table), ranked here

@@ -22,7 +22,9 @@ THANOSQL = [sys.executable, "-m", "thanosql_pg.cli"]
 
 @pytest.fixture(scope="session")
 def cluster() -> dict:
-    subprocess.run([*THANOSQL, "start"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    # without the preload (new clusters have it): a session reads Python code on first use,
+    # which tests/test_family_contract.py's plug-in family relies on; test_preload runs its own
+    subprocess.run([*THANOSQL, "start", "--no-preload"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     out = subprocess.run([*THANOSQL, "status", "--json"], capture_output=True, text=True, cwd=ROOT,
                          check=False)
     info = json.loads(out.stdout)

@@ -1,10 +1,10 @@
-"""`thanosql start --preload` (thanosql.preload, src/preload.c): the postmaster imports
-torch, timm and thanosql_pg once, and every session is forked with them loaded.
+"""The preload (thanosql.preload, src/preload.c), a new cluster's default: the postmaster
+imports torch, timm and thanosql_pg once, and every session is forked with them loaded.
 
 The test runs a second embedded cluster of its own (THANOSQL_HOME), since the shared one
-runs without the preload: there a session's Python code is read when it is first used,
-which the family-contract test relies on. How much faster the first call gets is
-bench/first_call.py's business, not a test's.
+runs without the preload (conftest starts it with --no-preload): there a session's Python
+code is read when it is first used, which the family-contract test relies on. How much
+faster the first call gets is bench/first_call.py's business, not a test's.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def thanosql(home: Path, *args: str) -> subprocess.CompletedProcess:
 def preloaded(cluster: dict) -> Iterator[dict]:
     # under the shared cluster's home: a folder the server's OS user can reach
     home = Path(cluster["home"]) / f"preload-test-{uuid.uuid4().hex[:6]}"
-    started = thanosql(home, "start", "--preload")
+    started = thanosql(home, "start")  # a new cluster preloads by default
     assert started.returncode == 0, started.stderr
     try:
         info = json.loads(thanosql(home, "status", "--json").stdout)

@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run a hot standby streaming from the cluster, with its own proxy")
     sp.add_argument("--preload", action=argparse.BooleanOptionalAction, default=None,
                     help="import torch, timm and thanosql_pg once in the server at start, so new "
-                    "sessions skip it (restarts the server; kept for later starts; Python code "
-                    "changed afterwards needs a restart)")
+                    "sessions skip it (the default of a new cluster; switching restarts the server and "
+                    "is kept for later starts; with it, Python code changed afterwards needs a restart)")
     stop = sub.add_parser("stop", help="stop the proxy and the cluster (and the standby)")
     stop.add_argument("--replica", action="store_true", help="stop only the standby and its proxy")
     stop.add_argument("--drop", action="store_true",

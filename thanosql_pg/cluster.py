@@ -27,9 +27,10 @@ DATABASE = "thanosql"
 # Server-wide progress (thanosql.progress) and the count of sessions running models
 # live in shared memory, which a library can only request at server start.
 PRELOAD_OFF = "shared_preload_libraries = 'thanosql, pg_cron'  # thanosql.progress and jobs, pg_cron"
-# `thanosql start --preload`: the postmaster also starts PL/Python and imports torch, timm
-# and thanosql_pg (src/preload.c), so a new session's first call skips seconds of imports.
-# Python code changed after the server started is seen only after a restart.
+# The default of a new cluster (`thanosql start`; `--no-preload` switches it off, and is kept):
+# the postmaster also starts PL/Python and imports torch, timm and thanosql_pg (src/preload.c),
+# so a new session's first call skips seconds of imports. Python code changed after the
+# server started is seen only after a restart.
 PRELOAD_ON = ("shared_preload_libraries = 'plpython3, thanosql, pg_cron'  # thanosql start --preload",
                "thanosql.preload = on")
 # Lines of earlier releases, replaced by the above
@@ -198,7 +199,7 @@ port = {port}
 unix_socket_directories = '{self.run_dir}'
 # torch and PostgreSQL's LLVM JIT clash inside one backend (PostgresML saw crashes).
 jit = off
-{PRELOAD_OFF}
+{chr(10).join(PRELOAD_ON)}
 thanosql.python_lib_dir = '{venv_dir()}'
 thanosql.data_dir = '{self.files}'
 """

@@ -49,7 +49,7 @@ static char *cache_dir = NULL;
 static int	cache_size = 8192;
 static int	max_text_bytes = 65536;
 static int	query_cache_size = 256;
-static int	max_workers = 8;
+static int	max_workers = 4;
 static char *worker_listen_address = NULL;
 
 /*
@@ -159,7 +159,7 @@ _PG_init(void)
 							PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("thanosql.max_workers",
 							"Most training processes one BUILD or FIT may start (its option workers).",
-							NULL, &max_workers, 8, 1, 1024,
+							NULL, &max_workers, 4, 1, 1024,
 							PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("thanosql.worker_listen_address",
 							   "Where a BUILD with remote_workers waits for workers of other machines, and the address its first worker's rendezvous binds.",

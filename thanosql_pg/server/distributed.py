@@ -105,7 +105,7 @@ class Pass:
 def check_workers(opts: registry.Options) -> int:
     """``workers`` against thanosql.max_workers, and the remote ones against it (22023)."""
     settings = plpy.execute(spi.plan(_SETTINGS))[0]
-    limit = int(settings["max_workers"] or 8)
+    limit = int(settings["max_workers"] or 4)
     if opts.workers > limit:
         raise InvalidParameterValue(
             f"workers={opts.workers} is over thanosql.max_workers ({limit})",

@@ -29,6 +29,7 @@ import pytest
 from catalog_rows import drop_prefixed
 from expect import fails
 from psycopg.conninfo import make_conninfo
+from reconnect import connect
 
 Conn = psycopg.Connection
 PREFIX = "dw_" + uuid.uuid4().hex[:6]
@@ -47,16 +48,6 @@ def conn(server_dsn: str) -> Iterator[Conn]:
         yield c
     with connect(server_dsn) as c:  # a new one: the last test crashes the server on purpose
         drop_prefixed(c, PREFIX)
-
-
-def connect(dsn: str, attempts: int = 120) -> Conn:
-    """A connection, waiting for the server to come back from a crash restart."""
-    for _ in range(attempts):
-        try:
-            return psycopg.connect(dsn, autocommit=True)
-        except psycopg.OperationalError:
-            time.sleep(0.5)
-    raise AssertionError("the server did not come back")
 
 
 @pytest.fixture(scope="module")

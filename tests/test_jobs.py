@@ -19,6 +19,7 @@ import pytest
 from catalog_rows import drop_prefixed
 from psycopg import errors
 from psycopg.conninfo import make_conninfo
+from reconnect import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 THANOSQL = [sys.executable, "-m", "thanosql_pg.cli"]
@@ -45,16 +46,6 @@ def rows(server_dsn: str, files: Path) -> Iterator[str]:
 def build_sql(model: str, epochs: int, extra: str = "", table: str = "tj_train") -> str:
     return (f"BUILD MODEL {model} USING ConvNeXt_Tiny OPTIONS ({OPTS}, epochs={epochs}{extra})"
             f" AS SELECT path, label FROM {table}")
-
-
-def connect(dsn: str, attempts: int = 120) -> psycopg.Connection:
-    """A connection, waiting for the server to come back (a crash restart, a restart)."""
-    for _ in range(attempts):
-        try:
-            return psycopg.connect(dsn, autocommit=True)
-        except psycopg.OperationalError:
-            time.sleep(0.5)
-    raise AssertionError("the server did not come back")
 
 
 def job(dsn: str, job_id: int) -> dict[str, Any]:

@@ -287,6 +287,43 @@ def test_a_worker_joins_from_another_machine_with_the_secret(conn: Conn, server_
     no_workers_left()
 
 
+def test_an_admitted_peer_that_stalls_cannot_hold_the_backend(conn: Conn, server_dsn: str,
+                                                               data: dict[str, str], tiny_net: str) -> None:
+    """A joiner with the secret that starts a message and never finishes it: the backend
+    gives up on it within seconds (it would otherwise wait, deaf to cancels), and the
+    BUILD fails cleanly."""
+    import socket
+
+    from thanosql_pg.workers import wire
+
+    model = name("stall")
+    notices: list[str] = []
+    t, out = _build_in_thread(server_dsn, model, opts(tiny_net, workers=2, remote_workers=1), data["query"],
+                              notices)
+    deadline = time.monotonic() + 60
+    join = None
+    while join is None and time.monotonic() < deadline:
+        join = next((n for n in notices if "thanosql worker --join" in n), None)
+        time.sleep(0.1)
+    assert join is not None, notices
+    words = join.split()
+    host, _, port = words[words.index("--join") + 1].rpartition(":")
+    secret = words[words.index("--secret") + 1]
+    with socket.create_connection((host, int(port)), timeout=30) as peer:
+        hello, _ = wire.receive(peer)
+        wire.send(peer, {"t": "answer", "hmac": wire.answer(secret, bytes.fromhex(hello["nonce"]))})
+        assert wire.receive(peer)[0]["t"] == "admitted"
+        wire.receive(peer)  # its start
+        stalled = time.monotonic()
+        peer.sendall(wire.HEADER.pack(100, 0) + b'{"t": "lab')  # ... and nothing more
+        t.join(60)
+    assert not t.is_alive()
+    assert out["error"].sqlstate == "58000" and "worker 1 of 2" in str(out["error"]), out
+    assert out["ended"] - stalled < 20
+    assert not model_exists(conn, model)
+    no_workers_left()
+
+
 # --- whose rows --------------------------------------------------------------------------------
 @pytest.fixture
 def analyst(direct: Conn, data: dict[str, str]) -> Iterator[str]:

@@ -62,6 +62,10 @@ COLLECTIVE_TIMEOUT = 60.0  # seconds a collective (or the rendezvous) may wait f
 JOIN_TIMEOUT = 600.0  # seconds remote workers have to join
 STOP_GRACE = 5.0  # seconds workers have to exit after their result, before they are killed
 POLL = 0.2  # seconds between looks at cancels and at the processes
+# seconds a worker of another machine may take to finish a message it started, or to take one
+# (its requests are small; the backend waits for nothing else while it reads one)
+REMOTE_TIMEOUT = 5.0
+MAX_MESSAGE = 8192  # characters of a worker's error message that reach the client
 _SETTINGS = ("SELECT s[1] AS max_workers, s[2] AS listen, s[3] AS lib FROM thanosql._settings(ARRAY["
              "'thanosql.max_workers', 'thanosql.worker_listen_address', 'thanosql.python_lib_dir']) AS s")
 
@@ -263,7 +267,7 @@ class Coordinator:
         conn, addr = self.listener.accept()
         who = f"{addr[0]}:{addr[1]}"
         try:
-            conn.settimeout(10)
+            conn.settimeout(REMOTE_TIMEOUT)
             nonce = wire.challenge()
             wire.send(conn, {"t": "challenge", "nonce": nonce.hex()})
             reply, _ = wire.receive(conn, max_json=wire.MAX_HELLO, max_blob=0)
@@ -278,7 +282,8 @@ class Coordinator:
                 conn.close()
                 return
             wire.send(conn, {"t": "admitted"})
-            conn.settimeout(None)
+            # a peer that stalls mid-message must not keep the backend from a cancel for long
+            conn.settimeout(REMOTE_TIMEOUT)
         except (OSError, wire.WireError):
             conn.close()
             plpy.warning(f"refused a worker from {who}: it broke off the handshake")
@@ -348,7 +353,7 @@ class Coordinator:
         elif code is not None:
             how = f"exited with code {code}"
         else:
-            how = "closed its connection"
+            how = "closed its connection or stalled mid-message"
         tail = rank.stderr_tail()
         raise WorkerFailed(f"{rank.describe(self.world)} {how} before the training ended",
                            detail=tail[-1500:] or None,
@@ -383,8 +388,9 @@ class Coordinator:
             cls = lookup(str(message.get("sqlstate")))
         except KeyError:
             cls = InternalError
-        detail = message.get("detail")
-        raise cls(str(message.get("message")), hint=message.get("hint"),
+        detail = str(message.get("detail") or "")[:MAX_MESSAGE]
+        hint = message.get("hint")
+        raise cls(str(message.get("message"))[:MAX_MESSAGE], hint=str(hint)[:MAX_MESSAGE] if hint else None,
                   detail=(f"in {rank.describe(self.world)}" + (f": {detail}" if detail else "")))
 
     def _on_store(self, rank: Rank, message: dict[str, Any], blob: bytes) -> None:
@@ -437,6 +443,9 @@ class Coordinator:
         """A rank starts a pass: its n-th pass is every rank's n-th (they run alike)."""
         request = (int(message["part"]), int(message["batch_size"]), bool(message["shuffle"]),
                    int(message["seed"]))
+        if request[1] != self.opts.batch_size:  # the statement's global batch, and no other
+            raise WorkerFailed(f"{rank.describe(self.world)} asked for batches of {request[1]} rows;"
+                               f" the statement's batch_size is {self.opts.batch_size}")
         index = rank.batches
         rank.batches += 1
         if index == len(self.passes):

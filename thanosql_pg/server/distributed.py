@@ -106,7 +106,7 @@ class Pass:
     finished: set[int] = field(default_factory=set)  # the ranks told it ended
 
 
-def check_workers(opts: registry.Options) -> int:
+def check_workers(opts: registry.Options) -> None:
     """``workers`` against thanosql.max_workers, and the remote ones against it (22023)."""
     settings = plpy.execute(spi.plan(_SETTINGS))[0]
     limit = int(settings["max_workers"] or 4)
@@ -119,15 +119,14 @@ def check_workers(opts: registry.Options) -> int:
             f"remote_workers={opts.remote_workers} leaves no worker on this server (workers={opts.workers})",
             hint="remote_workers counts the workers of other machines, within workers:"
                  " at least one runs here.")
-    return limit
 
 
 def python_executable(lib_dir: str | None) -> str:
     """The Python that runs workers: the virtualenv's (thanosql.python_lib_dir), else the
     one PL/Python embeds. Never the server's own executable (sys.executable here)."""
-    for base in filter(None, [lib_dir]):
+    if lib_dir:
         for name in ("bin/python3", "bin/python"):
-            candidate = Path(base) / name
+            candidate = Path(lib_dir) / name
             if candidate.is_file() and os.access(candidate, os.X_OK):
                 return str(candidate)
     v = sys.version_info
@@ -177,6 +176,7 @@ class Coordinator:
         self.result: Trained | None = None
         self.selector = selectors.DefaultSelector()
         self.listener: socket.socket | None = None
+        self._start: tuple[dict[str, Any], bytes] | None = None
 
     # -- starting ------------------------------------------------------------------------
     def _env(self, rank: int) -> dict[str, str]:
@@ -224,7 +224,11 @@ class Coordinator:
                 f" it has {have}",
                 hint="One worker runs on each GPU: lower workers, or use device='cpu'.")
 
-    def _start_message(self, rank: Rank) -> tuple[dict[str, Any], bytes]:
+    def _start_message(self) -> tuple[dict[str, Any], bytes]:
+        """What every rank starts from (the source's description, FIT's base model and its
+        weights): the same for all, so read once."""
+        if self._start is not None:
+            return self._start
         src = self.source
         limits = src.reader.limits
         info = {"count": src.count, "skipped": src.skipped, "label_type": src.label_type,
@@ -243,11 +247,11 @@ class Coordinator:
                     "label_type": rec.label_type, "format": rec.format}
             payload = bytes(catalog.load_payload(rec))
         bind = self.listen if self.opts.remote_workers else "127.0.0.1"
-        return ({"t": "start", "rank": rank.number, "world": self.world, "algorithm": self.algo.name,
-                 "statement": self.opts.statement, "options": self.opts.declared(),
-                 "device": self.opts.device,
-                 "threads": self.threads, "timeout": COLLECTIVE_TIMEOUT, "prefix": self.prefix,
-                 "store_bind": bind, "source": info, "base": base}, payload)
+        self._start = ({"t": "start", "world": self.world, "algorithm": self.algo.name,
+                        "statement": self.opts.statement, "options": self.opts.declared(),
+                        "device": self.opts.device, "threads": self.threads, "timeout": COLLECTIVE_TIMEOUT,
+                        "prefix": self.prefix, "store_bind": bind, "source": info, "base": base}, payload)
+        return self._start
 
     def _open_listener(self) -> None:
         family = socket.AF_INET6 if ":" in self.listen else socket.AF_INET
@@ -267,6 +271,8 @@ class Coordinator:
         conn, addr = self.listener.accept()
         who = f"{addr[0]}:{addr[1]}"
         try:
+            # kept after admission too: a peer that stalls mid-message must not keep the
+            # backend from a cancel for long
             conn.settimeout(REMOTE_TIMEOUT)
             nonce = wire.challenge()
             wire.send(conn, {"t": "challenge", "nonce": nonce.hex()})
@@ -282,8 +288,6 @@ class Coordinator:
                 conn.close()
                 return
             wire.send(conn, {"t": "admitted"})
-            # a peer that stalls mid-message must not keep the backend from a cancel for long
-            conn.settimeout(REMOTE_TIMEOUT)
         except (OSError, wire.WireError):
             conn.close()
             plpy.warning(f"refused a worker from {who}: it broke off the handshake")
@@ -296,8 +300,8 @@ class Coordinator:
         self._send_start(rank)
 
     def _send_start(self, rank: Rank) -> None:
-        message, payload = self._start_message(rank)
-        wire.send(rank.sock, message, payload)
+        message, payload = self._start_message()
+        wire.send(rank.sock, {**message, "rank": rank.number}, payload)
         if rank.number != 0 and self.store_port is not None:
             self._send_store(rank)
 
@@ -582,8 +586,8 @@ def _close(rows: Iterator[Any]) -> None:
 
 
 def train(algo: registry.Algorithm, opts: registry.Options, source: RowSource, base: Any) -> Trained:
-    """BUILD/FIT with ``opts.workers`` processes; the family's ``train`` runs in each."""
+    """BUILD/FIT with ``opts.workers`` processes; the family's ``train`` runs in each.
+    ``opts`` passed ``check_workers`` in the statement's setup."""
     import torch
 
-    check_workers(opts)
     return Coordinator(algo, opts, source, base, torch.get_num_threads()).run()

@@ -200,8 +200,7 @@ class RemoteSource:
         return cast(RowSource, parts[0]), cast(RowSource, parts[1])
 
     def notice(self, message: str) -> None:
-        if self.leader:
-            self.channel.tell({"t": "notice", "message": message})
+        self.reader.notice(message)
 
     def progress(self, phase: str, epoch: int, epochs: int, step: int, steps: int, loss: float | None,
                  samples_per_second: float | None, eta_seconds: float | None) -> None:

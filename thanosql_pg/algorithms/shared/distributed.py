@@ -51,11 +51,6 @@ class World:
             return None
         return World(dist.get_rank(), dist.get_world_size())
 
-    @property
-    def leader(self) -> bool:
-        """Rank 0: the one whose progress, notices and result the server sees."""
-        return self.rank == 0
-
 
 def prepare(net: Any, device: Any) -> None:
     """Before training: SyncBatchNorm where torch has it (GPUs), then rank 0's weights and
@@ -118,7 +113,3 @@ def average_buffers(net: Any) -> None:
             dist.all_reduce(buf.data)
             buf.data /= world
 
-
-def agree(flag: bool, device: Any) -> bool:
-    """Whether any rank says ``flag`` (an all-reduce of one number)."""
-    return reduce_sums([1.0 if flag else 0.0], device)[0] > 0

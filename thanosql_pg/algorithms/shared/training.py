@@ -214,7 +214,7 @@ class Sums:
         self.weight += out.weight
         self.items += out.items
 
-    def reduce(self, device: Any) -> None:
+    def reduce(self, world: distributed.World, device: Any) -> None:
         """Sum over the ranks (shared.distributed): the whole pass, as one process sees it.
         Extras are summed where every rank has the same ones (a rank without a batch has
         none: the pass's extras are then this rank's)."""
@@ -222,8 +222,7 @@ class Sums:
 
         keys = sorted(self.extra)
         sizes = distributed.reduce_sums([len(keys), len(keys) ** 2], device)
-        world = distributed.World.current()
-        same = world is not None and sizes == [world.size * len(keys), world.size * len(keys) ** 2]
+        same = sizes == [world.size * len(keys), world.size * len(keys) ** 2]
         values = [float(self.loss), float(self.score), self.weight, float(self.items)]
         if same:
             values += [float(self.extra[k]) for k in keys]
@@ -495,7 +494,7 @@ class Trainer:
                 steps += 1
                 self.progress.update(phase, epoch, steps, sums.means)
         if self.world is not None:
-            sums.reduce(self.device)
+            sums.reduce(self.world, self.device)
             if training:
                 distributed.average_buffers(self.net)
         return sums.result(time.monotonic() - start)

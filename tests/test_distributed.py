@@ -255,9 +255,10 @@ def _joiner(address: str, secret: str) -> subprocess.Popen[str]:
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def test_a_worker_joins_from_another_machine_with_the_secret(conn: Conn, server_dsn: str,
-                                                             data: dict[str, str], tiny_net: str) -> None:
-    model = name("remote")
+def _invited_build(server_dsn: str, model: str, data: dict[str, str],
+                   tiny_net: str) -> tuple[threading.Thread, dict[str, Any], list[str], str, str]:
+    """A BUILD with one remote worker, running in a thread until that worker joins: (its
+    thread, its outcome, its notices, and the address and secret its NOTICE invites with)."""
     notices: list[str] = []
     t, out = _build_in_thread(server_dsn, model, opts(tiny_net, workers=2, remote_workers=1), data["query"],
                               notices)
@@ -268,7 +269,13 @@ def test_a_worker_joins_from_another_machine_with_the_secret(conn: Conn, server_
         time.sleep(0.1)
     assert join is not None, notices
     words = join.split()
-    address, secret = words[words.index("--join") + 1], words[words.index("--secret") + 1]
+    return t, out, notices, words[words.index("--join") + 1], words[words.index("--secret") + 1]
+
+
+def test_a_worker_joins_from_another_machine_with_the_secret(conn: Conn, server_dsn: str,
+                                                             data: dict[str, str], tiny_net: str) -> None:
+    model = name("remote")
+    t, out, notices, address, secret = _invited_build(server_dsn, model, data, tiny_net)
     uninvited = _joiner(address, "0" * len(secret))
     said, _ = uninvited.communicate(timeout=60)
     assert uninvited.returncode != 0 and "refused" in said, said
@@ -297,18 +304,8 @@ def test_an_admitted_peer_that_stalls_cannot_hold_the_backend(conn: Conn, server
     from thanosql_pg.workers import wire
 
     model = name("stall")
-    notices: list[str] = []
-    t, out = _build_in_thread(server_dsn, model, opts(tiny_net, workers=2, remote_workers=1), data["query"],
-                              notices)
-    deadline = time.monotonic() + 60
-    join = None
-    while join is None and time.monotonic() < deadline:
-        join = next((n for n in notices if "thanosql worker --join" in n), None)
-        time.sleep(0.1)
-    assert join is not None, notices
-    words = join.split()
-    host, _, port = words[words.index("--join") + 1].rpartition(":")
-    secret = words[words.index("--secret") + 1]
+    t, out, _, address, secret = _invited_build(server_dsn, model, data, tiny_net)
+    host, _, port = address.rpartition(":")
     with socket.create_connection((host, int(port)), timeout=30) as peer:
         hello, _ = wire.receive(peer)
         wire.send(peer, {"t": "answer", "hmac": wire.answer(secret, bytes.fromhex(hello["nonce"]))})

@@ -41,6 +41,7 @@ static char *python_lib_dir = NULL;
 static char *data_dir = NULL;
 static char *device = NULL;
 static int	progress_interval = 10;
+static bool progress_fields = false;
 static int	max_image_pixels = 40000000;
 static int	max_audio_seconds = 1800;
 static int	keep_versions = 3;
@@ -119,6 +120,11 @@ _PG_init(void)
 							"Seconds between progress NOTICEs of long statements.",
 							NULL, &progress_interval, 10, 1, 3600,
 							PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomBoolVariable("thanosql.progress_fields",
+							 "Progress NOTICEs carry their counters as JSON in DETAIL.",
+							 "For clients that draw progress (the notebook magic sets it): they read the fields, never the message's wording.",
+							 &progress_fields, false,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
 	/*
 	 * Resource limits, checked from a file's header before it is decoded:
 	 * superuser-only, so that an ordinary role cannot lift them for itself.

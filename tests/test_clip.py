@@ -63,7 +63,9 @@ def data(conn: Conn, files: Path) -> dict[str, Any]:
 def model(px: Conn, data: dict[str, Any]) -> dict[str, Any]:
     """CLIP from scratch with its defaults, and the held-out digits CONVERTed with it."""
     notices: list[str] = []
-    px.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+    details: list[str | None] = []
+    px.add_notice_handler(lambda d: (notices.append(d.message_primary or ""),
+                                     details.append(d.message_detail)))
     px.execute("SET thanosql.progress_interval = 5")
     m = name("clip")
     start = time.monotonic()
@@ -73,7 +75,7 @@ def model(px: Conn, data: dict[str, Any]) -> dict[str, Any]:
     converted = px.execute(f"CONVERT USING {m} OPTIONS (image_col='path', result_col='emb')"
                            f" AS SELECT * FROM {data['test']}").fetchall()
     assert converted == [(data["test"], 360)]
-    return {"model": m, "built": built, "build_s": build_s, "notices": notices}
+    return {"model": m, "built": built, "build_s": build_s, "notices": notices, "details": details}
 
 
 
@@ -138,6 +140,8 @@ def test_build_records_model(model: dict[str, Any], conn: Conn) -> None:
     progress = [n for n in model["notices"] if n.startswith("CLIP training: epoch")]
     assert progress and "contrastive loss" in progress[0] and "ETA" in progress[0]
     assert any(n.startswith("CLIP training done: 20 epochs") for n in model["notices"])
+    # thanosql.progress_fields is off by default: psql users see no JSON
+    assert model["details"] and all(d is None for d in model["details"])
 
 
 def test_evaluate_retrieval_precision(model: dict[str, Any], px: Conn, conn: Conn,

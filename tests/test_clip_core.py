@@ -85,7 +85,7 @@ class Reader:
     def resolve_path(self, path: str, *, expand_user: bool = False) -> str:
         return path
 
-    def notice(self, message: str) -> None:
+    def notice(self, message: str, progress: Any = None) -> None:
         self.notices.append(message)
 
 

@@ -29,6 +29,8 @@ import pytest
 from catalog_rows import add_model
 from PIL import Image
 
+from thanosql_pg import progress_text
+
 Conn = psycopg.Connection
 PREFIX = "ic_" + uuid.uuid4().hex[:6]
 SMALL = {"image_col": "path", "label_col": "label", "epochs": 1, "input_size": 32, "pretrained": False}
@@ -128,8 +130,11 @@ def trained(proxy_dsn: str, data: dict[str, str]) -> dict[str, Any]:
     model = name("main")
     with psycopg.connect(proxy_dsn, autocommit=True) as db:
         notices: list[str] = []
-        db.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        fields: list[progress_text.ProgressInfo | None] = []
+        db.add_notice_handler(lambda d: (notices.append(d.message_primary or ""),
+                                         fields.append(progress_text.read(d.message_detail))))
         db.execute("SET thanosql.progress_interval = 2")
+        db.execute("SET thanosql.progress_fields = on")  # what the notebook magic asks for
         start = time.monotonic()
         built = db.execute(f"""
             BUILD MODEL {model} USING ConvNeXt_Tiny
@@ -140,7 +145,8 @@ def trained(proxy_dsn: str, data: dict[str, str]) -> dict[str, Any]:
         metrics = dict(db.execute(f"""
             EVALUATE USING {model} OPTIONS (image_col='path', label_col='label')
             AS SELECT path, label FROM {data['test']}""").fetchall())
-    return {"model": model, "built": built, "metrics": metrics, "seconds": seconds, "notices": notices}
+    return {"model": model, "built": built, "metrics": metrics, "seconds": seconds, "notices": notices,
+            "fields": fields}
 
 
 @pytest.mark.slow
@@ -170,6 +176,16 @@ def test_progress_notices(trained: dict[str, Any]) -> None:
     assert progress, trained["notices"]
     for word in ("epoch", "step", "loss", "accuracy", "images/s", "ETA"):
         assert word in progress[0]
+    # the same counters as data, in DETAIL, on progress notices only; the last one says 'done'
+    with_fields = [(n, f) for n, f in zip(trained["notices"], trained["fields"], strict=True)
+                   if f is not None]
+    assert [n for n, _ in with_fields[:-1]] == progress
+    for text, f in with_fields[:-1]:
+        assert (f.phase, f.epochs, f.steps, f.metric) == ("train", 2, 45, "accuracy")  # 1437 rows / 32
+        assert text.startswith(f"{f.label}: epoch {f.epoch}/2, step {f.step}/45") and 0 < f.done < f.total
+        assert f.loss is not None and f.loss > 0 and f.samples_per_second > 0
+    last_text, last = with_fields[-1]
+    assert last.phase == "done" and last.done == last.total == 90 and "done" in last_text
 
 
 @pytest.mark.slow

@@ -19,9 +19,10 @@ import pytest
 from jupyter_client.manager import KernelManager
 
 import thanosql_pg
+from thanosql_pg import progress_text
 from thanosql_pg.algorithms import registry
 from thanosql_pg.errors import ThanoSQLError
-from thanosql_pg.magic import caret_lines, parse_progress, split_with_offsets
+from thanosql_pg.magic import caret_lines, split_with_offsets
 
 import digits as digits_data  # tests/digits.py  # isort: skip
 
@@ -180,7 +181,7 @@ def test_build_streams_progress(kernel: Kernel, cluster: dict) -> None:
         rows = digits_data.per_class(digits_data.digits(cluster["files_dir"]), 8)
         digits_data.load_table(conn, "magic_digits", rows)
     res = kernel.ok(
-        "%%thanosql\nSET thanosql.progress_interval = '1s';\n"
+        "%%thanosql\n"  # no SET: the magic asked for a notice every second, with its fields
         "BUILD MODEL magic_digits USING ConvNeXt_Tiny OPTIONS (image_col='path', label_col='label',\n"
         "  epochs=2, batch_size=8, input_size=32, pretrained=False, overwrite=True)\n"
         "AS SELECT path, label FROM magic_digits", timeout=600)
@@ -253,13 +254,21 @@ def test_training_curve_and_confusion_heatmap_images(kernel: Kernel, cluster: di
 
 
 # --- pure functions -----------------------------------------------------------------
-def test_parse_progress() -> None:
-    p = parse_progress("ConvNeXt_Tiny training: epoch 2/3, step 10/50, loss 0.5, accuracy 0.9, ETA 1m")
-    assert p is not None and (p.label, p.done, p.total) == ("ConvNeXt_Tiny training", 60, 150)
-    assert p.rest == "loss 0.5, accuracy 0.9, ETA 1m"
-    p = parse_progress("epoch 3/5")
-    assert p is not None and (p.label, p.done, p.total, p.rest) == ("progress", 3, 5, "")
-    assert parse_progress("model m does not exist, skipping") is None
+def test_progress_fields_round_trip_and_reject_bad_input() -> None:
+    info = progress_text.ProgressInfo(
+        label="ConvNeXt_Tiny training", phase="train", epoch=2, epochs=3, step=10, steps=50, loss=0.5,
+        metric="accuracy", score=0.9, samples_per_second=41.5, speed="41.5 images/s", eta_seconds=61.0)
+    back = progress_text.read(progress_text.detail(info))
+    assert back == info and (back.done, back.total) == (60, 150)
+    assert back.summary() == "loss 0.5000, accuracy 0.9000, 41.5 images/s, ETA 1m01s"
+    done = progress_text.ProgressInfo(**{**progress_text.as_dict(info), "phase": "done", "epoch": 2})
+    assert done.done == done.total == 150  # an early stop still ends the bar full
+    # the prose is never read: any other DETAIL, or none, is an ordinary notice
+    assert progress_text.read(None) is None and progress_text.read("epoch 2/3, step 10/50") is None
+    good = progress_text.as_dict(info)
+    for bad in ({**good, "step": "10"}, {**good, "loss": float("nan")}, {**good, "phase": "drop"},
+                {**good, "epoch": True}, {k: v for k, v in good.items() if k != "steps"}, [], None):
+        assert progress_text.from_dict(bad) is None, bad
 
 
 def test_split_with_offsets() -> None:

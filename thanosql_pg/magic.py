@@ -122,7 +122,19 @@ def _from_server(e: psycopg.Error, text: str, offset: int | None, stmt: str) -> 
 
 
 # --- progress -------------------------------------------------------------------------
-parse_progress = progress_text.parse  # the notice's wording is progress_text's
+# What the magic asks of the server when it connects: progress notices every second, with
+# their counters as data (progress_text), so the bar moves and never depends on wording.
+SESSION_SETTINGS = (("thanosql.progress_interval", "1s"), ("thanosql.progress_fields", "on"))
+
+
+def ask_for_progress(conn: psycopg.Connection[Any]) -> None:
+    """SESSION_SETTINGS for this session. A server without one of them (an older release)
+    keeps its default: the statements run the same, the bar only moves less."""
+    for name, value in SESSION_SETTINGS:
+        try:
+            conn.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
+        except psycopg.Error:
+            pass
 
 
 def _bar_class() -> Any:
@@ -141,8 +153,8 @@ def _bar_class() -> Any:
 
 
 class NoticeStream:
-    """A notice handler for one statement: progress notices move a bar, any
-    other notice is printed as a line."""
+    """A notice handler for one statement: a notice with progress fields (its DETAIL, see
+    progress_text) moves a bar; any other notice is printed as a line."""
 
     def __init__(self) -> None:
         self.bar: Any = None
@@ -150,11 +162,14 @@ class NoticeStream:
 
     def __call__(self, diag: psycopg.errors.Diagnostic) -> None:
         message = diag.message_primary or ""
-        info = parse_progress(message)
+        info = progress_text.read(diag.message_detail)
         if info is None:
-            if self.bar is not None and message.startswith(self.label):
-                self.close(finished=True)  # "<label> done: ...": that phase is over
             self._write(f"{diag.severity or 'NOTICE'}:  {message}")
+            return
+        if info.phase == "done":
+            if self.bar is not None and info.label == self.label:
+                self.close(finished=True)
+            self._write(f"{diag.severity or 'NOTICE'}:  {message}")  # the summary, as a line
             return
         if self.bar is None or info.label != self.label or info.total != self.bar.total:
             self.close(finished=False)
@@ -163,7 +178,7 @@ class NoticeStream:
             self.bar = _bar_class()(total=info.total, initial=info.done, desc=info.label, unit="step",
                                     mininterval=0, file=sys.stderr, leave=True)
             self.label = info.label
-        self.bar.set_postfix_str(info.rest, refresh=False)
+        self.bar.set_postfix_str(info.summary(), refresh=False)
         if info.done != self.bar.n:
             self.bar.update(info.done - self.bar.n)  # also redraws
         else:
@@ -316,6 +331,7 @@ class ThanoSQLMagics(Magics):
         if self.conn is None or self.conn.closed or self.conn.broken:
             try:
                 self.conn = connect(self.dsn or default_dsn(), autocommit=True)
+                ask_for_progress(self.conn)
             except ThanoSQLError as e:
                 raise ThanoSQLCellError(e.message, sqlstate=e.sqlstate, text="", hint=e.hint) from None
             except psycopg.Error as e:

@@ -29,6 +29,7 @@ from thanosql_pg import shapes
 from thanosql_pg.algorithms.registry import Algorithm, Options
 from thanosql_pg.algorithms.shared.limits import MediaLimits
 from thanosql_pg.errors import DataCorrupted
+from thanosql_pg.progress_text import ProgressInfo
 
 
 @dataclass
@@ -153,7 +154,10 @@ class RowSource(Protocol):
         rows have one. Both parts read the same rows as this source, none twice."""
         ...
 
-    def notice(self, message: str) -> None: ...
+    def notice(self, message: str, progress: ProgressInfo | None = None) -> None:
+        """A NOTICE to the user; ``progress``: a training notice's counters as data, which
+        clients that ask for them (thanosql.progress_fields) read instead of the prose."""
+        ...
 
     def progress(self, phase: str, epoch: int, epochs: int, step: int, steps: int, loss: float | None,
                  samples_per_second: float | None, eta_seconds: float | None) -> None:

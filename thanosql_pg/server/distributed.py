@@ -45,6 +45,7 @@ from typing import Any
 
 import plpy
 
+from thanosql_pg import progress_text
 from thanosql_pg.algorithms import registry
 from thanosql_pg.algorithms.contract import Row, RowSource, Trained
 from thanosql_pg.errors import (
@@ -407,7 +408,9 @@ class Coordinator:
 
     def _on_notice(self, rank: Rank, message: dict[str, Any], blob: bytes) -> None:
         if rank.number == 0:
-            self.source.notice(str(message["message"])[:10_000])
+            # the fields are checked like any input from another process
+            fields = progress_text.from_dict(message.get("progress"))
+            self.source.notice(str(message["message"])[:10_000], fields)
 
     def _on_progress(self, rank: Rank, message: dict[str, Any], blob: bytes) -> None:
         args = message.get("args")

@@ -24,9 +24,11 @@ from typing import Any
 
 import plpy
 
+from thanosql_pg import progress_text
 from thanosql_pg.algorithms.contract import CheckpointStore, Row
 from thanosql_pg.errors import DataError, LimitExceeded, NullValue, UndefinedColumn
 from thanosql_pg.errors import SyntaxError as SQLSyntaxError
+from thanosql_pg.progress_text import ProgressInfo
 from thanosql_pg.server import spi
 from thanosql_pg.server.caller import as_caller
 from thanosql_pg.server.media import MediaReader
@@ -84,10 +86,11 @@ class QueryRows:
         self.reader = MediaReader.for_session(column=input_col)
         self.weights_dirs = weights_dirs(self.reader.data_dir)
         self.checkpoints: CheckpointStore | None = None  # set by a background job (server/jobs.py)
-        self.progress_interval = float(
-            plpy.execute(spi.plan("SELECT setting FROM pg_catalog.pg_settings"
-                                           " WHERE name = 'thanosql.progress_interval'"))[0]["setting"]
-        )
+        shown = {r["name"]: r["setting"] for r in plpy.execute(spi.plan(
+            "SELECT name, setting FROM pg_catalog.pg_settings"
+            " WHERE name IN ('thanosql.progress_interval', 'thanosql.progress_fields')"))}
+        self.progress_interval = float(shown["thanosql.progress_interval"])  # seconds
+        self.progress_fields = shown.get("thanosql.progress_fields") == "on"
 
     @classmethod
     @contextmanager
@@ -215,8 +218,11 @@ class QueryRows:
         finally:
             cursor.close()
 
-    def notice(self, message: str) -> None:
-        plpy.notice(message)
+    def notice(self, message: str, progress: ProgressInfo | None = None) -> None:
+        if progress is not None and self.progress_fields:
+            plpy.notice(message, detail=progress_text.detail(progress))
+        else:
+            plpy.notice(message)
 
     def progress(self, phase: str, epoch: int, epochs: int, step: int, steps: int, loss: float | None,
                  samples_per_second: float | None, eta_seconds: float | None) -> None:

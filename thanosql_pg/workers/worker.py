@@ -33,11 +33,12 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, cast
 
-from thanosql_pg import errors
+from thanosql_pg import errors, progress_text
 from thanosql_pg.algorithms import registry
 from thanosql_pg.algorithms.contract import CheckpointStore, Row, RowSource, Trained
 from thanosql_pg.algorithms.shared import devices
 from thanosql_pg.algorithms.shared.limits import MediaLimits
+from thanosql_pg.progress_text import ProgressInfo
 from thanosql_pg.workers import wire
 
 PR_SET_PDEATHSIG = 1
@@ -102,9 +103,10 @@ class RemoteReader:
         reply, _ = self.channel.ask({"t": "resolve", "path": path, "expand_user": expand_user})
         return str(reply["path"])
 
-    def notice(self, message: str) -> None:
+    def notice(self, message: str, progress: ProgressInfo | None = None) -> None:
         if self.leader:
-            self.channel.tell({"t": "notice", "message": message})
+            fields = None if progress is None else progress_text.as_dict(progress)
+            self.channel.tell({"t": "notice", "message": message, "progress": fields})
 
 
 class RemoteCheckpoints:
@@ -199,8 +201,8 @@ class RemoteSource:
             parts.append(part)
         return cast(RowSource, parts[0]), cast(RowSource, parts[1])
 
-    def notice(self, message: str) -> None:
-        self.reader.notice(message)
+    def notice(self, message: str, progress: ProgressInfo | None = None) -> None:
+        self.reader.notice(message, progress)
 
     def progress(self, phase: str, epoch: int, epochs: int, step: int, steps: int, loss: float | None,
                  samples_per_second: float | None, eta_seconds: float | None) -> None:

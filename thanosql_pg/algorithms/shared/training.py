@@ -514,7 +514,10 @@ class Trainer:
             text += f", validation loss {kept.validation.loss:.4f}"
             if not m.is_loss:
                 text += f", validation {m.label} {kept.validation.metric:.4f}"
-        notice(f"{text}, {self.progress.speed(self.progress.elapsed())}")
+        # the last notice's fields say 'done': a client's bar ends full, whatever the wording
+        notice(f"{text}, {self.progress.speed(self.progress.elapsed())}",
+               progress=self.progress.fields("done", len(out.history), self.progress.steps_per_epoch,
+                                             kept.train.loss, None if m.is_loss else kept.train.metric))
 
 
 # --- progress --------------------------------------------------------------------------------
@@ -581,20 +584,20 @@ class Progress:
                                  None if math.isnan(eta) else eta)
         if notice:
             self.last = now
+            speed, left = self.speed(self.elapsed()), progress_text.duration(eta)
             self.source.notice(progress_text.training(
                 self.label, epoch + 1, self.epochs, step, self.steps_per_epoch,
-                f"loss {loss:.4f}, {self.metric.label} {score:.4f}, {self.speed(self.elapsed())},"
-                f" ETA {duration(eta)}"))
+                f"loss {loss:.4f}, {self.metric.label} {score:.4f}, {speed}, ETA {left}"),
+                progress=self.fields("train", epoch + 1, step, loss, score, eta))
 
+    def fields(self, phase: str, epoch: int, step: int, loss: float | None, score: float | None,
+               eta: float = math.nan) -> progress_text.ProgressInfo:
+        """A notice's counters as data (progress_text: what clients read instead of the prose)."""
+        def finite(v: float | None) -> float | None:
+            return None if v is None or not math.isfinite(v) else float(v)
 
-def duration(seconds: float) -> str:
-    if math.isnan(seconds):
-        return "?"
-    s = round(seconds)
-    if s < 60:
-        return f"{s}s"
-    m, s = divmod(s, 60)
-    if m < 60:
-        return f"{m}m{s:02d}s"
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m"
+        return progress_text.ProgressInfo(
+            label=self.label, phase=phase, epoch=epoch, epochs=self.epochs, step=step,
+            steps=self.steps_per_epoch, loss=finite(loss), metric=self.metric.label, score=finite(score),
+            samples_per_second=round(self.samples_per_second(), 3), speed=self.speed(self.elapsed()),
+            eta_seconds=finite(eta))

@@ -8,15 +8,15 @@
 #                        https://download.pytorch.org/whl/cu128 for that CUDA build, or .../whl/cpu
 #                        for a smaller CPU-only image. Empty (the default): PyPI's Linux wheels,
 #                        which are CUDA builds (they also run on CPU), at the pins of constraints.txt.
-#   WITH_MULTICORN=1     build multicorn2 from source, for the FolderFDW foreign data wrapper
-#   MULTICORN_REF=tag    the multicorn2 tag or branch to build (default v3.0)
+#   WITH_MULTICORN=0     leave out multicorn2 and so the FolderFDW foreign data wrapper (default 1:
+#                        scripts/install-multicorn.sh builds multicorn2 3.2 from its GitHub release;
+#                        without network it says so and the image is built without it)
 #   PREFETCH_WEIGHTS=1   download the default pretrained weights (the four image models, the
 #                        two Wav2Vec2 models) into the image, for servers without internet
 FROM debian:12
 
 ARG TORCH_INDEX=""
-ARG WITH_MULTICORN=0
-ARG MULTICORN_REF=v3.0
+ARG WITH_MULTICORN=1
 ARG PREFETCH_WEIGHTS=0
 
 RUN apt-get update && apt-get install -y --no-install-recommends make sudo ca-certificates git \
@@ -32,17 +32,10 @@ RUN if [ -n "$TORCH_INDEX" ]; then export PIP_EXTRA_INDEX_URL="$TORCH_INDEX"; fi
     && bash scripts/install-venv.sh \
     && make -s all install
 
-# multicorn2 is not packaged for Debian or PyPI: build its extension against
-# PostgreSQL 15 and install its Python part into the system Python, which the
-# server's embedded interpreter imports it from.
-RUN if [ "$WITH_MULTICORN" = "1" ]; then \
-      apt-get update && apt-get install -y --no-install-recommends python3-setuptools python3-pip \
-      && git clone --depth 1 --branch "$MULTICORN_REF" https://github.com/pgsql-io/multicorn2 /tmp/multicorn2 \
-      && cd /tmp/multicorn2 \
-      && export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config PYTHON=/usr/bin/python3 PIP_BREAK_SYSTEM_PACKAGES=1 \
-      && make && make install \
-      && cd / && rm -rf /tmp/multicorn2 /var/lib/apt/lists/*; \
-    fi
+# multicorn2 (FolderFDW) is not packaged for Debian or PyPI: the same script as
+# make setup builds its extension against PostgreSQL 15 and installs its Python
+# package into the virtualenv. Optional: it never fails the build.
+RUN if [ "$WITH_MULTICORN" = "1" ]; then bash scripts/install-multicorn.sh; fi
 
 # Pretrained weights go to caches the server (OS user postgres) can read.
 ENV HF_HOME=/var/cache/thanosql/huggingface \

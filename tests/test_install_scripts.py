@@ -81,3 +81,23 @@ def test_the_old_scripts_entry_is_removed(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert listing(tmp_path) == {"mine.sources": CONFLICTING}
     assert apt_update(env).returncode == 0
+
+
+# --- scripts/install-multicorn.sh: optional, so it never fails setup ----------------------------
+@pytest.mark.parametrize("source", ["missing", "junk"])
+def test_multicorn_without_source_fails_soft(tmp_path: Path, source: str) -> None:
+    """No tarball and no download (or a broken tarball): a clear line, exit 0, nothing installed.
+    A throwaway "venv" without multicorn makes the script look for the source."""
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").symlink_to("/usr/bin/python3")
+    tarball = tmp_path / "multicorn2.tar.gz"
+    if source == "junk":
+        tarball.write_bytes(b"not a tarball")
+    env = {**os.environ, "THANOSQL_VENV": str(tmp_path / "venv"), "MULTICORN_TARBALL": str(tarball),
+           "MULTICORN_URL": (tmp_path / "nowhere.tar.gz").as_uri()}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "install-multicorn.sh")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "the FolderFDW (thanosql_pg.fdw) is unavailable" in out.stdout
+    assert ("download failed" if source == "missing" else "cannot unpack") in out.stdout
+    assert not list(tmp_path.glob("venv/lib*"))

@@ -22,15 +22,7 @@ import plpy
 from thanosql_pg.errors import OutOfMemory
 from thanosql_pg.server import native
 
-_plans: dict[str, Any] = {}
 _depth = 0  # nested entry points (CONVERT's CREATE TABLE AS calls convert_batch) count once
-
-
-def _plan(key: str, sql: str, types: list[str] | None = None) -> Any:
-    plan = _plans.get(key)
-    if plan is None:
-        plan = _plans[key] = plpy.prepare(sql, types or [])
-    return plan
 
 
 def cores() -> int:
@@ -63,9 +55,7 @@ def running_model() -> Iterator[int]:
             _depth -= 1
         return
     busy = native.busy(True)
-    rows = plpy.execute(_plan("max", "SELECT (thanosql._settings(ARRAY['thanosql.max_threads']))[1]"
-                                     " AS setting"))
-    budget = int(rows[0]["setting"] or 0)
+    budget = int(native.setting("thanosql.max_threads") or 0)
     threads = share(budget or cores(), busy)
     set_threads(threads)
     _depth = 1

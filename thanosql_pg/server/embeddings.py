@@ -22,7 +22,9 @@ Then an HNSW index (vector_cosine_ops), unless one serves the column already.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -36,10 +38,11 @@ from thanosql_pg.errors import (
     FeatureNotAvailable,
     InvalidOption,
     NullValue,
+    ThanoSQLError,
     UndefinedTable,
     WrongObjectType,
 )
-from thanosql_pg.server import models, spi
+from thanosql_pg.server import models, native, spi
 from thanosql_pg.server.media import MediaReader
 from thanosql_pg.server.rows import clean_query, query_columns, resolve_column
 
@@ -74,8 +77,10 @@ def _embedder(rec: Any, device: str) -> Any:
 
 
 # --- SEARCH IMAGE -----------------------------------------------------------------------------
-def embed_query(rec: Any, opts: registry.Options, device: str) -> str:
-    """The query's embedding (of search_input, as search_by says), as pgvector text."""
+def embed_query(rec: Any, opts: registry.Options, device: str, call: tuple[Any, ...] | None = None) -> str:
+    """The query's embedding (of search_input, as search_by says), as pgvector text.
+    ``call``: the entry point's arguments as ``repeated_query`` keys them, to remember the
+    answer under (None: not remembered)."""
     by = str(opts.search_by)
     registry.check_search_by(registry.family(rec.family), rec.name, rec.algorithm, by)
     value = opts.search_input
@@ -85,6 +90,8 @@ def embed_query(rec: Any, opts: registry.Options, device: str) -> str:
     if not isinstance(value, (str, bytes)):
         raise DatatypeMismatch(f"search_input must be {what}, got {value!r}")
     reader = MediaReader.for_session(column="search_input", from_json=True)
+    # A file is identified before it is read: a file changed in between is read anew next time.
+    file = _file_identity(reader, value) if by != "text" and isinstance(value, str) else None
     # The cache is keyed by what is embedded: the bytes of a file (read now, so that a file
     # rewritten under the same path is embedded anew), or the text.
     content: str | bytes = value if by == "text" else reader.read(Row(0, value))
@@ -98,40 +105,130 @@ def embed_query(rec: Any, opts: registry.Options, device: str) -> str:
         if literal is None:  # embed() gives None only for a None value, refused above
             raise NullValue("search_input is NULL", hint=f"Pass {what}.")
         _query_cache.put(key, literal, size)
+    if call is not None and size > 0 and (by == "text" or not isinstance(value, str) or file is not None):
+        path = value if isinstance(value, str) and file is not None else None
+        _repeats.put(call, _Repeat(rec.id, rec.version, reader.unrestricted, _media_settings(), path, file,
+                                   literal), size)
     _iterative_hnsw_scans()
     return literal
 
 
-class QueryCache:
-    """SEARCH's query embeddings in this session, most recently used last, at most
-    thanosql.query_cache_size of them: a repeated search (paging, a dashboard) skips the
-    model. Keyed by the model's id and version, so that a new version of a model drops
-    the embeddings its earlier versions made."""
+class _Lru:
+    """At most ``size`` entries, the most recently used last (size 0: none)."""
 
     def __init__(self) -> None:
-        self.entries: collections.OrderedDict[tuple[Any, ...], str] = collections.OrderedDict()
+        self.entries: collections.OrderedDict[tuple[Any, ...], Any] = collections.OrderedDict()
 
-    def get(self, key: tuple[Any, ...]) -> str | None:
+    def get(self, key: tuple[Any, ...]) -> Any:
         found = self.entries.get(key)
         if found is not None:
             self.entries.move_to_end(key)
         return found
+
+    def bound(self, size: int) -> None:
+        while len(self.entries) > max(0, size):
+            self.entries.popitem(last=False)
+
+
+class QueryCache(_Lru):
+    """SEARCH's query embeddings in this session, most recently used last, at most
+    thanosql.query_cache_size of them: a repeated search (paging, a dashboard) skips the
+    model. Keyed by the model's id and version, so that a new version of a model drops
+    the embeddings its earlier versions made."""
 
     def put(self, key: tuple[Any, ...], literal: str, size: int) -> None:
         model_id, version = key[0], key[1]
         for old in [k for k in self.entries if k[0] == model_id and k[1] != version]:
             del self.entries[old]
         self.entries[key] = literal
-        while len(self.entries) > max(0, size):  # size 0: the setting turned the cache off
-            self.entries.popitem(last=False)
+        self.bound(size)
 
 
 _query_cache = QueryCache()
 
 
+# --- a repeated SEARCH -------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Repeat:
+    """What a SEARCH's query embedding was made from, beside the embedding."""
+
+    model_id: int
+    version: int
+    unrestricted: bool  # the role could read any server file (pg_read_server_files)
+    settings: tuple[str | None, ...]  # _media_settings(): where relative paths resolve, the size limits
+    path: str | None  # search_input when it names a file
+    file: tuple[Any, ...] | None  # _file_identity() of that file
+    literal: str
+
+
+class _Repeats(_Lru):
+    """embed_query's answers by its exact arguments and the calling role: a repeated SEARCH
+    (paging, a dashboard) checks what could have changed (one catalog lookup, the settings,
+    a stat of the file) instead of parsing its options and reading and hashing its input."""
+
+    def put(self, key: tuple[Any, ...], value: _Repeat, size: int) -> None:
+        self.entries[key] = value
+        self.entries.move_to_end(key)
+        self.bound(size)
+
+
+_repeats = _Repeats()
+
+
 def _query_cache_size() -> int:
-    return int(plpy.execute(spi.plan("SELECT pg_catalog.current_setting('thanosql.query_cache_size')::int"
-                                     " AS n"))[0]["n"])
+    return int(native.setting("thanosql.query_cache_size") or 0)
+RECENT_NS = 2_000_000_000  # a file modified less than 2 s ago is not identified by its stat
+_MEDIA_SETTINGS = ("thanosql.data_dir", "thanosql.max_image_pixels", "thanosql.max_audio_seconds",
+                   "thanosql.max_text_bytes")
+
+
+def _media_settings() -> tuple[str | None, ...]:
+    return tuple(native.setting(name) for name in _MEDIA_SETTINGS)
+
+
+def _file_identity(reader: MediaReader, value: str) -> tuple[Any, ...] | None:
+    """The file a path names now: its real path (symlinks resolved), device, inode, size and
+    change times; None for a value that is not a readable path (it is never remembered)."""
+    if reader.from_json and value.startswith("\\x"):
+        return None  # bytea as hex: the bytes are in the options themselves
+    try:
+        path = reader.resolve_path(value)
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except (OSError, ThanoSQLError):
+        return None  # reading it raises the error the user should see
+    if time.time_ns() - st.st_mtime_ns < RECENT_NS:
+        # A file written this recently could be written again within the same timestamp
+        # tick, unseen (git's "racy" files): its bytes are read and hashed every time.
+        return None
+    return (real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def call_key(model: str, options: str, search_input: Any) -> tuple[Any, ...]:
+    """embed_query's arguments as _repeats keys them: the calling role first."""
+    if isinstance(search_input, (bytes, bytearray, memoryview)):
+        search_input = ("bytea", hashlib.sha256(search_input).digest())
+    return (native.user_id(), model, options, search_input)
+
+
+def repeated_query(call: tuple[Any, ...]) -> str | None:
+    """The embedding a SEARCH with the same arguments, by the same role, got before, when
+    nothing it depends on has changed since: the model (its version, and that the role may
+    still use it), the role's right to read any file, the settings, the file. None otherwise."""
+    hit: _Repeat | None = _repeats.get(call) if _query_cache_size() > 0 else None
+    if hit is None:
+        return None
+    rows = plpy.execute(spi.plan(
+        "SELECT m.id, m.version, pg_catalog.pg_has_role('pg_read_server_files', 'USAGE') AS unrestricted"
+        " FROM thanosql.models m WHERE m.name OPERATOR(pg_catalog.=) $1", ["text"]), [call[1]])
+    now = (rows[0]["id"], rows[0]["version"], rows[0]["unrestricted"]) if rows.nrows() else None
+    if now != (hit.model_id, hit.version, hit.unrestricted) or hit.settings != _media_settings() or (
+            hit.path is not None and hit.file != _file_identity(
+                MediaReader(hit.settings[0] or "", hit.unrestricted, from_json=True), hit.path)):
+        del _repeats.entries[call]
+        return None
+    _iterative_hnsw_scans()
+    return hit.literal
 
 
 _iterative_scan_default: bool | None = None  # hnsw.iterative_scan is at its default in this session
@@ -143,8 +240,7 @@ def _iterative_hnsw_scans() -> None:
     This runs before the scan starts (the embedding is its InitPlan), so turn them on
     for this transaction, unless the session chose a setting itself."""
     global _iterative_scan_default
-    value = plpy.execute(spi.plan("SELECT pg_catalog.current_setting('hnsw.iterative_scan', true)"
-                                  " AS v"))[0]["v"]
+    value = native.setting("hnsw.iterative_scan")
     if value != "off":
         return  # set by the session (or missing: pgvector too old to have it)
     if _iterative_scan_default is None:  # pg_settings' source, read once: building its rows costs

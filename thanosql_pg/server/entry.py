@@ -49,8 +49,12 @@ def on_load(sql_version: str | None = None) -> None:
 def _session_setup() -> None:
     # torch and LLVM JIT clash in one process (PostgresML saw backend crashes):
     # keep JIT off for the rest of a session that has loaded thanosql_pg. A
-    # plain SET is undone when the transaction aborts, so repeat it per call.
-    plpy.execute("SELECT pg_catalog.set_config('jit', 'off', false)")
+    # plain SET is undone when the transaction aborts, so check it per call
+    # (natively: no SPI unless it must be set again).
+    from thanosql_pg.server import native
+
+    if native.setting("jit") != "off":
+        plpy.execute("SELECT pg_catalog.set_config('jit', 'off', false)")
 
 
 def _raise_pg(e: ThanoSQLError) -> None:
@@ -556,9 +560,17 @@ _NO_INPUT = object()
 
 
 @entry_point
-@runs_model
 def embed_query(model: str, options: str, search_input: Any = _NO_INPUT) -> str:
-    """SEARCH IMAGE's query embedding; ``search_input`` is the client's $n when given."""
+    """SEARCH IMAGE's query embedding; ``search_input`` is the client's $n when given.
+    A repeated call (same arguments, same role, nothing changed) is answered from memory."""
+    from thanosql_pg.server import embeddings
+
+    call = embeddings.call_key(model, options, None if search_input is _NO_INPUT else search_input)
+    return embeddings.repeated_query(call) or _embed_query(model, options, search_input, call)
+
+
+@runs_model
+def _embed_query(model: str, options: str, search_input: Any, call: tuple[Any, ...]) -> str:
     from thanosql_pg.server import embeddings, models
 
     written: dict[str, Any] = json.loads(options)
@@ -566,7 +578,7 @@ def embed_query(model: str, options: str, search_input: Any = _NO_INPUT) -> str:
         written["search_input"] = search_input
     rec, opts = _resolve("search", model, written)
     family_module(registry.family(rec.family))
-    return embeddings.embed_query(rec, opts, models.resolve_device(opts.device))
+    return embeddings.embed_query(rec, opts, models.resolve_device(opts.device), call)
 
 
 # --- background jobs ---------------------------------------------------------------

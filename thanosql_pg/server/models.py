@@ -20,7 +20,7 @@ from thanosql_pg.algorithms import registry
 from thanosql_pg.algorithms.contract import Evaluation, Resolved, Row
 from thanosql_pg.algorithms.registry import Options
 from thanosql_pg.errors import FeatureNotAvailable, UndefinedModel
-from thanosql_pg.server import catalog, spi
+from thanosql_pg.server import catalog, native, spi
 from thanosql_pg.server.media import MediaReader
 
 MAX_CACHED = 2  # models kept per backend; big ones are hundreds of MB each
@@ -57,9 +57,7 @@ def resolve_device(requested: str | None) -> str:
     """The device option, with 'auto' deferring to the thanosql.device setting."""
     requested = (requested or "auto").lower()
     if requested == "auto":
-        setting = plpy.execute(
-            spi.plan("SELECT pg_catalog.current_setting('thanosql.device', true) AS d"))
-        requested = (setting[0]["d"] or "auto").lower()
+        requested = (native.setting("thanosql.device") or "auto").lower()
     return requested
 
 

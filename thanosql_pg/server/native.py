@@ -38,6 +38,11 @@ def _library() -> Any:
         lib.thanosql_progress_finish.restype = None
         lib.thanosql_busy.argtypes = [ctypes.c_int]
         lib.thanosql_busy.restype = ctypes.c_int
+        # PostgreSQL's own GetConfigOption(name, missing_ok, restrict_privileged)
+        lib.GetConfigOption.argtypes = [ctypes.c_char_p, ctypes.c_bool, ctypes.c_bool]
+        lib.GetConfigOption.restype = ctypes.c_char_p
+        lib.GetUserId.argtypes = []
+        lib.GetUserId.restype = ctypes.c_uint  # an Oid
         setting = plpy.execute("SELECT pg_catalog.current_setting('server_encoding') AS e")[0]["e"]
         _encoding = _python_codec(setting)
         _lib = lib
@@ -79,6 +84,21 @@ def progress_report(phase: str, epoch: int, epochs: int, step: int, steps: int, 
 
 def progress_finish() -> None:
     _library().thanosql_progress_finish()
+
+
+def setting(name: str) -> str | None:
+    """A setting's value as the server holds it, None when there is no such setting:
+    GetConfigOption's text (integers in their base unit, booleans 'on'/'off'), as
+    thanosql._settings gives it. No SPI: a few microseconds, where an SPI call costs about
+    twenty, for what SEARCH IMAGE reads on every call. The calling thread only."""
+    lib = _library()
+    value = lib.GetConfigOption(name.encode(_encoding or "utf-8"), True, False)
+    return None if value is None else bytes(value).decode(_encoding or "utf-8", "replace")
+
+
+def user_id() -> int:
+    """The role the server sees calling (GetUserId(): current_user), without SPI."""
+    return int(_library().GetUserId())
 
 
 def busy(running: bool) -> int:

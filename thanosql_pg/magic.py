@@ -168,6 +168,7 @@ class NoticeStream:
             return
         if info.phase == "done":
             if self.bar is not None and info.label == self.label:
+                self.bar.set_postfix_str(info.summary(), refresh=False)  # the kept epoch's, no ETA
                 self.close(finished=True)
             self._write(f"{diag.severity or 'NOTICE'}:  {message}")  # the summary, as a line
             return

@@ -16,6 +16,7 @@
 #include "access/xact.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "catalog/pg_type.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -298,6 +299,21 @@ thanosql_settings(PG_FUNCTION_ARGS)
 	}
 	dims[0] = n;
 	PG_RETURN_ARRAYTYPE_P(construct_md_array(out, outnulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/*
+ * For server/embeddings.py, through ctypes: set_config(name, value, true), a
+ * setting for the rest of the transaction, without an SPI round trip (SEARCH
+ * IMAGE's HNSW iterative scans, on every search). A value the setting refuses
+ * is reported at DEBUG1 and returns false: no ERROR may unwind through the
+ * caller's Python frames. The caller passes only a setting it has read.
+ */
+extern PGDLLEXPORT bool thanosql_set_local(const char *name, const char *value);
+bool
+thanosql_set_local(const char *name, const char *value)
+{
+	return set_config_option(name, value, superuser() ? PGC_SUSET : PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, DEBUG1, false) > 0;
 }
 
 PG_FUNCTION_INFO_V1(thanosql_session_init);

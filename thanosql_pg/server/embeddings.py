@@ -247,7 +247,7 @@ def _iterative_hnsw_scans() -> None:
         rows = plpy.execute("SELECT source FROM pg_catalog.pg_settings WHERE name = 'hnsw.iterative_scan'")
         _iterative_scan_default = bool(rows.nrows()) and rows[0]["source"] == "default"
     if _iterative_scan_default:
-        plpy.execute(spi.plan("SELECT pg_catalog.set_config('hnsw.iterative_scan', 'strict_order', true)"))
+        native.set_local("hnsw.iterative_scan", "strict_order")
 
 
 # --- CONVERT that returns rows -----------------------------------------------------------------

@@ -41,6 +41,8 @@ def _library() -> Any:
         # PostgreSQL's own GetConfigOption(name, missing_ok, restrict_privileged)
         lib.GetConfigOption.argtypes = [ctypes.c_char_p, ctypes.c_bool, ctypes.c_bool]
         lib.GetConfigOption.restype = ctypes.c_char_p
+        lib.thanosql_set_local.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        lib.thanosql_set_local.restype = ctypes.c_bool
         lib.GetUserId.argtypes = []
         lib.GetUserId.restype = ctypes.c_uint  # an Oid
         setting = plpy.execute("SELECT pg_catalog.current_setting('server_encoding') AS e")[0]["e"]
@@ -94,6 +96,14 @@ def setting(name: str) -> str | None:
     lib = _library()
     value = lib.GetConfigOption(name.encode(_encoding or "utf-8"), True, False)
     return None if value is None else bytes(value).decode(_encoding or "utf-8", "replace")
+
+
+def set_local(name: str, value: str) -> bool:
+    """set_config(name, value, true) without SPI (src/thanosql.c): for the rest of the
+    transaction; False when the setting refuses the value. Only for a setting that exists
+    (``setting`` gave its value). The calling thread only."""
+    enc = _encoding or "utf-8"
+    return bool(_library().thanosql_set_local(name.encode(enc), value.encode(enc)))
 
 
 def user_id() -> int:

@@ -26,6 +26,8 @@ import pytest
 from catalog_rows import add_model
 from expect import fails
 
+from thanosql_pg import datasets
+
 PREFIX = "sc_" + uuid.uuid4().hex[:6]
 # Chosen on two busy CPU cores: about a minute to build, precision@10 ~0.4
 # against ~0.15 untrained (chance is 0.1).
@@ -392,3 +394,42 @@ def test_cancel_leaves_nothing(models: dict[str, Any], px: Conn, conn: Conn, dat
     assert conn.execute("SELECT count(*) FROM thanosql.models WHERE name = %s", [model]).fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'v'",
                         [t]).fetchone()[0] == 0
+
+
+# --- the recipe: the defaults rank well (issue 21) -----------------------------------------------------
+# The demo's input size; everything else is SimCLR's default recipe (epochs, temperature, batch size,
+# learning rate, the grayscale augmentation). Measured on two busy CPU cores (bench/simclr_recipe.py):
+# precision@10 ~0.76 against 0.37 for the old recipe, in about a minute; the same-label neighbours'
+# median similarity ~0.07 above the other-label ones' (the old recipe's: 0.997-1.000 for all).
+# Issue 21's target is 0.9 (raw pixels: 0.85), not reached yet: these bounds are what this recipe
+# holds, with a margin for the run-to-run spread (about +-0.05).
+RECIPE_OPTS = {"image_col": "'path'", "input_size": 32}
+RECIPE_P10 = 0.68
+RECIPE_SPREAD = 0.03
+
+
+def test_default_recipe_ranks_held_out_digits(px: Conn, conn: Conn, files: Path) -> None:
+    """BUILD with the defaults on the 1,437 training digits; EVALUATE on the 360 held-out ones:
+    each one's 10 nearest others mostly share its label (precision@10 >= RECIPE_P10), and
+    the similarities spread out: a neighbour of the same label is clearly closer than one of
+    another label (the old recipe's were all 0.997-1.000)."""
+    rows = datasets.write_digits(files / "digits32")  # the demo's 32x32 PNGs
+    for p in (files, files / "digits32"):
+        p.chmod(p.stat().st_mode | 0o755)
+    train, test = datasets.split(rows)
+    train_t, test_t = name("recipe_train"), name("recipe_test")
+    datasets.load_table(conn, train_t, train)
+    datasets.load_table(conn, test_t, test)
+    model = name("recipe")
+    options = ", ".join(f"{k}={v}" for k, v in RECIPE_OPTS.items())
+    start = time.monotonic()
+    px.execute(f"BUILD MODEL {model} USING SimCLR OPTIONS ({options}) AS SELECT path FROM {train_t}")
+    took = time.monotonic() - start
+    metrics = dict(px.execute(f"EVALUATE USING {model} OPTIONS (image_col='path', label_col='label',"
+                              f" top_k=10) AS SELECT path, label FROM {test_t}").fetchall())
+    same = metrics["Median similarity@10, same label"]
+    other = metrics["Median similarity@10, other label"]
+    print(f"\nSimCLR default recipe on held-out digits: precision@10 {metrics['Precision@10']:.3f},"
+          f" median similarity same label {same:.3f}, other label {other:.3f}; BUILD {took:.0f} s")
+    assert metrics["Precision@10"] >= RECIPE_P10
+    assert same - other >= RECIPE_SPREAD

@@ -28,11 +28,11 @@ OPTIONS (image_col='path', label_col='label', epochs=4, batch_size=32,
          validation_split=0.1, early_stopping=True, patience=2)
 AS SELECT path, label FROM demo_digits_train
 """
-# SimCLR learns image embeddings without labels.
+# SimCLR learns image embeddings without labels; its defaults (6 epochs, temperature 0.2,
+# affine views of greyscale images) at the digits' small size: about a minute.
 BUILD_SEARCH = """
 BUILD MODEL demo_search USING SimCLR
-OPTIONS (image_col='path', max_epochs=2, batch_size=64, input_size=32,
-         learning_rate=0.001)
+OPTIONS (image_col='path', input_size=32)
 AS SELECT path FROM demo_digits_train
 """
 # CLIP from scratch on captioned digits ("a handwritten seven", "the digit 7", ...), so that

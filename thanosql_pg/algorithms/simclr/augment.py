@@ -1,7 +1,9 @@
 """SimCLR's augmentations (random resized crop, flip, color jitter, grayscale,
 Gaussian blur), written as batched tensor ops with per-image random parameters:
 they run on the training device, not in Python per image, and scale with the
-input size (see ``Augment``)."""
+input size (see ``Augment``). Grayscale images (digits, letters, scans) get a
+small random affine transform instead: colour jitter means nothing to them, and
+a crop of a fifth of a digit is no longer that digit."""
 
 from __future__ import annotations
 
@@ -23,6 +25,14 @@ class Augment:
     the area instead of 8 % (an 8 % crop of a 32-pixel image is a few pixels
     of blur); the blur's sigma scales with the size, as SimCLR's 10 %-of-224
     kernel does, so it fades out on tiny inputs.
+
+    Grayscale images (every pixel's channels equal) take ``_affine`` instead of
+    the crop, flip and colour jitter: a zoom of ``zoom``, a rotation of up to
+    ``rotation`` degrees and a shift of up to ``shift`` of the side, the
+    uncovered area filled with the image's own background (the median of its
+    outermost pixels). On the 8x8 digits this is what makes the nearest
+    neighbours share labels (precision@10 0.34 -> 0.52 after 2 epochs,
+    bench/simclr_recipe.py).
     """
 
     size: int
@@ -30,6 +40,9 @@ class Augment:
     p_jitter: float = 0.8
     p_gray: float = 0.2
     p_blur: float = 0.5
+    zoom: tuple[float, float] = (0.8, 1.1)  # grayscale: the affine's scale ...
+    rotation: float = 15.0  # ... rotation (degrees either way) ...
+    shift: float = 0.1  # ... and translation (share of the side, either way)
 
     @property
     def flip(self) -> bool:
@@ -41,9 +54,29 @@ class Augment:
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """One random view of each image of ``x`` (NCHW floats in [0, 1])."""
-        x = self._crop_flip(x, gen)
-        x = self._color(x, gen)
-        return self._blur(x, gen)
+        gray = _is_gray(x)
+        affine = self._affine(x, gen)  # drawn for every image: the random stream does not depend on the data
+        y = self._crop_flip(x, gen)
+        y = self._color(y, gen)
+        y = torch.where(gray.view(-1, 1, 1, 1), affine, y)
+        return self._blur(y, gen)
+
+    def _affine(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """A random zoom, rotation and shift of each image as one affine resampling; the
+        area uncovered is the image's background: the median of its border pixels (digits
+        touch the border, so a mean would fill with gray)."""
+        n, dev = x.shape[0], x.device
+        zoom = self._uniform(gen, n, *self.zoom, dev)
+        angle = self._uniform(gen, n, -self.rotation, self.rotation, dev) * (math.pi / 180)
+        tx = self._uniform(gen, n, -self.shift, self.shift, dev) * 2  # grid units span [-1, 1]
+        ty = self._uniform(gen, n, -self.shift, self.shift, dev) * 2
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)
+        bg = border.median(dim=2).values.view(n, -1, 1, 1)
+        y = F.grid_sample(x - bg, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return (y + bg).clamp(0, 1)
 
     @staticmethod
     def _uniform(gen: torch.Generator, n: int, lo: float, hi: float, device: torch.device) -> torch.Tensor:
@@ -95,6 +128,15 @@ class Augment:
         y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), kern.view(n * ch, 1, 1, k), groups=n * ch)
         y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), kern.view(n * ch, 1, k, 1), groups=n * ch)
         return y.view(n, ch, hh, ww)
+
+
+def _is_gray(x: torch.Tensor) -> torch.Tensor:
+    """Per image: whether its channels are all equal (within rounding), i.e. grayscale
+    decoded to RGB."""
+    if x.shape[1] == 1:
+        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    spread = x.amax(dim=1) - x.amin(dim=1)
+    return spread.flatten(1).amax(dim=1) < 1.5 / 255
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:

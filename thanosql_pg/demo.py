@@ -300,30 +300,29 @@ def tour_search(conn: psycopg.Connection) -> None:
     if not built(conn, "demo_search"):
         show(conn, "Train an image-embedding model (SimCLR: no labels needed)", BUILD_SEARCH)
     show(conn, "How well it ranks: precision@10 over the held-out digits, and how far apart the scores are",
-         "EVALUATE USING demo_search OPTIONS (image_col='path', label_col='label')\n"
+         "EVALUATE USING demo_search OPTIONS (image_col='path', label_col='label', top_k=10)\n"
          "AS SELECT path, label FROM demo_digits_test")
-    show(conn, "CONVERT: each test digit's embedding into a vector column, plus an HNSW index",
-         "CONVERT USING demo_search OPTIONS (image_col='path', result_col='embedding')\n"
-         "AS SELECT * FROM demo_digits_test")
     cur = conn.execute("SELECT path FROM demo_digits_test WHERE label = 3 ORDER BY id LIMIT 1")
-    query = cur.fetchone()[0]
-    show(conn, "SEARCH IMAGE: the test digits most like one '3' (itself first, similarity 1)",
-         "SELECT id, label, search_result FROM (\n"
-         f"  SEARCH IMAGE USING demo_search OPTIONS (search_by='image', search_input='{query}',\n"
-         "    emb_col='embedding', top_k=8)\n"
-         "  AS SELECT id, label, embedding FROM demo_digits_test\n) AS s")
+    convert_and_search(conn, "demo_search", "embedding", "the test digits most like one '3' (itself first)",
+                       f"search_by='image', search_input='{cur.fetchone()[0]}'")
 
     section("Image search by text: CLIP")
     if not built(conn, "demo_clip"):
         show(conn, "Train CLIP from scratch on captioned digits", BUILD_CLIP)
-    show(conn, "CONVERT the test digits with CLIP's image tower",
-         "CONVERT USING demo_clip OPTIONS (image_col='path', result_col='clip_emb')\n"
+    convert_and_search(conn, "demo_clip", "clip_emb", "by a text",
+                       "search_by='text', search_input='a handwritten seven'")
+
+
+def convert_and_search(conn: psycopg.Connection, model: str, column: str, what: str, by: str) -> None:
+    """CONVERT the test digits with ``model`` into ``column``, then SEARCH IMAGE them ``by``."""
+    show(conn, f"CONVERT: each test digit's embedding into a vector column ({column}), plus an HNSW index",
+         f"CONVERT USING {model} OPTIONS (image_col='path', result_col='{column}')\n"
          "AS SELECT * FROM demo_digits_test")
-    show(conn, "SEARCH IMAGE by a text",
+    show(conn, f"SEARCH IMAGE: {what}",
          "SELECT id, label, search_result FROM (\n"
-         "  SEARCH IMAGE USING demo_clip OPTIONS (search_by='text', search_input='a handwritten seven',\n"
-         "    emb_col='clip_emb', top_k=8)\n"
-         "  AS SELECT id, label, clip_emb FROM demo_digits_test\n) AS s")
+         f"  SEARCH IMAGE USING {model} OPTIONS ({by},\n"
+         f"    emb_col='{column}', top_k=8)\n"
+         f"  AS SELECT id, label, {column} FROM demo_digits_test\n) AS s")
 
 
 def main() -> int:

@@ -33,7 +33,8 @@ NOTEBOOKS = {
 CI_SIZES = {
     "image_classification.ipynb": [("epochs=15,", "epochs=4,")],
     "speech_recognition.ipynb": [("max_epochs=300,", "max_epochs=40,")],
-    "image_search.ipynb": [("max_epochs=30,", "max_epochs=4,"), ("input_size=32,", "input_size=32, epochs=2,")],
+    "image_search.ipynb": [("max_epochs=30,", "max_epochs=4,"),
+                           ("input_size=32,", "input_size=32, epochs=2,")],
 }
 
 

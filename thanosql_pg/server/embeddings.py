@@ -44,7 +44,7 @@ from thanosql_pg.errors import (
 )
 from thanosql_pg.server import models, native, spi
 from thanosql_pg.server.media import MediaReader
-from thanosql_pg.server.rows import clean_query, query_columns, resolve_column
+from thanosql_pg.server.rows import clean_query, progress_interval, query_columns, resolve_column
 
 _vector_schema: str | None = None
 
@@ -189,7 +189,7 @@ def _media_settings() -> tuple[str | None, ...]:
 def _file_identity(reader: MediaReader, value: str) -> tuple[Any, ...] | None:
     """The file a path names now: its real path (symlinks resolved), device, inode, size and
     change times; None for a value that is not a readable path (it is never remembered)."""
-    if reader.from_json and value.startswith("\\x"):
+    if reader.is_hex(value):
         return None  # bytea as hex: the bytes are in the options themselves
     try:
         path = reader.resolve_path(value)
@@ -374,8 +374,7 @@ def _update_rows(embedder: Any, opts: registry.Options, query: str, input_col: s
         " WHERE __thanosql_t.tableoid = v.toid AND __thanosql_t.ctid = v.tid",
         ["oid[]", "tid[]", "text[]"])
     reader = MediaReader.for_session(column=input_col)
-    interval = float(plpy.execute(  # in seconds, whatever unit it was set in
-        "SELECT setting FROM pg_catalog.pg_settings WHERE name = 'thanosql.progress_interval'")[0]["setting"])
+    interval = progress_interval()
     ids: collections.deque[tuple[list[int], list[str]]] = collections.deque()
     cursor = plpy.cursor(plpy.prepare(capture))
     done = nulls = 0

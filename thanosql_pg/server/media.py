@@ -72,11 +72,12 @@ class MediaReader:
     def describe(self, row: Row) -> str:
         where = f" (row {row.rn})" if row.rn > 0 else ""
         v = row.value
-        if isinstance(v, str) and not self._is_hex(v):
+        if isinstance(v, str) and not self.is_hex(v):
             return f'file "{v}"{where}'
         return f'{self.column} value{where}'
 
-    def _is_hex(self, v: str) -> bool:
+    def is_hex(self, v: str) -> bool:
+        """Whether ``v`` is bytea as hex (\\x...) rather than a path: only in values read from JSON."""
         return self.from_json and v.startswith("\\x")
 
     def read(self, row: Row) -> bytes:
@@ -95,7 +96,7 @@ class MediaReader:
                 f'column "{self.column}" must hold a file path (text) or the content (bytea);'
                 f" got {type(v).__name__}{where}",
             )
-        if self._is_hex(v):
+        if self.is_hex(v):
             try:
                 return bytes.fromhex(v[2:])
             except ValueError:

@@ -29,7 +29,7 @@ from thanosql_pg.algorithms.contract import CheckpointStore, Row
 from thanosql_pg.errors import DataError, LimitExceeded, NullValue, UndefinedColumn
 from thanosql_pg.errors import SyntaxError as SQLSyntaxError
 from thanosql_pg.progress_text import ProgressInfo
-from thanosql_pg.server import spi
+from thanosql_pg.server import native, spi
 from thanosql_pg.server.caller import as_caller
 from thanosql_pg.server.media import MediaReader
 from thanosql_pg.server.progress import report_progress
@@ -86,11 +86,8 @@ class QueryRows:
         self.reader = MediaReader.for_session(column=input_col)
         self.weights_dirs = weights_dirs(self.reader.data_dir)
         self.checkpoints: CheckpointStore | None = None  # set by a background job (server/jobs.py)
-        shown = {r["name"]: r["setting"] for r in plpy.execute(spi.plan(
-            "SELECT name, setting FROM pg_catalog.pg_settings"
-            " WHERE name IN ('thanosql.progress_interval', 'thanosql.progress_fields')"))}
-        self.progress_interval = float(shown["thanosql.progress_interval"])  # seconds
-        self.progress_fields = shown.get("thanosql.progress_fields") == "on"
+        self.progress_interval = progress_interval()
+        self.progress_fields = native.setting("thanosql.progress_fields") == "on"
 
     @classmethod
     @contextmanager
@@ -230,6 +227,12 @@ class QueryRows:
 
     def check_interrupts(self) -> None:
         spi.check_interrupts()
+
+
+def progress_interval() -> float:
+    """thanosql.progress_interval in seconds (GetConfigOption gives the base unit, whatever
+    unit it was set in)."""
+    return float(native.setting("thanosql.progress_interval") or 10)
 
 
 def in_recovery() -> bool:

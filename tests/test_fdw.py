@@ -17,6 +17,8 @@ import psycopg
 import pytest
 from PIL import Image
 
+from thanosql_pg import fdw
+
 PREFIX = "fdw_" + uuid.uuid4().hex[:6]
 COLUMNS = ("path text, file_name text, size_bytes bigint, label text, split text, media_type text")
 Conn = psycopg.Connection
@@ -32,9 +34,10 @@ SERVER = name("folders")
 @pytest.fixture(scope="module", autouse=True)
 def multicorn(conn: Conn) -> Iterator[None]:
     """CREATE EXTENSION multicorn and the module's server (as superuser); dropped at the end."""
-    if not conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'multicorn'").fetchone():
-        print("skipping: multicorn is not installed in this PostgreSQL (bash scripts/install-multicorn.sh)")
-        pytest.skip("multicorn is not installed in this PostgreSQL: run bash scripts/install-multicorn.sh")
+    if not fdw.available(conn):
+        print("skipping: multicorn is not installed here (bash scripts/install-multicorn.sh)")
+        pytest.skip("multicorn is not installed in PostgreSQL and this virtualenv:"
+                    " run bash scripts/install-multicorn.sh")
     created = not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'multicorn'").fetchone()
     conn.execute("CREATE EXTENSION IF NOT EXISTS multicorn")
     conn.execute(f"CREATE SERVER {SERVER} FOREIGN DATA WRAPPER multicorn"

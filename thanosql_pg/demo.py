@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from thanosql_pg import datasets
+from thanosql_pg import datasets, fdw
 from thanosql_pg.cluster import Cluster
 
 # Small images and a from-scratch ConvNeXt_Tiny: about a minute on two CPU cores. A tenth of
@@ -259,7 +259,7 @@ def tour_folders(conn: psycopg.Connection, files_dir: Path) -> None:
     show(conn, "A folder in the ImageFolder layout (<split>/<label>/<file>) as rows",
          "SELECT split, label, count(*) AS files FROM thanosql.scan_folder('digits_folders')\n"
          "GROUP BY split, label ORDER BY split, label", limit=4)
-    if not conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'multicorn'").fetchone():
+    if not fdw.available(conn):
         print("\n-- FolderFDW: multicorn2 is not installed here"
               " (bash scripts/install-multicorn.sh builds it)")
         return

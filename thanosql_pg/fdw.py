@@ -76,6 +76,18 @@ except ImportError:  # not installed: see the module docstring
         logging.getLogger(__name__).log(level, message)
 
 
+def available(conn: Any) -> bool:
+    """Whether the FolderFDW can be used with ``conn``'s server (for clients on the server's
+    machine and virtualenv: the tour, the tests): multicorn's extension installed in
+    PostgreSQL *and* its Python package in this virtualenv. Either without the other
+    happens (a new clone on a machine that built multicorn for another one, with no
+    source at hand): the wrapper then fails on its first import."""
+    import importlib.util
+
+    installed = conn.execute("SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'multicorn'")
+    return installed.fetchone() is not None and importlib.util.find_spec("multicorn") is not None
+
+
 _TRUE = {"true", "t", "yes", "on", "1"}
 _FALSE = {"false", "f", "no", "off", "0"}
 _OPTIONS = ("root", "recursive", "media_type", "include_hidden")

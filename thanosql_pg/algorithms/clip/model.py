@@ -49,7 +49,7 @@ from thanosql_pg.algorithms.contract import (
     check_format,
     stored_fields,
 )
-from thanosql_pg.algorithms.shared import devices, images, training, weights
+from thanosql_pg.algorithms.shared import devices, images, training, validation, weights
 from thanosql_pg.algorithms.shared.architecture import invalid_model, shape_mismatch
 from thanosql_pg.algorithms.shared.images import FLIP_MIN_SIZE, Decoded, ImageInput, decode_rows
 from thanosql_pg.algorithms.shared.limits import MAX_EMBEDDING_DIM, check_batch_pixels
@@ -232,14 +232,20 @@ class ClipEmbedder:
                               + (f" (rows {rows})" if rows else "") + ": they embed as their beginning")
 
     # -- training --
-    def contrastive(self, batch: np.ndarray, captions: Sequence[str],
-                    gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def contrastive(self, batch: np.ndarray, captions: Sequence[str], gen: torch.Generator | None,
+                    embedded: list[Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
         """The loss of a batch of images and their captions (``contrastive_loss``), the
         image → caption accuracy, and how many captions were cut to the context. ``gen``:
-        augment the images (training) with these random numbers."""
+        augment the images (training) with these random numbers. ``embedded``: appended to,
+        what shared.validation.text_precision scores (the unit image embeddings, each
+        one's caption, the distinct captions' unit embeddings and the captions)."""
         x = self.pixels(batch)
         if gen is not None:
             small = self.input_size < FLIP_MIN_SIZE
+            # not shared.views' GrayView, which SimCLR's grayscale views use: from scratch on
+            # the digits it kept CLIP on its plateau (text search precision@10 0.89 -> 0.34; 0.45
+            # with a milder affine and warp, 0.55 with the intensity jitter alone;
+            # bench/simclr_recipe.py's history)
             x = images.random_resized_crop(x, gen, self.input_size, CROP_SCALE_SMALL if small else CROP_SCALE,
                                            flip=not small)
         enc = self.tokenizer.encode(captions, self.context_length)
@@ -251,6 +257,11 @@ class ClipEmbedder:
             txt = self.text_features(*self.pad(list(distinct)))
         target = torch.tensor(caption, device=self.device)
         loss, acc = contrastive_loss(img, txt, target, self.net.logit_scale)
+        if embedded is not None:
+            keys = list(distinct)  # token ids: captions that tokenize alike are one
+            embedded.append((F.normalize(img.detach().float(), dim=1).cpu().numpy(),
+                             [keys[c] for c in caption],
+                             F.normalize(txt.detach().float(), dim=1).cpu().numpy(), keys))
         return loss, acc, len(enc.truncated)
 
     def clamp_temperature(self) -> None:
@@ -628,9 +639,13 @@ def _fit(model: ClipEmbedder, algo: registry.Algorithm, opts: ClipOptions,
     device, column = model.device, opts.text_col
     work = partial(decode_rows, reader=source.reader, size=model.input_size, index=None, skip=False)
     gen = torch.Generator(device=device)
+    # with validation_split, each epoch's metric is how often a held-out image's nearest
+    # caption is its own (shared.validation), which early stopping keeps the best epoch of
+    retrieval = bool(opts.validation_split)
     trainer = training.Trainer(model.net, opts, source, device=device, label=f"{algo.name} training",
-                               metric=training.CONTRASTIVE_LOSS, weight_decay=WEIGHT_DECAY,
-                               warmup_fraction=WARMUP_FRACTION, max_grad_norm=MAX_GRAD_NORM)
+                               metric=validation.TEXT_PRECISION if retrieval else training.CONTRASTIVE_LOSS,
+                               weight_decay=WEIGHT_DECAY, warmup_fraction=WARMUP_FRACTION,
+                               max_grad_norm=MAX_GRAD_NORM)
     cut = 0  # captions cut to the context length (counted in the first epoch)
 
     def captioned(rows: list[Row]) -> list[tuple[int, Row]]:
@@ -654,12 +669,17 @@ def _fit(model: ClipEmbedder, algo: registry.Algorithm, opts: ClipOptions,
         if arr is None:
             return None
         model.clamp_temperature()  # after the previous step: CLIP's bound on the logit scale
-        loss, acc, truncated = model.contrastive(arr, [str(t) for t in dec.texts], gen if train else None)
+        embedded: list[Any] | None = [] if retrieval and not train else None
+        loss, acc, truncated = model.contrastive(arr, [str(t) for t in dec.texts], gen if train else None,
+                                                 embedded)
         cut += truncated if epoch == 0 else 0
         n = len(arr)
-        return training.Step(loss, n, loss.detach() * n, n, extra={"contrastive_accuracy": acc * n})
+        extra = {"contrastive_accuracy": acc * n}
+        if retrieval:
+            return training.Step(loss, n, 0.0, 0.0, extra=extra, keep=embedded[0] if embedded else None)
+        return training.Step(loss, n, loss.detach() * n, n, extra=extra)
 
-    done = trainer.run(batches, forward)
+    done = trainer.run(batches, forward, validation.text_precision if retrieval else None)
     model.clamp_temperature()
     if cut:
         source.notice(f'{cut} caption(s) of "{column}" are longer than the model\'s context of'

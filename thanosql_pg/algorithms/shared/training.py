@@ -167,6 +167,9 @@ class Step:
     score: Any  # the metric summed over the batch (a tensor or a number): its numerator ...
     weight: float  # ... and its denominator (items for accuracy, reference characters for CER)
     extra: Mapping[str, Any] = field(default_factory=dict)  # other per-item sums, averaged per epoch
+    # validation with a ``Judge``: what it scores the pass by as a whole (a batch's embeddings,
+    # say): a metric such as retrieval precision is not a sum over batches
+    keep: Any = None
 
 
 # --- the rows trained on and validated with ---------------------------------------------------------
@@ -311,7 +314,7 @@ class Outcome:
         m = self.metric
         kept = self.kept
         out: dict[str, Any] = {"train_loss": _finite(kept.train.loss)}
-        if not m.is_loss:
+        if not m.is_loss and not math.isnan(kept.train.metric):  # NaN: a metric of validation only
             out[f"train_{m.name}"] = _finite(kept.train.metric)
         out.update({k: _finite(v) for k, v in kept.train.extra.items()})
         if kept.validation is not None and self.best is not None:
@@ -326,6 +329,8 @@ class Outcome:
 # --- the epochs --------------------------------------------------------------------------------
 Batches = Callable[[RowSource, int, bool], Iterator[B]]
 Forward = Callable[[int, B, bool], Step | None]
+# the validation metric of a whole pass, from its steps' ``keep``s (NaN: nothing to score)
+Judge = Callable[[list[Any]], float]
 
 
 class Trainer:
@@ -364,9 +369,11 @@ class Trainer:
             validation_steps=steps_per_epoch(validation.count, bs) if validation is not None else 0)
         self.checkpoints = source.checkpoints
 
-    def run(self, batches: Batches[B], forward: Forward[B]) -> Outcome:
+    def run(self, batches: Batches[B], forward: Forward[B], judge: Judge | None = None) -> Outcome:
         """Train for the epochs (fewer when early stopping stops), validating after each;
-        the network ends with the kept epoch's weights, in eval mode."""
+        the network ends with the kept epoch's weights, in eval mode. ``judge``: the
+        validation metric is of the whole pass (retrieval precision, say), not a sum of
+        the steps' scores; the training batches then score none (their ``weight`` 0)."""
         parts, metric = self.parts, self.metric
         history: list[Epoch] = []
         best: Epoch | None = None
@@ -382,7 +389,7 @@ class Trainer:
             validation = None
             if parts.validation is not None:
                 validation = self._pass(parts.validation, epoch, training=False, batches=batches,
-                                        forward=forward)
+                                        forward=forward, judge=judge)
             record = Epoch(epoch + 1, train, validation, self.stepper.learning_rate(),
                            time.monotonic() - start)
             history.append(record)
@@ -463,10 +470,10 @@ class Trainer:
         return history, best, state["best_state"], int(state["waited"])
 
     def _pass(self, part: RowSource, epoch: int, *, training: bool, batches: Batches[B],
-              forward: Forward[B]) -> Pass:
-        """One pass over ``part``: training steps, or validation without gradients.
-        ``batches`` is closed at the end, and on an error or cancel: no decoding outlives
-        the statement."""
+              forward: Forward[B], judge: Judge | None = None) -> Pass:
+        """One pass over ``part``: training steps, or validation without gradients (scored
+        by ``judge`` when given). ``batches`` is closed at the end, and on an error or
+        cancel: no decoding outlives the statement."""
         import torch
 
         self.net.train(training)
@@ -474,6 +481,7 @@ class Trainer:
         sums = Sums(self.device)
         phase = "train" if training else "validate"
         steps = 0
+        kept: list[Any] = []
         with closing(batches(part, epoch, training)) as it, (
                 nullcontext() if training else torch.no_grad()):
             for batch in it:
@@ -491,13 +499,26 @@ class Trainer:
                     self.progress.step(out.items)
                 if out is not None:
                     sums.add(out)
+                    if judge is not None and out.keep is not None:
+                        kept.append(out.keep)
                 steps += 1
                 self.progress.update(phase, epoch, steps, sums.means)
+        judged = math.nan
+        if judge is not None:
+            part.check_interrupts()
+            judged = judge(kept)
         if self.world is not None:
+            if judge is not None:  # each rank judged its own share of the rows: their mean, by rows
+                weight = 0.0 if math.isnan(judged) else float(sums.items)
+                total = distributed.reduce_sums([judged * weight if weight else 0.0, weight], self.device)
+                judged = total[0] / total[1] if total[1] else math.nan
             sums.reduce(self.world, self.device)
             if training:
                 distributed.average_buffers(self.net)
-        return sums.result(time.monotonic() - start)
+        result = sums.result(time.monotonic() - start)
+        if judge is not None:
+            result.metric = judged
+        return result
 
     def _notices(self, out: Outcome) -> None:
         notice, m = self.parts.train.notice, self.metric
@@ -508,7 +529,7 @@ class Trainer:
             notice(f"{self.label}: {how}; kept epoch {kept.number}"
                    f" (validation {m.label} {out.best.validation.metric:.4f})")
         text = f"{self.label} done: {len(out.history)} epochs, loss {kept.train.loss:.4f}"
-        if not m.is_loss:
+        if not m.is_loss and math.isfinite(kept.train.metric):
             text += f", {m.label} {kept.train.metric:.4f}"
         if kept.validation is not None:
             text += f", validation loss {kept.validation.loss:.4f}"
@@ -585,9 +606,10 @@ class Progress:
         if notice:
             self.last = now
             speed, left = self.speed(self.elapsed()), progress_text.duration(eta)
+            scored = f", {self.metric.label} {score:.4f}" if math.isfinite(score) else ""
             self.source.notice(progress_text.training(
                 self.label, epoch + 1, self.epochs, step, self.steps_per_epoch,
-                f"loss {loss:.4f}, {self.metric.label} {score:.4f}, {speed}, ETA {left}"),
+                f"loss {loss:.4f}{scored}, {speed}, ETA {left}"),
                 progress=self.fields("train", epoch + 1, step, loss, score, eta))
 
     def fields(self, phase: str, epoch: int, step: int, loss: float | None, score: float | None,

@@ -269,12 +269,27 @@ def test_simclr_validation_split(conn: Conn, data: dict[str, str]) -> None:
         {"image_col": "path", "backbone": "test_resnet", "input_size": 32, "embedding_dim": 16, "epochs": 2,
          "batch_size": 16, "validation_split": 0.25}), f"SELECT path FROM {data['test']}"])
     metrics = cur.fetchone()[-1]
-    assert {"train_loss", "contrastive_accuracy", "validation_loss", "best_epoch"} <= set(metrics)
+    assert {"train_loss", "contrastive_accuracy", "validation_loss", "best_epoch",
+            "validation_view_precision_at_1"} <= set(metrics)
     rows = history(conn, model)
-    assert [(r["epoch"], r["metric"]) for r in rows] == [(1, "contrastive_loss"), (2, "contrastive_loss")]
-    for r in rows:  # the metric is the NT-Xent loss itself
-        assert r["validation_metric"] == pytest.approx(r["validation_loss"])
-        assert r["train_metric"] == pytest.approx(r["train_loss"])
+    # without labels, each epoch is scored by how often a random view of a held-out image finds
+    # that image (tests/test_retrieval_tracking.py); the NT-Xent loss is the validation loss
+    assert [(r["epoch"], r["metric"]) for r in rows] == [(1, "view_precision_at_1"),
+                                                         (2, "view_precision_at_1")]
+    for r in rows:
+        assert 0 <= r["validation_metric"] <= 1 and r["validation_loss"] > 0
+        assert r["train_metric"] is None and r["train_loss"] > 0
+
+
+def test_simclr_without_validation_scores_the_loss(conn: Conn, data: dict[str, str]) -> None:
+    """No validation part: the epochs' metric is the NT-Xent loss itself."""
+    model = name("simclr_loss")
+    conn.execute("SELECT * FROM thanosql.build_model(%s, 'SimCLR', %s, %s)", [model, json.dumps(
+        {"image_col": "path", "backbone": "test_resnet", "input_size": 32, "embedding_dim": 16, "epochs": 1,
+         "batch_size": 16}), f"SELECT path FROM {data['test']}"])
+    rows = history(conn, model)
+    assert [(r["epoch"], r["metric"]) for r in rows] == [(1, "contrastive_loss")]
+    assert rows[0]["train_metric"] == pytest.approx(rows[0]["train_loss"])
 
 
 # --- bad values ----------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ CI_SIZES = {
     "image_classification.ipynb": [("epochs=15,", "epochs=4,")],
     "speech_recognition.ipynb": [("max_epochs=300,", "max_epochs=40,")],
     "image_search.ipynb": [("max_epochs=30,", "max_epochs=4,"),
-                           ("input_size=32,", "input_size=32, epochs=2,")],
+                           ("input_size=16,", "input_size=16, epochs=2,")],
 }
 
 

@@ -28,11 +28,12 @@ OPTIONS (image_col='path', label_col='label', epochs=4, batch_size=32,
          validation_split=0.1, early_stopping=True, patience=2)
 AS SELECT path, label FROM demo_digits_train
 """
-# SimCLR learns image embeddings without labels; its defaults (6 epochs, temperature 0.2,
-# affine views of greyscale images) at the digits' small size: about a minute.
+# SimCLR learns image embeddings without labels; its defaults at the digits' small size (the
+# small ResNet for 15 epochs, temperature 0.2, affine and elastic views of grayscale images):
+# about a minute. The digits are 8x8 at heart: 16 pixels keep all there is.
 BUILD_SEARCH = """
 BUILD MODEL demo_search USING SimCLR
-OPTIONS (image_col='path', input_size=32)
+OPTIONS (image_col='path', input_size=16)
 AS SELECT path FROM demo_digits_train
 """
 # CLIP from scratch on captioned digits ("a handwritten seven", "the digit 7", ...), so that

@@ -1,9 +1,9 @@
 """SimCLR's augmentations (random resized crop, flip, color jitter, grayscale,
 Gaussian blur), written as batched tensor ops with per-image random parameters:
 they run on the training device, not in Python per image, and scale with the
-input size (see ``Augment``). Grayscale images (digits, letters, scans) get a
-small random affine transform instead: colour jitter means nothing to them, and
-a crop of a fifth of a digit is no longer that digit."""
+input size (see ``Augment``). Grayscale images (digits, letters, scans) get
+shared.views' random affine transform, elastic warp and intensity instead: colour jitter
+means nothing to them, and a crop of a fifth of a digit is no longer that digit."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from thanosql_pg.algorithms.shared.images import FLIP_MIN_SIZE, random_resized_crop
+from thanosql_pg.algorithms.shared.views import GrayView, gray_or, uniform
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,10 @@ class Augment:
     of blur); the blur's sigma scales with the size, as SimCLR's 10 %-of-224
     kernel does, so it fades out on tiny inputs.
 
-    Grayscale images (every pixel's channels equal) take ``_affine`` instead of
-    the crop, flip and colour jitter: a zoom of ``zoom``, a rotation of up to
-    ``rotation`` degrees and a shift of up to ``shift`` of the side, the
-    uncovered area filled with the image's own background (the median of its
-    outermost pixels). On the 8x8 digits this is what makes the nearest
-    neighbours share labels (precision@10 0.34 -> 0.52 after 2 epochs,
-    bench/simclr_recipe.py).
+    Grayscale images (every pixel's channels equal) take shared.views' GrayView
+    instead of the crop, flip and colour jitter: a random affine transform, an
+    elastic warp and a brightness and contrast, which is what makes the nearest
+    digits share labels.
     """
 
     size: int
@@ -40,9 +38,6 @@ class Augment:
     p_jitter: float = 0.8
     p_gray: float = 0.2
     p_blur: float = 0.5
-    zoom: tuple[float, float] = (0.8, 1.1)  # grayscale: the affine's scale ...
-    rotation: float = 15.0  # ... rotation (degrees either way) ...
-    shift: float = 0.1  # ... and translation (share of the side, either way)
 
     @property
     def flip(self) -> bool:
@@ -54,33 +49,11 @@ class Augment:
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """One random view of each image of ``x`` (NCHW floats in [0, 1])."""
-        gray = _is_gray(x)
-        affine = self._affine(x, gen)  # drawn for every image: the random stream does not depend on the data
+        # drawn for every image: the random stream does not depend on the data
+        gray = GrayView(self.size)(x, gen)
         y = self._crop_flip(x, gen)
         y = self._color(y, gen)
-        y = torch.where(gray.view(-1, 1, 1, 1), affine, y)
-        return self._blur(y, gen)
-
-    def _affine(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """A random zoom, rotation and shift of each image as one affine resampling; the
-        area uncovered is the image's background: the median of its border pixels (digits
-        touch the border, so a mean would fill with gray)."""
-        n, dev = x.shape[0], x.device
-        zoom = self._uniform(gen, n, *self.zoom, dev)
-        angle = self._uniform(gen, n, -self.rotation, self.rotation, dev) * (math.pi / 180)
-        tx = self._uniform(gen, n, -self.shift, self.shift, dev) * 2  # grid units span [-1, 1]
-        ty = self._uniform(gen, n, -self.shift, self.shift, dev) * 2
-        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-        border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)
-        bg = border.median(dim=2).values.view(n, -1, 1, 1)
-        y = F.grid_sample(x - bg, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        return (y + bg).clamp(0, 1)
-
-    @staticmethod
-    def _uniform(gen: torch.Generator, n: int, lo: float, hi: float, device: torch.device) -> torch.Tensor:
-        return torch.rand(n, generator=gen, device=device) * (hi - lo) + lo
+        return self._blur(gray_or(x, gray, y), gen)
 
     def _chance(self, gen: torch.Generator, n: int, p: float, device: torch.device) -> torch.Tensor:
         return torch.rand(n, generator=gen, device=device) < p
@@ -94,10 +67,10 @@ class Augment:
         n, dev = x.shape[0], x.device
         s = self.jitter
         on = self._chance(gen, n, self.p_jitter, dev).view(n, 1, 1, 1)
-        b = self._uniform(gen, n, 1 - 0.8 * s, 1 + 0.8 * s, dev).view(n, 1, 1, 1)
-        c = self._uniform(gen, n, 1 - 0.8 * s, 1 + 0.8 * s, dev).view(n, 1, 1, 1)
-        sat = self._uniform(gen, n, 1 - 0.8 * s, 1 + 0.8 * s, dev).view(n, 1, 1, 1)
-        hue = self._uniform(gen, n, -0.2 * s, 0.2 * s, dev)
+        b = uniform(gen, n, 1 - 0.8 * s, 1 + 0.8 * s, dev).view(n, 1, 1, 1)
+        c = uniform(gen, n, 1 - 0.8 * s, 1 + 0.8 * s, dev).view(n, 1, 1, 1)
+        sat = uniform(gen, n, 1 - 0.8 * s, 1 + 0.8 * s, dev).view(n, 1, 1, 1)
+        hue = uniform(gen, n, -0.2 * s, 0.2 * s, dev)
         y = (x * b).clamp(0, 1)
         mean = _gray(y).mean(dim=(2, 3), keepdim=True)
         y = ((y - mean) * c + mean).clamp(0, 1)
@@ -116,7 +89,7 @@ class Augment:
         if k >= min(hh, ww):
             return x
         scale = self.size / 224
-        sigma = self._uniform(gen, n, 0.1 * scale, 2.0 * scale, dev).clamp(min=1e-3)
+        sigma = uniform(gen, n, 0.1 * scale, 2.0 * scale, dev).clamp(min=1e-3)
         r = torch.arange(k, device=dev, dtype=x.dtype) - k // 2
         kern = torch.exp(-(r.view(1, k) ** 2) / (2 * sigma.view(n, 1) ** 2))
         kern = kern / kern.sum(dim=1, keepdim=True)
@@ -128,15 +101,6 @@ class Augment:
         y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), kern.view(n * ch, 1, 1, k), groups=n * ch)
         y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), kern.view(n * ch, 1, k, 1), groups=n * ch)
         return y.view(n, ch, hh, ww)
-
-
-def _is_gray(x: torch.Tensor) -> torch.Tensor:
-    """Per image: whether its channels are all equal (within rounding), i.e. grayscale
-    decoded to RGB."""
-    if x.shape[1] == 1:
-        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    spread = x.amax(dim=1) - x.amin(dim=1)
-    return spread.flatten(1).amax(dim=1) < 1.5 / 255
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from torch import nn
 from thanosql_pg.algorithms import registry
 from thanosql_pg.algorithms import simclr as spec
 from thanosql_pg.algorithms.contract import Base, Reader, Row, RowSource, StoredModel, Trained, check_format
-from thanosql_pg.algorithms.shared import devices, images, training, weights
+from thanosql_pg.algorithms.shared import devices, images, small_nets, training, validation, weights
 from thanosql_pg.algorithms.shared.architecture import invalid_model
 from thanosql_pg.algorithms.shared.images import (
     IMAGENET_MEAN,
@@ -39,6 +39,7 @@ from thanosql_pg.algorithms.simclr.augment import Augment
 from thanosql_pg.errors import DataCorrupted, FeatureNotAvailable, InvalidOption
 
 FORMAT = "simclr-safetensors-v1"
+small_nets.register()  # the default backbone of small inputs is one (the spec's settle)
 WEIGHT_DECAY = 1e-6  # SimCLR's own; contrastive training needs little regularisation
 WARMUP_FRACTION = 0.05
 
@@ -186,6 +187,7 @@ def train(algo: registry.Algorithm, opts: registry.Options, source: RowSource,
             model = ImageEmbedder(prev.net, arch=prev.arch, inputs=inputs)
             origin = f'model "{base.record.name}"'
         else:
+            assert opts.backbone is not None  # the spec's settle chose one
             arch, net, origin = new_backbone(opts.backbone, opts, source.reader, source.weights_dirs)
             weights.check_new_arch(arch, origin)
             # pretrained weights come with their normalization; from scratch ImageNet's is as good as any
@@ -203,33 +205,49 @@ def train(algo: registry.Algorithm, opts: registry.Options, source: RowSource,
 
 def _fit(model: ImageEmbedder, algo: registry.Algorithm, opts: SimCLROptions,
          source: RowSource) -> training.Outcome:
-    """NT-Xent on two augmented views of each image; validation scores the same loss on
-    the held-out images, with the same augmentations every epoch (comparable epochs)."""
+    """NT-Xent on two augmented views of each image. Validation scores the same loss on the
+    held-out images, with the same augmentations every epoch (comparable epochs), and, as
+    the epoch's metric, their retrieval (shared.validation): precision@10 by label_col
+    where given, else how often a random view finds its own image among the plain ones."""
     net, device = model.net, model.device
     model.forget_fused()
     augment = Augment(model.input_size)
     gen = torch.Generator(device=device)
     work = partial(decode_rows, reader=source.reader, size=model.input_size, index=None, skip=False)
+    labelled = bool(opts.label_col)
+    retrieval = bool(opts.validation_split)
+    metric = (validation.LABEL_PRECISION if labelled else validation.VIEW_PRECISION) if retrieval \
+        else training.CONTRASTIVE_LOSS
     trainer = training.Trainer(net, opts, source, device=device, label=f"{algo.name} training",
-                               metric=training.CONTRASTIVE_LOSS, weight_decay=WEIGHT_DECAY,
-                               warmup_fraction=WARMUP_FRACTION)
+                               metric=metric, weight_decay=WEIGHT_DECAY, warmup_fraction=WARMUP_FRACTION)
 
     def batches(part: RowSource, epoch: int, train: bool) -> Any:
         gen.manual_seed(epoch + 1 if train else 0)
         rows = (devices.numbered(b) for b in part.batches(opts.batch_size, shuffle=train, seed=epoch))
         return devices.prefetch(rows, work, Decoded.combine, depth=2 if device.type == "cuda" else 1)
 
+    def normalized(x: torch.Tensor) -> torch.Tensor:
+        return ((x - model.inputs.mean) / model.inputs.std).contiguous(memory_format=torch.channels_last)
+
     def forward(epoch: int, dec: Decoded, train: bool) -> training.Step | None:
         arr = dec.array()
         if arr is None:
             return None
         x = torch.from_numpy(arr).to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-        views = torch.cat([augment(x, gen), augment(x, gen)])
-        views = ((views - model.inputs.mean) / model.inputs.std).contiguous(memory_format=torch.channels_last)
         with devices.autocast(device):
-            z = net(views)
+            z = net(normalized(torch.cat([augment(x, gen), augment(x, gen)])))
         loss, acc = nt_xent(z, opts.temperature)
         n = len(arr)
-        return training.Step(loss, n, loss.detach() * n, n, extra={"contrastive_accuracy": acc * n})
+        extra = {"contrastive_accuracy": acc * n}
+        if not retrieval:
+            return training.Step(loss, n, loss.detach() * n, n, extra=extra)
+        keep = None
+        if not train:  # the plain views, embedded as CONVERT and SEARCH will
+            with devices.autocast(device):
+                plain = F.normalize(net(normalized(x)).float(), dim=1).cpu().numpy()
+            keep = ((plain, list(dec.texts)) if labelled
+                    else (F.normalize(z[:n].detach().float(), dim=1).cpu().numpy(), plain))
+        return training.Step(loss, n, 0.0, 0.0, extra=extra, keep=keep)
 
-    return trainer.run(batches, forward)
+    judge = validation.label_precision if labelled else validation.view_precision
+    return trainer.run(batches, forward, judge if retrieval else None)

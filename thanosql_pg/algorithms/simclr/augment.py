@@ -38,6 +38,7 @@ class Augment:
     p_jitter: float = 0.8
     p_gray: float = 0.2
     p_blur: float = 0.5
+    intensity: float = 0.4  # grayscale: GrayView's brightness and contrast range (1 +- this)
 
     @property
     def flip(self) -> bool:
@@ -50,7 +51,7 @@ class Augment:
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """One random view of each image of ``x`` (NCHW floats in [0, 1])."""
         # drawn for every image: the random stream does not depend on the data
-        gray = GrayView(self.size)(x, gen)
+        gray = GrayView(self.size, intensity=self.intensity)(x, gen)
         y = self._crop_flip(x, gen)
         y = self._color(y, gen)
         return self._blur(gray_or(x, gray, y), gen)

@@ -49,6 +49,17 @@ def slowest_steps(output: str, n: int = 8) -> list[tuple[str, float]]:
     return sorted(steps, key=lambda s: -s[1])[:n]
 
 
+def section(output: str, title: str) -> str:
+    """The tour's output from the section heading containing ``title`` to the next heading
+    (what a newcomer sees of it: the statements, their rows and timings)."""
+    lines = output.splitlines()
+    start = next((i for i, line in enumerate(lines) if title in line), None)
+    if start is None:
+        return ""
+    end = next((i for i in range(start + 2, len(lines)) if lines[i].startswith("=")), len(lines))
+    return "\n".join(lines[start:end]).strip()
+
+
 def main() -> None:
     args = common.parser(__doc__, "demo_tour").parse_args()
     home = Path(tempfile.mkdtemp(prefix="thanosql-tour-"))
@@ -68,6 +79,9 @@ def main() -> None:
         "meets_target": first <= TARGET_SECONDS,
         "folder_fdw_shown": fdw,
         "slowest_steps_seconds": dict(slowest_steps(output)),
+        # issue 21: the image search the tour shows (EVALUATE's precision@10 and spread, the
+        # nearest test digits of a '3' and their scores)
+        "image_search_section": section(output, "Image search: SimCLR"),
     }
     common.save(args, "demo_tour", {"first": [first], "second": [second]}, summary)
 

@@ -3,7 +3,7 @@
 Set-up (in its own database, ``thanosql_search_bench``; kept between runs and
 reused when it already holds ``--rows`` vectors, see ``--rebuild``):
 
-- a SimCLR model (ResNet-18, 128-dimensional embeddings, input 32) trained
+- a SimCLR model (the default for input 32: the small ResNet; 128-dimensional embeddings) trained
   one epoch on scikit-learn's digits, and CONVERTed: the 1,797 digit
   embeddings are the cluster centres;
 - ``--rows`` vectors (default 1,000,000) around those centres: centre plus

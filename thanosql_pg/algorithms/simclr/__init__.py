@@ -80,8 +80,9 @@ def settle(opts: r.Options) -> r.Options:
                 'option "label_col" of SimCLR scores the held-out images only, and needs option'
                 ' "validation_split" > 0', hint="SimCLR learns without labels: add validation_split=0.1 (say)"
                 " to track precision@10 per epoch by label_col, or leave label_col out.")
-        small = opts.input_size <= SMALL_INPUT and not opts.pretrained and not opts.base_model
-        backbone = opts.backbone or (SMALL_RESNET if small else LARGE_BACKBONE)
+        from_scratch = not opts.pretrained and not opts.base_model  # the small ResNet has no weights
+        backbone = opts.backbone or (SMALL_RESNET if opts.input_size <= SMALL_INPUT and from_scratch
+                                     else LARGE_BACKBONE)
         small = backbone == SMALL_RESNET
         epochs = opts.epochs if opts.epochs is not None else (SMALL_EPOCHS if small else LARGE_EPOCHS)
         lr = opts.learning_rate if opts.learning_rate is not None else (SMALL_LR if small else LARGE_LR)

@@ -141,21 +141,6 @@ HISTORY = [
 ]
 
 
-def raw_pixels(rows: list[dict[str, Any]]) -> float:
-    """precision@10 of the test PNGs compared by their raw pixels (cosine), as EVALUATE
-    scores a model: the baseline."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    from thanosql_pg.algorithms.shared.metrics import retrieval_precision
-
-    pixels = np.stack([np.asarray(Image.open(io.BytesIO(r["image"])).convert("L"), dtype=np.float32).ravel()
-                       for r in rows])
-    return round(retrieval_precision(pixels, [r["label"] for r in rows], (10,))[10], 4)
-
-
 def build_and_score(conn: Any, px: Any, recipe: str, options: dict[str, Any]) -> dict[str, float]:
     model = f"bench_simclr_recipe_{recipe}"
     opts = ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in options.items())
@@ -184,7 +169,7 @@ def main() -> int:
     info = common.cluster_status()
     context = common.run_context()
     train, test = datasets.split(datasets.write_digits(Path(info["files_dir"]) / "digits"))
-    baseline = raw_pixels(test)
+    baseline = round(datasets.raw_pixel_precision(test), 4)
     print(f"raw pixels: precision@10 {baseline}", flush=True)
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in RECIPES}
     with psycopg.connect(info["server"], autocommit=True) as conn, \

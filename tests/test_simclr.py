@@ -414,19 +414,6 @@ RECIPE_OVER_RAW = 0.02
 RECIPE_SPREAD = 0.08
 
 
-def raw_pixels_precision(rows: list[dict[str, Any]]) -> float:
-    """precision@10 of ``rows``' PNGs compared by their raw pixels (cosine), leave-one-out."""
-    import io
-
-    from PIL import Image
-
-    from thanosql_pg.algorithms.shared.metrics import retrieval_precision
-
-    pixels = np.stack([np.asarray(Image.open(io.BytesIO(r["image"])).convert("L"), dtype=np.float32).ravel()
-                       for r in rows])
-    return retrieval_precision(pixels, [r["label"] for r in rows], (10,))[10]
-
-
 def test_default_recipe_ranks_held_out_digits(px: Conn, conn: Conn, files: Path) -> None:
     """BUILD with the defaults on the 1,437 training digits; EVALUATE on the 360 held-out ones:
     each one's 10 nearest others mostly share its label (precision@10 >= RECIPE_P10), and
@@ -448,7 +435,7 @@ def test_default_recipe_ranks_held_out_digits(px: Conn, conn: Conn, files: Path)
                               f" top_k=10) AS SELECT path, label FROM {test_t}").fetchall())
     same = metrics["Median similarity@10, same label"]
     other = metrics["Median similarity@10, other label"]
-    raw = raw_pixels_precision(test)
+    raw = datasets.raw_pixel_precision(test)
     print(f"\nSimCLR default recipe on held-out digits: precision@10 {metrics['Precision@10']:.3f}"
           f" (raw pixels {raw:.3f}), median similarity same label {same:.3f}, other label {other:.3f};"
           f" BUILD {took:.0f} s")

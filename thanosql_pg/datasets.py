@@ -38,6 +38,21 @@ def write_digits(directory: str | Path, *, scale: int = 4) -> list[dict[str, Any
 Rows = list[dict[str, Any]]
 
 
+def raw_pixel_precision(rows: Rows, k: int = 10) -> float:
+    """precision@k of ``rows``' images compared by their raw pixels (cosine, leave-one-out,
+    as EVALUATE scores an embedding model): the baseline a learnt embedding has to beat."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from thanosql_pg.algorithms.shared.metrics import retrieval_precision
+
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(r["image"])).convert("L"), dtype=np.float32).ravel()
+                       for r in rows])
+    return retrieval_precision(pixels, [r["label"] for r in rows], (k,))[k]
+
+
 def split(rows: Rows, test_every: int = 5) -> tuple[Rows, Rows]:
     """A deterministic train/test split: every ``test_every``-th row is held out."""
     train = [r for r in rows if r["id"] % test_every]

@@ -38,7 +38,7 @@ class Augment:
     p_jitter: float = 0.8
     p_gray: float = 0.2
     p_blur: float = 0.5
-    intensity: float = 0.4  # grayscale: GrayView's brightness and contrast range (1 +- this)
+    intensity: float = GrayView.intensity  # grayscale: the brightness and contrast range (1 +- this)
 
     @property
     def flip(self) -> bool:

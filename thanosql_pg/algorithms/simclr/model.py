@@ -214,7 +214,8 @@ def _fit(model: ImageEmbedder, algo: registry.Algorithm, opts: SimCLROptions,
     # grayscale brightness/contrast: with the small ResNet it lifts the digits' precision@10 from
     # 0.885 to 0.916, while ResNet-18's 6 epochs end at 0.545 with it and 0.733 without (0.603
     # with half of it; bench/simclr_recipe.py's history): the small ResNet's views only
-    augment = Augment(model.input_size, intensity=0.4 if model.arch == small_nets.SMALL_RESNET else 0.0)
+    small = model.arch == small_nets.SMALL_RESNET
+    augment = Augment(model.input_size) if small else Augment(model.input_size, intensity=0.0)
     gen = torch.Generator(device=device)
     work = partial(decode_rows, reader=source.reader, size=model.input_size, index=None, skip=False)
     labelled = bool(opts.label_col)
